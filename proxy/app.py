@@ -1,0 +1,75 @@
+"""The running proxy: credential sources, pools and listeners built from a ``Config``.
+
+``Proxy`` owns everything it starts and stops it in order: stop accepting, end client
+sessions, close pools, close AWS clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from proxy.config import Config, CredentialsConfig, PoolConfig
+from proxy.credentials import CredentialSource, SecretsManagerClients, make_source
+from proxy.pool import Connector, Pool
+from proxy.postgres.listener import PgListener
+from proxy.postgres.server import PgConnector
+
+log = logging.getLogger(__name__)
+
+CONNECTORS: dict[str, Callable[[PoolConfig], Connector]] = {"postgres": PgConnector}
+
+
+def _source_key(config: CredentialsConfig) -> tuple[str, str | None, str | None]:
+    return (config.source, config.secret_id, config.username)
+
+
+class Proxy:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.aws_clients = SecretsManagerClients(config.aws)
+        self.sources: dict[tuple[str, str | None, str | None], CredentialSource] = {}
+        self.pools: dict[str, Pool] = {}
+        self.listeners: list[PgListener] = []
+
+    def __repr__(self) -> str:
+        return f"Proxy(pools={list(self.pools)}, listeners={[str(item.address) for item in self.listeners]})"
+
+    async def start(self) -> None:
+        try:
+            for pool_config in self.config.pools:
+                key = _source_key(pool_config.credentials)
+                if key not in self.sources:
+                    # Pools sharing a secret share its cache and its one fetch in flight.
+                    self.sources[key] = make_source(pool_config.credentials, self.aws_clients)
+                pool = Pool(pool_config, self.sources[key], CONNECTORS[pool_config.engine](pool_config))
+                self.pools[pool_config.name] = pool
+                await pool.start()
+            for address, pool_configs in self.config.listeners().items():
+                listener = PgListener(address, [self.pools[p.name] for p in pool_configs])
+                await listener.start()
+                self.listeners.append(listener)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        for listener in self.listeners:
+            listener.stop_accepting()
+        for listener in self.listeners:
+            await listener.close()
+        for pool in self.pools.values():
+            await pool.close()
+        for source in self.sources.values():
+            await source.close()
+        await self.aws_clients.close()
+        log.info("rotaproxy stopped")
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            await self.close()

@@ -1,0 +1,128 @@
+"""The ``rotaproxy`` command line: run, check-config, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from proxy.config import Config, ConfigError, load_config, quick_config
+from proxy.logs import setup_logging
+
+log = logging.getLogger("rotaproxy")
+
+
+def run_async(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed, else on the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+def _add_run_parser(commands: Any) -> None:
+    run = commands.add_parser("run", help="run the proxy")
+    run.add_argument("-c", "--config", type=Path, help="TOML config file")
+    run.add_argument("--engine", choices=["postgres", "mysql"], help="quick form: engine")
+    run.add_argument("--listen", help="quick form: listen address (default 127.0.0.1:6432)")
+    run.add_argument("--secret-id", help="quick form: Secrets Manager secret id or ARN")
+    run.add_argument("--upstream", help="quick form: HOST:PORT (default: host/port in the secret)")
+    run.add_argument("--database", help="quick form: database name (and pool name)")
+    run.add_argument("--mode", default="session", choices=["session", "transaction"])
+    run.add_argument(
+        "--tls", default="verify-full", choices=["disable", "require", "verify-ca", "verify-full"]
+    )
+    run.add_argument("--tls-ca-file", help="quick form: CA bundle for verify-ca / verify-full")
+    run.add_argument("--endpoint-url", help="quick form: Secrets Manager endpoint (local testing)")
+    run.add_argument("--region", help="quick form: AWS region")
+    run.add_argument("--admin-listen", help="quick form: admin HTTP address")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rotaproxy", description=__doc__)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_run_parser(commands)
+    check = commands.add_parser("check-config", help="validate a config file and print the pools")
+    check.add_argument("-c", "--config", type=Path, required=True)
+    demo = commands.add_parser("demo", help="throwaway PostgreSQL + local Secrets Manager + proxy")
+    demo.add_argument("--clients", type=int, default=8, help="concurrent demo clients")
+    demo.add_argument("--queries", type=int, default=50, help="queries per client")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    if args.config is not None:
+        return load_config(args.config)
+    if not args.engine or not args.secret_id:
+        raise ConfigError("<command line>", "", "give -c FILE, or --engine and --secret-id")
+    return quick_config(
+        engine=args.engine,
+        listen=args.listen,
+        secret_id=args.secret_id,
+        upstream=args.upstream,
+        database=args.database,
+        mode=args.mode,
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+        tls=args.tls,
+        tls_ca_file=args.tls_ca_file,
+        admin_listen=args.admin_listen,
+    )
+
+
+def describe(config: Config) -> str:
+    lines = [f"config {config.source}: {len(config.pools)} pool(s)"]
+    for pool in config.pools:
+        upstream = str(pool.upstream) if pool.upstream else "host/port from the secret"
+        database = pool.database or "dbname from the secret, else the pool name"
+        lines.append(
+            f"  pool {pool.name!r}: {pool.engine} {pool.mode} mode, listen {pool.listen}, "
+            f"upstream {upstream}, database {database}, tls {pool.tls}, "
+            f"server connections {pool.min_server_connections}..{pool.max_server_connections}, "
+            f"borrow_timeout {pool.borrow_timeout:g}s, credentials: {pool.credentials.description}"
+        )
+    if config.admin.listen:
+        lines.append(f"  admin listen {config.admin.listen} (admin API arrives with a later release)")
+    return "\n".join(lines)
+
+
+async def _run(config: Config) -> int:
+    from proxy.app import Proxy
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    proxy = Proxy(config)
+    try:
+        await proxy.run_until(stop)
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    if args.command == "demo":
+        from proxy.demo import run_demo
+
+        return run_async(run_demo(clients=args.clients, queries=args.queries))
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"rotaproxy: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(describe(config))
+        return 0
+    return run_async(_run(config))

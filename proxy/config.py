@@ -1,0 +1,379 @@
+"""Configuration: TOML file or quick CLI form, parsed once into frozen, typed objects.
+
+Every error names the file, the key and what is wrong. The rest of the code never sees a
+raw dict.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast, get_args
+
+Engine = Literal["postgres", "mysql"]
+PoolMode = Literal["transaction", "session"]
+TlsMode = Literal["disable", "require", "verify-ca", "verify-full"]
+CredentialSourceKind = Literal["secretsmanager", "static"]
+
+DEFAULT_PORTS: dict[str, int] = {"postgres": 6432, "mysql": 6033}
+UPSTREAM_DEFAULT_PORTS: dict[str, int] = {"postgres": 5432, "mysql": 3306}
+# Engines whose client and server sides are implemented; the parser knows the rest so the
+# error says "not supported yet" rather than "unknown".
+SUPPORTED_ENGINES: frozenset[str] = frozenset({"postgres"})
+SUPPORTED_MODES: frozenset[str] = frozenset({"session"})
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class ConfigError(Exception):
+    """A configuration problem: ``file: key: why``."""
+
+    def __init__(self, source: str, key: str, why: str) -> None:
+        super().__init__(f"{source}: {key}: {why}" if key else f"{source}: {why}")
+        self.source = source
+        self.key = key
+        self.why = why
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialsConfig:
+    source: CredentialSourceKind
+    secret_id: str | None = None
+    poll_interval: float = 30.0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def description(self) -> str:
+        if self.source == "secretsmanager":
+            return f"secret {self.secret_id!r}"
+        return f"static credentials for user {self.username!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    name: str
+    engine: Engine
+    listen: Address
+    credentials: CredentialsConfig
+    upstream: Address | None = None  # None: host/port from the secret
+    database: str | None = None  # None: dbname from the secret, else the pool name
+    mode: PoolMode = "session"
+    max_server_connections: int = 20
+    min_server_connections: int = 0
+    borrow_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    idle_timeout: float = 600.0
+    server_lifetime: float = 3600.0
+    liveness_check_after: float = 30.0
+    tls: TlsMode = "verify-full"
+    tls_ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AwsConfig:
+    region: str | None = None
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen: Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    pools: tuple[PoolConfig, ...]
+    aws: AwsConfig = AwsConfig()
+    admin: AdminConfig = AdminConfig()
+    source: str = "<command line>"
+
+    def listeners(self) -> dict[Address, tuple[PoolConfig, ...]]:
+        """Pools grouped by the address they listen on (several may share one)."""
+        grouped: dict[Address, list[PoolConfig]] = {}
+        for pool in self.pools:
+            grouped.setdefault(pool.listen, []).append(pool)
+        return {address: tuple(pools) for address, pools in grouped.items()}
+
+
+def parse_duration(text: object) -> float:
+    """'250ms', '5s', '2m', '1h' or a bare number of seconds."""
+    if isinstance(text, bool):
+        raise ValueError("expected a duration like '5s' or '2m'")
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text))
+        if not match:
+            raise ValueError(f"expected a duration like '5s' or '2m', got {text!r}")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def parse_address(text: str, default_port: int | None = None) -> Address:
+    """'host:port', '[v6]:port', or 'host' when a default port applies."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"unterminated IPv6 address in {text!r}")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"expected host:port, got {text!r}")
+        return Address(host, default_port)
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"invalid port in {text!r}")
+    return Address(host, int(port_text))
+
+
+class _Table:
+    """Typed access to one TOML table that reports errors with their full key path."""
+
+    def __init__(self, source: str, path: str, data: Mapping[str, Any]) -> None:
+        self.source = source
+        self.path = path
+        self.data = data
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, why: str) -> ConfigError:
+        return ConfigError(self.source, self.key(name), why)
+
+    def get(self, name: str, kind: type, default: Any = None) -> Any:
+        self.used.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(name, f"expected {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    def string(self, name: str, default: str | None = None) -> str | None:
+        value = self.get(name, str, default)
+        if value == "":
+            return default
+        return cast("str | None", value)
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.string(name, default)
+        if value not in choices:
+            raise self.error(name, f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def duration(self, name: str, default: float) -> float:
+        self.used.add(name)
+        if name not in self.data:
+            return default
+        try:
+            return parse_duration(self.data[name])
+        except ValueError as exc:
+            raise self.error(name, str(exc)) from None
+
+    def address(self, name: str, default_port: int | None) -> Address | None:
+        text = self.string(name)
+        if text is None:
+            return None
+        try:
+            return parse_address(text, default_port)
+        except ValueError as exc:
+            raise self.error(name, str(exc)) from None
+
+    def table(self, name: str) -> _Table:
+        self.used.add(name)
+        value = self.data.get(name, {})
+        if not isinstance(value, Mapping):
+            raise self.error(name, "expected a table")
+        return _Table(self.source, self.key(name), value)
+
+    def check_unknown(self) -> None:
+        for name in self.data:
+            if name not in self.used:
+                raise self.error(name, "unknown key")
+
+
+def _parse_credentials(table: _Table) -> CredentialsConfig:
+    source = table.choice("source", get_args(CredentialSourceKind), "secretsmanager")
+    credentials = CredentialsConfig(
+        source=cast(CredentialSourceKind, source),
+        secret_id=table.string("secret_id"),
+        poll_interval=table.duration("poll_interval", 30.0),
+        username=table.string("username"),
+        password=table.get("password", str),
+    )
+    table.check_unknown()
+    if credentials.source == "secretsmanager" and not credentials.secret_id:
+        raise table.error("secret_id", 'required when source = "secretsmanager"')
+    if credentials.source == "static" and (not credentials.username or credentials.password is None):
+        raise table.error("username", "static credentials need username and password")
+    return credentials
+
+
+def _parse_pool(table: _Table) -> PoolConfig:
+    name = table.string("name")
+    if not name:
+        raise table.error("name", "required: clients select the pool by this database name")
+    engine = table.choice("engine", get_args(Engine), "postgres")
+    if engine not in SUPPORTED_ENGINES:
+        raise table.error("engine", f"engine {engine!r} is not supported by this version yet")
+    listen = table.address("listen", None) or Address("127.0.0.1", DEFAULT_PORTS[engine])
+    if not listen.is_loopback:
+        raise table.error(
+            "listen",
+            f"{listen} is not a loopback address: clients authenticate without a password, "
+            "so rotaproxy only listens on 127.0.0.1, ::1 or localhost",
+        )
+    mode = table.choice("mode", get_args(PoolMode), "session")
+    if mode not in SUPPORTED_MODES:
+        raise table.error("mode", f"mode {mode!r} is not supported by this version yet")
+    tls = table.choice("tls", get_args(TlsMode), "verify-full")
+    ca_text = table.string("tls_ca_file")
+    tls_ca_file = Path(ca_text) if ca_text else None
+    if tls_ca_file is not None and not tls_ca_file.is_file():
+        raise table.error("tls_ca_file", f"{tls_ca_file} does not exist or is not a file")
+    pool = PoolConfig(
+        name=name,
+        engine=cast(Engine, engine),
+        listen=listen,
+        upstream=table.address("upstream", UPSTREAM_DEFAULT_PORTS[engine]),
+        database=table.string("database"),
+        mode=cast(PoolMode, mode),
+        max_server_connections=table.get("max_server_connections", int, 20),
+        min_server_connections=table.get("min_server_connections", int, 0),
+        borrow_timeout=table.duration("borrow_timeout", 5.0),
+        connect_timeout=table.duration("connect_timeout", 5.0),
+        idle_timeout=table.duration("idle_timeout", 600.0),
+        server_lifetime=table.duration("server_lifetime", 3600.0),
+        liveness_check_after=table.duration("liveness_check_after", 30.0),
+        tls=cast(TlsMode, tls),
+        tls_ca_file=tls_ca_file,
+        credentials=_parse_credentials(table.table("credentials")),
+    )
+    table.check_unknown()
+    if pool.max_server_connections < 1:
+        raise table.error("max_server_connections", "must be at least 1")
+    if not 0 <= pool.min_server_connections <= pool.max_server_connections:
+        raise table.error("min_server_connections", "must be between 0 and max_server_connections")
+    if pool.borrow_timeout <= 0:
+        raise table.error("borrow_timeout", "must be greater than zero")
+    return pool
+
+
+def _check_listeners(config: Config) -> None:
+    names: set[str] = set()
+    for index, pool in enumerate(config.pools):
+        if pool.name in names:
+            raise ConfigError(config.source, f"pool[{index}].name", f"duplicate pool {pool.name!r}")
+        names.add(pool.name)
+    for address, pools in config.listeners().items():
+        engines = {pool.engine for pool in pools}
+        if len(engines) > 1:
+            raise ConfigError(
+                config.source,
+                "pool.listen",
+                f"pools on {address} mix engines {sorted(engines)}; one listener, one engine",
+            )
+
+
+def parse_config(data: Mapping[str, Any], source: str) -> Config:
+    root = _Table(source, "", data)
+    aws_table = root.table("aws")
+    aws = AwsConfig(region=aws_table.string("region"), endpoint_url=aws_table.string("endpoint_url"))
+    aws_table.check_unknown()
+    admin_table = root.table("admin")
+    admin = AdminConfig(listen=admin_table.address("listen", None))
+    admin_table.check_unknown()
+    root.used.add("pool")
+    raw_pools = data.get("pool", [])
+    if not isinstance(raw_pools, list) or not raw_pools:
+        raise ConfigError(source, "pool", "at least one [[pool]] table is required")
+    pools = tuple(_parse_pool(_Table(source, f"pool[{index}]", raw)) for index, raw in enumerate(raw_pools))
+    root.check_unknown()
+    config = Config(pools=pools, aws=aws, admin=admin, source=source)
+    _check_listeners(config)
+    return config
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), "", f"invalid TOML: {exc}") from None
+    return parse_config(data, str(path))
+
+
+def quick_config(
+    *,
+    engine: str,
+    listen: str | None,
+    secret_id: str,
+    upstream: str | None = None,
+    database: str | None = None,
+    mode: str = "session",
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    tls: str = "verify-full",
+    tls_ca_file: str | None = None,
+    admin_listen: str | None = None,
+) -> Config:
+    """The ``rotaproxy run --engine ... --secret-id ...`` form, validated like a file."""
+    pool: dict[str, Any] = {
+        "name": database or "default",
+        "engine": engine,
+        "mode": mode,
+        "tls": tls,
+        "credentials": {"source": "secretsmanager", "secret_id": secret_id},
+    }
+    optional = {
+        "listen": listen,
+        "upstream": upstream,
+        "database": database,
+        "tls_ca_file": tls_ca_file,
+    }
+    pool.update({key: value for key, value in optional.items() if value})
+    data: dict[str, Any] = {
+        "pool": [pool],
+        "aws": {key: value for key, value in (("endpoint_url", endpoint_url), ("region", region)) if value},
+    }
+    if admin_listen:
+        data["admin"] = {"listen": admin_listen}
+    return parse_config(data, "<command line>")

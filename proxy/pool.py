@@ -1,0 +1,364 @@
+"""The engine-agnostic server-connection pool: limits, waiters, lifetimes, health, generations.
+
+It knows connections, not protocols. An engine plugs in a ``Connector`` (open and log in
+with given credentials) and its ``ServerConnection`` subclass (reset, liveness check, close).
+Every state change goes through ``_set_state`` so the counts that metrics and the admin
+API read are the very numbers the pool decides with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from proxy.config import PoolConfig
+from proxy.credentials import Credentials, CredentialsError, CredentialSource
+
+log = logging.getLogger(__name__)
+
+JANITOR_INTERVAL = 1.0
+RESET_TIMEOUT = 5.0
+RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class ConnectionState(enum.Enum):
+    IDLE = "idle"
+    BUSY = "busy"
+    RESETTING = "resetting"
+    CLOSED = "closed"
+
+
+class PoolError(Exception):
+    """A borrow failed; the message is safe to show to a client."""
+
+
+class BorrowTimeout(PoolError):
+    pass
+
+
+class PoolClosed(PoolError):
+    pass
+
+
+class UpstreamUnavailable(PoolError):
+    """The upstream could not be reached (refused, reset, timed out): worth retrying."""
+
+
+class ServerConnection(ABC):
+    """A logged-in upstream connection as the pool sees it."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.created_at = time.monotonic()
+        self.idle_since = self.created_at
+        self.state: ConnectionState | None = None
+        self.on_lost: Callable[[ServerConnection], None] | None = None
+
+    @abstractmethod
+    async def reset(self) -> None:
+        """Bring the session back to its just-logged-in state; raise if that fails."""
+
+    @abstractmethod
+    async def check_alive(self) -> None:
+        """A cheap round trip; raise if the connection is no longer usable."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close now (politely where the protocol allows)."""
+
+    @property
+    @abstractmethod
+    def is_closed(self) -> bool: ...
+
+    def connection_lost(self) -> None:
+        """Engines call this when the transport goes away by itself."""
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+
+Connector = Callable[[Credentials, int], Awaitable[ServerConnection]]
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+class Pool:
+    def __init__(self, config: PoolConfig, credentials: CredentialSource, connector: Connector) -> None:
+        self.config = config
+        self.name = config.name
+        self.credentials = credentials
+        self._connector = connector
+        self.generation = 1
+        self._idle: deque[ServerConnection] = deque()
+        self._connections: set[ServerConnection] = set()
+        self._connecting = 0
+        self._waiters: deque[asyncio.Future[ServerConnection | None]] = deque()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._janitor: asyncio.Task[None] | None = None
+        self._closing = False
+        self.counts: dict[ConnectionState, int] = dict.fromkeys(ConnectionState, 0)
+        self.opened_total = 0
+        self.failed_total = 0
+        self.borrow_timeouts_total = 0
+        self.last_error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Pool({self.name!r}, size={self.size}, waiting={len(self._waiters)})"
+
+    @property
+    def size(self) -> int:
+        """Connections that count against max_server_connections."""
+        return len(self._connections) + self._connecting
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "connecting": self._connecting,
+            **{
+                state.value: count
+                for state, count in self.counts.items()
+                if state is not ConnectionState.CLOSED
+            },
+            "waiting": self.waiting,
+            "generation": self.generation,
+            "opened_total": self.opened_total,
+            "failed_total": self.failed_total,
+            "borrow_timeouts_total": self.borrow_timeouts_total,
+            "last_error": self.last_error,
+        }
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._janitor = asyncio.create_task(self._janitor_loop(), name=f"pool-{self.name}-janitor")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._janitor is not None:
+            self._janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._janitor
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(PoolClosed(f'pool "{self.name}" is shutting down'))
+        self._waiters.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for connection in list(self._connections):
+            self._discard(connection)
+
+    # --- borrowing -------------------------------------------------------------------------
+    async def borrow(self) -> ServerConnection:
+        """A logged-in connection for the caller's exclusive use, within borrow_timeout."""
+        if self._closing:
+            raise PoolClosed(f'pool "{self.name}" is shutting down')
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.borrow_timeout
+        attempt = 0
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    connection = await self._take_idle()
+                    if connection is not None:
+                        return connection
+                    if self.size < self.config.max_server_connections:
+                        try:
+                            return await self._open(for_borrower=True)
+                        except UpstreamUnavailable:
+                            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                            attempt += 1
+                            if loop.time() + delay >= deadline:
+                                raise
+                            await asyncio.sleep(delay)
+                            continue
+                    connection = await self._wait_for_connection()
+                    if connection is not None:
+                        return connection
+        except TimeoutError:
+            self.borrow_timeouts_total += 1
+            raise BorrowTimeout(
+                f'pool "{self.name}": no server connection became available within '
+                f"borrow_timeout {format_seconds(self.config.borrow_timeout)} "
+                f"({self.size} of max_server_connections {self.config.max_server_connections} "
+                "in use)"
+            ) from None
+
+    async def _take_idle(self) -> ServerConnection | None:
+        while self._idle:
+            connection = self._idle.pop()  # most recently used first: warm caches, let others age out
+            if self._must_retire(connection):
+                self._discard(connection)
+                continue
+            self._set_state(connection, ConnectionState.BUSY)
+            if time.monotonic() - connection.idle_since >= self.config.liveness_check_after:
+                try:
+                    await asyncio.wait_for(connection.check_alive(), self.config.connect_timeout)
+                except (Exception, asyncio.CancelledError) as exc:
+                    self._discard(connection)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    log.info('pool "%s": dropped a dead idle server connection (%s)', self.name, exc)
+                    continue
+            return connection
+        return None
+
+    async def _wait_for_connection(self) -> ServerConnection | None:
+        waiter: asyncio.Future[ServerConnection | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            # Handed a connection in the same tick we were cancelled: give it back.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                handed = waiter.result()
+                if handed is not None:
+                    self._make_available(handed)
+                else:
+                    self._wake_one()
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    async def _open(self, *, for_borrower: bool) -> ServerConnection:
+        self._connecting += 1
+        generation = self.generation
+        try:
+            credentials = await self.credentials.current()
+            connection = await self._connector(credentials, generation)
+        except BaseException as exc:
+            self._connecting -= 1
+            self._wake_one()  # the slot this attempt held is free again for a waiter
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            self.failed_total += 1
+            self.last_error = str(exc)
+            if isinstance(exc, CredentialsError):
+                raise PoolError(str(exc)) from None
+            raise
+        self._connecting -= 1
+        self.opened_total += 1
+        self.last_error = None
+        connection.on_lost = self._on_connection_lost
+        self._connections.add(connection)
+        self._set_state(connection, ConnectionState.BUSY if for_borrower else ConnectionState.IDLE)
+        if not for_borrower:
+            self._make_available(connection)
+        return connection
+
+    # --- returning -------------------------------------------------------------------------
+    def release(self, connection: ServerConnection, *, reusable: bool) -> None:
+        """Give a borrowed connection back; it is reset before anyone else gets it."""
+        if not reusable or self._closing or self._must_retire(connection) or connection.is_closed:
+            self._discard(connection)
+            return
+        self._set_state(connection, ConnectionState.RESETTING)
+        self._spawn(self._reset_and_return(connection))
+
+    async def _reset_and_return(self, connection: ServerConnection) -> None:
+        try:
+            await asyncio.wait_for(connection.reset(), RESET_TIMEOUT)
+        except Exception as exc:
+            log.info('pool "%s": closing a server connection whose reset failed: %s', self.name, exc)
+            self._discard(connection)
+            return
+        if connection.is_closed or self._closing:
+            self._discard(connection)
+            return
+        self._make_available(connection)
+
+    def _make_available(self, connection: ServerConnection) -> None:
+        connection.idle_since = time.monotonic()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._set_state(connection, ConnectionState.BUSY)
+                waiter.set_result(connection)
+                return
+        self._set_state(connection, ConnectionState.IDLE)
+        self._idle.append(connection)
+
+    def _discard(self, connection: ServerConnection) -> None:
+        if connection.state is ConnectionState.CLOSED:
+            return
+        with contextlib.suppress(ValueError):
+            self._idle.remove(connection)
+        self._connections.discard(connection)
+        self._set_state(connection, ConnectionState.CLOSED)
+        connection.on_lost = None
+        connection.close()
+        self._wake_one()
+
+    def _on_connection_lost(self, connection: ServerConnection) -> None:
+        # An idle connection the server closed (restart, idle timeout) leaves the pool now;
+        # a busy one is discarded when its client session releases it.
+        if connection.state in (ConnectionState.IDLE, None):
+            self._discard(connection)
+
+    def _wake_one(self) -> None:
+        """A slot freed up: let the first waiter try to open a connection itself."""
+        if self._closing:
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _set_state(self, connection: ServerConnection, state: ConnectionState) -> None:
+        if connection.state is not None:
+            self.counts[connection.state] -= 1
+        connection.state = state
+        self.counts[state] += 1
+
+    def _must_retire(self, connection: ServerConnection) -> bool:
+        return (
+            connection.is_closed
+            or connection.generation != self.generation
+            or time.monotonic() - connection.created_at >= self.config.server_lifetime
+        )
+
+    # --- upkeep ----------------------------------------------------------------------------
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _janitor_loop(self) -> None:
+        while True:
+            self._expire_idle()
+            await self._fill_to_minimum()
+            await asyncio.sleep(JANITOR_INTERVAL)
+
+    def _expire_idle(self) -> None:
+        now = time.monotonic()
+        for connection in list(self._idle):
+            too_old = now - connection.created_at >= self.config.server_lifetime
+            idle_too_long = now - connection.idle_since >= self.config.idle_timeout
+            if (
+                connection.is_closed
+                or too_old
+                or (idle_too_long and self.size > self.config.min_server_connections)
+            ):
+                self._discard(connection)
+
+    async def _fill_to_minimum(self) -> None:
+        while self.size < self.config.min_server_connections and not self._closing:
+            try:
+                await self._open(for_borrower=False)
+            except (PoolError, OSError, Exception) as exc:
+                log.warning('pool "%s": could not open a server connection: %s', self.name, exc)
+                return

@@ -1,0 +1,301 @@
+"""A PostgreSQL client session: passwordless startup, pool selection, session-mode relay.
+
+Theory of operation: the client's startup packet picks a pool by database name; the session
+borrows a server connection, replays the client's startup parameters on it with
+``set_config`` (so the server normalises them exactly as at login), and only then tells the
+client it is authenticated, replaying the server's ParameterStatus values and the server's
+real backend PID. From there bytes are relayed both ways while trackers watch the message
+headers; when the client leaves, the connection goes back to the pool (and is reset) only
+if it sits at a safe point, otherwise it is cancelled and closed so that nothing a client
+left half-done can reach the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from protocols.errors import ProtocolViolation
+from protocols.postgres.framing import StartupReader
+from protocols.postgres.messages import (
+    AUTH_OK_MESSAGE,
+    SQLSTATE_CANNOT_CONNECT,
+    SQLSTATE_CONNECTION_FAILURE,
+    SQLSTATE_FEATURE_NOT_SUPPORTED,
+    SQLSTATE_INVALID_AUTHORIZATION,
+    SQLSTATE_INVALID_CATALOG_NAME,
+    SQLSTATE_PROTOCOL_VIOLATION,
+    SQLSTATE_TOO_MANY_CONNECTIONS,
+    SSL_REFUSED,
+    BackendKeyData,
+    CancelRequest,
+    ErrorResponse,
+    GSSENCRequest,
+    NegotiateProtocolVersion,
+    ParameterStatus,
+    ReadyForQuery,
+    SSLRequest,
+    StartupEvent,
+    StartupMessage,
+)
+from protocols.postgres.tracker import BackendTracker, FrontendTracker, at_safe_point
+from proxy.endpoint import ConnectionClosed, Endpoint
+from proxy.pool import BorrowTimeout, Pool, PoolError
+from proxy.postgres.server import PgServerConnection
+
+if TYPE_CHECKING:
+    from proxy.postgres.listener import PgListener
+
+log = logging.getLogger(__name__)
+
+# Startup parameters that are not session settings.
+_NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
+CANCEL_ON_EXIT_TIMEOUT = 2.0
+
+
+class ClientError(Exception):
+    """End the session with a FATAL ErrorResponse carrying this SQLSTATE and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def quote_literal(text: str) -> str:
+    """An escape-string literal, safe whatever standard_conforming_strings says."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def parse_options(options: str) -> dict[str, str]:
+    """The ``options`` startup parameter: ``-c name=value`` / ``--name=value``, backslash escapes."""
+    words: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for char in options:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char.isspace():
+            if current:
+                words.append("".join(current))
+                current = []
+        else:
+            current.append(char)
+    if current:
+        words.append("".join(current))
+    settings: dict[str, str] = {}
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if word == "-c" and index + 1 < len(words):
+            setting = words[index + 1]
+            index += 2
+        elif (word.startswith("-c") and len(word) > 2) or (word.startswith("--") and "=" in word):
+            setting, index = word[2:], index + 1
+        else:
+            raise ClientError(
+                SQLSTATE_FEATURE_NOT_SUPPORTED,
+                f"unsupported startup option {word!r}: only -c name=value settings pass through rotaproxy",
+            )
+        name, sep, value = setting.partition("=")
+        if not sep or not name:
+            raise ClientError(SQLSTATE_PROTOCOL_VIOLATION, f"invalid startup option {setting!r}")
+        settings[name.replace("-", "_")] = value
+    return settings
+
+
+def session_settings(parameters: Mapping[str, str]) -> dict[str, str]:
+    settings = {k: v for k, v in parameters.items() if k not in _NOT_SETTINGS and not k.startswith("_pq_.")}
+    settings.update(parse_options(parameters.get("options", "")))
+    return settings
+
+
+def set_config_query(settings: Mapping[str, str]) -> str:
+    calls = ", ".join(
+        f"pg_catalog.set_config({quote_literal(name)}, {quote_literal(value)}, false)"
+        for name, value in settings.items()
+    )
+    return f"SELECT {calls}"
+
+
+class PgClientSession:
+    def __init__(self, endpoint: Endpoint, reader: StartupReader, listener: PgListener) -> None:
+        self.endpoint = endpoint
+        self.reader = reader
+        self.listener = listener
+        self.server: PgServerConnection | None = None
+        self.cancel_key: tuple[int, int] | None = None
+        self.pool: Pool | None = None
+        peer = endpoint.transport.get_extra_info("peername") if endpoint.transport else None
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
+
+    def __repr__(self) -> str:
+        return f"PgClientSession(peer={self.peer}, pool={self.pool.name if self.pool else None})"
+
+    async def run(self) -> None:
+        try:
+            startup = await self._read_startup()
+            if startup is not None:
+                await self._serve(startup)
+        except ClientError as exc:
+            self._fatal(exc.code, str(exc))
+        except ProtocolViolation as exc:
+            log.info("client %s broke the protocol: %s", self.peer, exc)
+            self._fatal(SQLSTATE_PROTOCOL_VIOLATION, f"invalid message from client: {exc}")
+        except ConnectionClosed:
+            pass
+        finally:
+            self.endpoint.close()
+
+    def _fatal(self, code: str, message: str) -> None:
+        self.endpoint.write(ErrorResponse.build("FATAL", code, message).encode())
+
+    async def _read_startup(self) -> StartupMessage | None:
+        while True:
+            event: StartupEvent = await self.endpoint.receive(self.reader.next_event)
+            if isinstance(event, SSLRequest | GSSENCRequest):
+                # Client TLS is not offered: the listener is local only.
+                if len(self.reader):
+                    raise ProtocolViolation("data sent after an encryption request before the answer")
+                self.endpoint.write(SSL_REFUSED)
+            elif isinstance(event, CancelRequest):
+                await self.listener.cancel(event)
+                return None
+            else:
+                return event
+
+    async def _serve(self, startup: StartupMessage) -> None:
+        parameters = startup.parameters
+        if startup.minor > 0 or any(name.startswith("_pq_.") for name in parameters):
+            unknown = tuple(name for name in parameters if name.startswith("_pq_."))
+            self.endpoint.write(NegotiateProtocolVersion(0, unknown).encode())
+        if "replication" in parameters and parameters["replication"].lower() not in (
+            "false",
+            "off",
+            "0",
+            "no",
+        ):
+            raise ClientError(
+                SQLSTATE_FEATURE_NOT_SUPPORTED,
+                "replication connections are not supported by rotaproxy",
+            )
+        user = parameters.get("user")
+        if not user:
+            raise ClientError(
+                SQLSTATE_INVALID_AUTHORIZATION,
+                "no PostgreSQL user name specified in startup packet",
+            )
+        database = parameters.get("database") or user
+        pool = self.listener.pool_for(database)
+        if pool is None:
+            raise ClientError(SQLSTATE_INVALID_CATALOG_NAME, f'database "{database}" does not exist')
+        self.pool = pool
+        settings = session_settings(parameters)
+        try:
+            server = await pool.borrow()
+        except BorrowTimeout as exc:
+            raise ClientError(SQLSTATE_TOO_MANY_CONNECTIONS, str(exc)) from None
+        except PoolError as exc:
+            log.warning('pool "%s": client %s refused: %s', pool.name, self.peer, exc)
+            raise ClientError(SQLSTATE_CANNOT_CONNECT, str(exc)) from None
+        assert isinstance(server, PgServerConnection)
+        self.server = server
+        reusable = False
+        try:
+            if settings:
+                errors = await server.run_queries(set_config_query(settings))
+                if errors:
+                    reusable = True
+                    error = errors[0]
+                    raise ClientError(error.code, error.message)
+            self._greet(server)
+            log.debug('pool "%s": client %s (user %r) attached to %r', pool.name, self.peer, user, server)
+            reusable = await self._relay(server)
+        finally:
+            self.listener.forget_cancel_key(self.cancel_key)
+            self.server = None
+            server.endpoint.stop_relay()
+            pool.release(server, reusable=reusable and not server.is_closed)
+
+    def _greet(self, server: PgServerConnection) -> None:
+        self.cancel_key = self.listener.register_cancel_key(self, server.backend_pid)
+        greeting = [AUTH_OK_MESSAGE]
+        greeting += [ParameterStatus(name, value).encode() for name, value in server.parameters.items()]
+        greeting.append(BackendKeyData(*self.cancel_key).encode())
+        greeting.append(ReadyForQuery(server.transaction_status).encode())
+        self.endpoint.write(b"".join(greeting))
+
+    async def _relay(self, server: PgServerConnection) -> bool:
+        """Relay until either side leaves; True if the server connection may be reused."""
+        client, upstream = self.endpoint, server.endpoint
+        frontend = FrontendTracker()
+        backend = BackendTracker(server.parameters)
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def finish(reason: str) -> None:
+            if not done.done():
+                done.set_result(reason)
+
+        def to_server(data: bytes) -> None:
+            try:
+                count = frontend.feed(data)
+            except ProtocolViolation as exc:
+                log.info("client %s broke the protocol: %s", self.peer, exc)
+                finish("client protocol violation")
+                return
+            upstream.write(data if count == len(data) else data[:count])
+            if frontend.terminated:
+                finish("client terminated")
+
+        def to_client(data: bytes) -> None:
+            client.write(data)
+            try:
+                backend.feed(data)
+            except ProtocolViolation as exc:
+                log.warning("upstream %r broke the protocol: %s", server, exc)
+                finish("server protocol violation")
+
+        client.peer, upstream.peer = upstream, client
+        upstream.start_relay(to_client)
+        client.start_relay(to_server)
+        client.on_lost(lambda _: finish("client closed"))
+        upstream.on_lost(lambda _: finish("server closed"))
+        reason = await done
+        client.stop_relay()
+        upstream.stop_relay()
+        server.transaction_status = backend.transaction_status
+        server.parameters = backend.parameters
+        safe = at_safe_point(frontend, backend)
+        if reason == "server closed":
+            if backend.at_boundary and not client.closed:
+                self._fatal(
+                    SQLSTATE_CONNECTION_FAILURE,
+                    f'pool "{server.pool}": the server connection was lost',
+                )
+            return False
+        if not safe and reason in ("client closed", "client terminated"):
+            await self._cancel_abandoned(server)
+            return False
+        return (safe and reason == "client terminated") or (safe and reason == "client closed")
+
+    async def _cancel_abandoned(self, server: PgServerConnection) -> None:
+        """A client left with a query running: stop it before closing, so it cannot commit."""
+        log.info(
+            'pool "%s": client %s left mid-query; cancelling it on %r',
+            server.pool,
+            self.peer,
+            server,
+        )
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CANCEL_ON_EXIT_TIMEOUT):
+                await server.cancel_query()
+
+    async def cancel_current_query(self) -> None:
+        server = self.server
+        if server is not None:
+            await server.cancel_query()

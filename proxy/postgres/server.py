@@ -1,0 +1,267 @@
+"""PostgreSQL upstream connections: connect, TLS, log in, reset, liveness, cancel.
+
+``PgConnector`` is the pool's connector for one pool; it opens ``PgServerConnection``s
+under the credentials it is handed. Upstream errors keep their SQLSTATE so the pool and
+the client session can tell an authentication failure from an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from dataclasses import dataclass
+from typing import cast
+
+from protocols.errors import ProtocolViolation
+from protocols.postgres.auth import AuthenticationFailed, UpstreamAuthenticator
+from protocols.postgres.framing import MessageReader
+from protocols.postgres.messages import (
+    SQLSTATE_INVALID_AUTHORIZATION,
+    SQLSTATE_INVALID_PASSWORD,
+    SSL_ACCEPTED,
+    SSL_REQUEST_MESSAGE,
+    STATUS_IDLE,
+    TERMINATE_MESSAGE,
+    AuthenticationRequest,
+    BackendKeyData,
+    BackendMessage,
+    CancelRequest,
+    ErrorResponse,
+    ParameterStatus,
+    ReadyForQuery,
+    StartupMessage,
+    decode_backend,
+    query_message,
+)
+from proxy.config import PoolConfig
+from proxy.credentials import Credentials
+from proxy.endpoint import ConnectionClosed, Endpoint
+from proxy.pool import PoolError, ServerConnection, UpstreamUnavailable
+from proxy.tls import upstream_ssl_context
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamError(PoolError):
+    """The upstream server answered with an ErrorResponse while we logged in."""
+
+    def __init__(self, pool: str, error: ErrorResponse) -> None:
+        super().__init__(f'pool "{pool}": upstream refused the connection: {error.message} ({error.code})')
+        self.error = error
+
+    @property
+    def is_auth_failure(self) -> bool:
+        return self.error.code in (SQLSTATE_INVALID_PASSWORD, SQLSTATE_INVALID_AUTHORIZATION)
+
+
+@dataclass(frozen=True, slots=True)
+class PgTarget:
+    host: str
+    port: int
+    database: str
+    ssl_context: ssl.SSLContext | None
+    connect_timeout: float
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}/{self.database}"
+
+
+async def _open_transport(target: PgTarget, pool: str) -> Endpoint:
+    """TCP connect and, unless tls = disable, the SSLRequest exchange and TLS handshake."""
+    loop = asyncio.get_running_loop()
+    reader = MessageReader()
+    endpoint = Endpoint(reader)
+    await loop.create_connection(lambda: endpoint, target.host, target.port)
+    if target.ssl_context is None:
+        return endpoint
+    endpoint.write(SSL_REQUEST_MESSAGE)
+    answer = await endpoint.receive(lambda: reader.take_bytes(1))
+    if answer != SSL_ACCEPTED:
+        endpoint.close()
+        raise PoolError(f'pool "{pool}": upstream {target.host}:{target.port} does not accept TLS')
+    if len(reader):
+        # Bytes sent before the handshake would be trusted as if encrypted (CVE-2021-23222).
+        endpoint.close()
+        raise ProtocolViolation("upstream sent unencrypted data after accepting TLS")
+    assert endpoint.transport is not None
+    tls_transport = await loop.start_tls(
+        endpoint.transport, endpoint, target.ssl_context, server_hostname=target.host
+    )
+    endpoint.transport = cast(asyncio.Transport, tls_transport)
+    return endpoint
+
+
+class PgServerConnection(ServerConnection):
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        reader: MessageReader,
+        target: PgTarget,
+        pool: str,
+        generation: int,
+        username: str,
+    ) -> None:
+        super().__init__(generation)
+        self.endpoint = endpoint
+        self.reader = reader
+        self.target = target
+        self.pool = pool
+        self.username = username
+        self.parameters: dict[str, str] = {}
+        self.backend_key: BackendKeyData | None = None
+        self.transaction_status = STATUS_IDLE
+        endpoint.on_lost(lambda _: self.connection_lost())
+
+    def __repr__(self) -> str:
+        pid = self.backend_key.process_id if self.backend_key else None
+        return f"PgServerConnection({self.target}, user={self.username!r}, pid={pid}, gen={self.generation})"
+
+    @property
+    def backend_pid(self) -> int:
+        return self.backend_key.process_id if self.backend_key else 0
+
+    @property
+    def is_closed(self) -> bool:
+        return self.endpoint.closed
+
+    async def read_message(self) -> BackendMessage:
+        raw = await self.endpoint.receive(self.reader.next_message)
+        return decode_backend(raw)
+
+    async def run_queries(self, *queries: str) -> list[ErrorResponse]:
+        """Pipeline simple queries; read until each has its ReadyForQuery; return the errors."""
+        self.endpoint.write(b"".join(query_message(sql) for sql in queries))
+        errors: list[ErrorResponse] = []
+        remaining = len(queries)
+        while remaining:
+            message = await self.read_message()
+            if isinstance(message, ReadyForQuery):
+                remaining -= 1
+                self.transaction_status = message.status
+            elif isinstance(message, ParameterStatus):
+                self.parameters[message.name] = message.value
+            elif isinstance(message, ErrorResponse) and not message.notice:
+                errors.append(message)
+        return errors
+
+    async def reset(self) -> None:
+        queries = ["DISCARD ALL"]
+        if self.transaction_status != STATUS_IDLE:
+            queries.insert(0, "ROLLBACK")
+        errors = await self.run_queries(*queries)
+        if errors or self.transaction_status != STATUS_IDLE:
+            reason = errors[0].message if errors else "still inside a transaction"
+            raise PoolError(f"reset failed: {reason}")
+
+    async def check_alive(self) -> None:
+        errors = await self.run_queries("")
+        if errors:
+            raise PoolError(f"liveness check failed: {errors[0].message}")
+
+    def close(self) -> None:
+        if not self.endpoint.closed:
+            self.endpoint.write(TERMINATE_MESSAGE)
+            self.endpoint.close()
+
+    async def cancel_query(self) -> None:
+        """Ask the server to cancel what this backend runs now (a new connection, as libpq)."""
+        if self.backend_key is None:
+            return
+        endpoint = await _open_transport(self.target, self.pool)
+        try:
+            endpoint.write(CancelRequest(self.backend_key.process_id, self.backend_key.secret_key).encode())
+            # The server answers a cancel by closing; waiting for that makes sure it was read.
+            with contextlib.suppress(ConnectionClosed, TimeoutError):
+                async with asyncio.timeout(self.target.connect_timeout):
+                    await endpoint.wait_closed()
+        finally:
+            endpoint.close()
+
+
+class PgConnector:
+    """Opens logged-in server connections for one pool."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        self.config = config
+        self.ssl_context = upstream_ssl_context(config)
+
+    def target(self, credentials: Credentials) -> PgTarget:
+        config = self.config
+        if config.upstream is not None:
+            host, port = config.upstream.host, config.upstream.port
+        elif credentials.host:
+            host, port = credentials.host, credentials.port or 5432
+        else:
+            raise PoolError(f'pool "{config.name}": no upstream configured and the secret has no "host"')
+        database = config.database or credentials.dbname or config.name
+        return PgTarget(host, port, database, self.ssl_context, config.connect_timeout)
+
+    async def __call__(self, credentials: Credentials, generation: int) -> PgServerConnection:
+        target = self.target(credentials)
+        pool = self.config.name
+        endpoint: Endpoint | None = None
+        try:
+            async with asyncio.timeout(target.connect_timeout):
+                endpoint = await _open_transport(target, pool)
+                assert isinstance(endpoint.reader, MessageReader)
+                connection = PgServerConnection(
+                    endpoint, endpoint.reader, target, pool, generation, credentials.username
+                )
+                await self._login(connection, credentials)
+                return connection
+        except ssl.SSLCertVerificationError as exc:
+            self._abort(endpoint)
+            raise PoolError(
+                f'pool "{pool}": TLS certificate of {target.host} rejected '
+                f"(tls = {self.config.tls}): {exc.verify_message}"
+            ) from None
+        except ssl.SSLError as exc:
+            self._abort(endpoint)
+            raise PoolError(f'pool "{pool}": TLS handshake with {target.host} failed: {exc.reason}') from None
+        except (OSError, ConnectionClosed) as exc:
+            self._abort(endpoint)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "connection closed"
+            raise UpstreamUnavailable(
+                f'pool "{pool}": cannot reach upstream {target.host}:{target.port}: {reason}'
+            ) from None
+        except TimeoutError:
+            self._abort(endpoint)
+            raise UpstreamUnavailable(
+                f'pool "{pool}": upstream {target.host}:{target.port} did not complete login within '
+                f"connect_timeout {self.config.connect_timeout:g}s"
+            ) from None
+        except (ProtocolViolation, AuthenticationFailed) as exc:
+            self._abort(endpoint)
+            raise PoolError(f'pool "{pool}": upstream login failed: {exc}') from None
+        except BaseException:
+            self._abort(endpoint)
+            raise
+
+    @staticmethod
+    def _abort(endpoint: Endpoint | None) -> None:
+        if endpoint is not None:
+            endpoint.abort()
+
+    async def _login(self, connection: PgServerConnection, credentials: Credentials) -> None:
+        startup = StartupMessage({"user": credentials.username, "database": connection.target.database})
+        connection.endpoint.write(startup.encode())
+        authenticator = UpstreamAuthenticator(credentials.username, credentials.password)
+        while True:
+            message = await connection.read_message()
+            if isinstance(message, AuthenticationRequest):
+                answer = authenticator.respond(message)
+                if answer is not None:
+                    connection.endpoint.write(answer)
+            elif isinstance(message, ErrorResponse) and not message.notice:
+                raise UpstreamError(self.config.name, message)
+            elif isinstance(message, ParameterStatus):
+                connection.parameters[message.name] = message.value
+            elif isinstance(message, BackendKeyData):
+                connection.backend_key = message
+            elif isinstance(message, ReadyForQuery):
+                if not authenticator.done:
+                    raise ProtocolViolation("upstream sent ReadyForQuery before authentication")
+                connection.transaction_status = message.status
+                return

@@ -1,0 +1,45 @@
+"""Defence in depth for secrets: a registry of secret values and a log filter that masks them.
+
+Code never formats a password on purpose; this filter catches the accident (an upstream
+error echoing input, a driver exception) before it reaches a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+
+MASK = "********"
+# Short values would mask ordinary words; real passwords and tokens are longer.
+_MIN_SECRET_LENGTH = 6
+_secrets: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    if len(value) >= _MIN_SECRET_LENGTH:
+        _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Masks registered secrets in a record's final message (and its exception text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _secrets:
+            return True
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and record.exc_info[1] is not None:
+            exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(exc_text)
+            record.exc_info = None
+            record.msg = f"{record.msg}\n{record.exc_text}"
+            record.exc_text = None
+        return True
