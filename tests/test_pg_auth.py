@@ -45,9 +45,7 @@ class ScramServer:
 
     def __init__(self, password: str, *, forge_server_key: bool = False) -> None:
         mechanism = scramp.ScramMechanism("SCRAM-SHA-256")
-        salt, stored_key, server_key, iterations = mechanism.make_auth_info(
-            password, iteration_count=4096
-        )
+        salt, stored_key, server_key, iterations = mechanism.make_auth_info(password, iteration_count=4096)
         if forge_server_key:
             # A server that can check the client's proof but cannot prove itself.
             server_key = bytes(32)
@@ -251,9 +249,7 @@ def test_sasl_continuation_before_sasl_start_is_a_protocol_violation(code: int) 
         client.respond(AuthenticationRequest(code, b"r=abc"))
 
 
-@pytest.mark.parametrize(
-    "code", [1, 2, 4, 6, 7, 8, 9, 13, 99, -1], ids=lambda code: f"code-{code}"
-)
+@pytest.mark.parametrize("code", [1, 2, 4, 6, 7, 8, 9, 13, 99, -1], ids=lambda code: f"code-{code}")
 def test_unknown_authentication_codes_are_rejected_naming_the_code(code: int) -> None:
     client = UpstreamAuthenticator("alice", PASSWORD)
     with pytest.raises(AuthenticationFailed, match=rf"\(code {code}\)"):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from protocols.errors import ProtocolViolation
-from protocols.postgres.framing import NEED_DATA, MessageReader, StartupReader
+from protocols.events import NEED_DATA
+from protocols.postgres.framing import MessageReader, StartupReader
 from protocols.postgres.messages import (
     CancelRequest,
     GSSENCRequest,
@@ -134,9 +135,7 @@ def test_startup_reader_rejects_a_length_above_10000_before_the_body(header: byt
 def test_startup_reader_accepts_a_packet_of_exactly_10000_bytes() -> None:
     value = "x" * 9966
     packet = (
-        b"\x00\x00\x27\x10\x00\x03\x00\x00user\x00a\x00application_name\x00"
-        + value.encode()
-        + b"\x00\x00"
+        b"\x00\x00\x27\x10\x00\x03\x00\x00user\x00a\x00application_name\x00" + value.encode() + b"\x00\x00"
     )
     assert len(packet) == 10_000
     reader = StartupReader()
@@ -218,9 +217,7 @@ def test_message_reader_waits_for_a_body_of_exactly_the_limit() -> None:
     assert reader.next_message() == RawMessage(b"D", b"\x00" * 1020)
 
 
-@pytest.mark.parametrize(
-    "header", [b"D\x40\x00\x00\x01", b"D\xff\xff\xff\xff"], ids=["1GiB+1", "4GiB"]
-)
+@pytest.mark.parametrize("header", [b"D\x40\x00\x00\x01", b"D\xff\xff\xff\xff"], ids=["1GiB+1", "4GiB"])
 def test_message_reader_default_limit_is_one_gibibyte(header: bytes) -> None:
     reader = MessageReader()
     reader.receive_data(header)
@@ -248,3 +245,24 @@ def test_message_reader_reads_messages_before_a_bad_one() -> None:
     assert reader.next_message() == RawMessage(b"Z", b"I")
     with pytest.raises(ProtocolViolation):
         reader.next_message()
+
+
+# --- take_bytes: raw bytes outside the message framing -------------------------------------
+
+
+def test_take_bytes_reads_the_one_byte_ssl_answer_and_leaves_what_follows() -> None:
+    reader = MessageReader()
+    assert reader.take_bytes(1) is NEED_DATA
+    reader.receive_data(b"N" + AUTH_OK)
+    assert reader.take_bytes(1) == b"N"
+    assert reader.next_message() == RawMessage(b"R", b"\x00\x00\x00\x00")
+
+
+def test_take_bytes_needs_data_until_all_requested_bytes_arrive() -> None:
+    reader = StartupReader()
+    reader.receive_data(b"\x16\x03")
+    assert reader.take_bytes(3) is NEED_DATA
+    assert len(reader) == 2
+    reader.receive_data(b"\x01\x02")
+    assert reader.take_bytes(3) == b"\x16\x03\x01"
+    assert reader.take_buffer() == b"\x02"

@@ -147,10 +147,7 @@ def test_cancel_request_repr_hides_the_secret_key() -> None:
 
 
 def test_decode_startup_reads_a_startup_message() -> None:
-    packet = (
-        b"\x00\x00\x00\x21\x00\x03\x00\x00"
-        b"user\x00alice\x00database\x00app\x00\x00"
-    )
+    packet = b"\x00\x00\x00\x21\x00\x03\x00\x00user\x00alice\x00database\x00app\x00\x00"
     event = decode_startup(packet)
     assert event == StartupMessage({"user": "alice", "database": "app"}, PROTOCOL_3_0)
     assert isinstance(event, StartupMessage)
@@ -240,9 +237,7 @@ def test_decode_startup_rejects_a_length_that_disagrees_with_the_packet(packet: 
         ),
     ],
 )
-def test_decode_startup_rejects_a_special_request_of_the_wrong_length(
-    packet: bytes, name: str
-) -> None:
+def test_decode_startup_rejects_a_special_request_of_the_wrong_length(packet: bytes, name: str) -> None:
     with pytest.raises(ProtocolViolation, match=f"{name} has the wrong length"):
         decode_startup(packet)
 
@@ -256,9 +251,7 @@ def test_decode_startup_rejects_a_special_request_of_the_wrong_length(
         (b"\x04\xd2\x16\x31", "1234.5681"),  # next to the special codes, but not one of them
     ],
 )
-def test_decode_startup_rejects_an_unknown_protocol_version_naming_it(
-    protocol: bytes, version: str
-) -> None:
+def test_decode_startup_rejects_an_unknown_protocol_version_naming_it(protocol: bytes, version: str) -> None:
     packet = startup_packet(protocol + b"user\x00alice\x00\x00")
     with pytest.raises(ProtocolViolation, match=rf"protocol {re.escape(version)}:"):
         decode_startup(packet)
@@ -492,8 +485,18 @@ def test_terminate_message_is_x_with_an_empty_body() -> None:
             AuthenticationRequest(AUTH_SASL_FINAL, b"v=xyz"),
         ),
     ],
-    ids=["ok", "kerberos", "cleartext", "md5", "gss", "gss-continue", "sspi", "sasl",
-         "sasl-continue", "sasl-final"],
+    ids=[
+        "ok",
+        "kerberos",
+        "cleartext",
+        "md5",
+        "gss",
+        "gss-continue",
+        "sspi",
+        "sasl",
+        "sasl-continue",
+        "sasl-final",
+    ],
 )
 def test_decode_backend_reads_every_authentication_request(
     wire: bytes, message: AuthenticationRequest
@@ -527,17 +530,24 @@ def test_decode_backend_reads_every_authentication_request(
             NegotiateProtocolVersion(1, ("_pq_.compression", "_pq_.x")),
         ),
     ],
-    ids=["parameter-status", "parameter-status-empty", "key-data", "key-data-extremes",
-         "ready-idle", "ready-in-transaction", "ready-failed", "error", "error-no-fields",
-         "notice", "negotiate", "negotiate-options"],
+    ids=[
+        "parameter-status",
+        "parameter-status-empty",
+        "key-data",
+        "key-data-extremes",
+        "ready-idle",
+        "ready-in-transaction",
+        "ready-failed",
+        "error",
+        "error-no-fields",
+        "notice",
+        "negotiate",
+        "negotiate-options",
+    ],
 )
 def test_decode_backend_round_trips_typed_messages(
     wire: bytes,
-    message: ParameterStatus
-    | BackendKeyData
-    | ReadyForQuery
-    | ErrorResponse
-    | NegotiateProtocolVersion,
+    message: ParameterStatus | BackendKeyData | ReadyForQuery | ErrorResponse | NegotiateProtocolVersion,
 ) -> None:
     assert decode_backend(raw(wire)) == message
     assert message.encode() == wire
@@ -592,17 +602,23 @@ def test_authentication_request_shorter_than_its_code_is_rejected(payload: bytes
         (b"client_\xffencoding\x00UTF8\x00", "UTF-8"),
         (b"client_encoding\x00UTF\xc38\x00", "UTF-8"),
     ],
-    ids=["empty", "name-unterminated", "value-missing", "value-unterminated", "extra-nul",
-         "junk", "name-not-utf8", "value-not-utf8"],
+    ids=[
+        "empty",
+        "name-unterminated",
+        "value-missing",
+        "value-unterminated",
+        "extra-nul",
+        "junk",
+        "name-not-utf8",
+        "value-not-utf8",
+    ],
 )
 def test_malformed_parameter_status_is_rejected(payload: bytes, complaint: str) -> None:
     with pytest.raises(ProtocolViolation, match=complaint):
         decode_backend(RawMessage(b"S", payload))
 
 
-@pytest.mark.parametrize(
-    "payload", [b"", b"\x00\x00\x04\xd2", b"\x00\x00\x04\xd2\xde\xad\xbe", b"\x00" * 9]
-)
+@pytest.mark.parametrize("payload", [b"", b"\x00\x00\x04\xd2", b"\x00\x00\x04\xd2\xde\xad\xbe", b"\x00" * 9])
 def test_backend_key_data_of_the_wrong_length_is_rejected(payload: bytes) -> None:
     with pytest.raises(ProtocolViolation, match="wrong length"):
         decode_backend(RawMessage(b"K", payload))
@@ -626,12 +642,17 @@ def test_ready_for_query_with_an_invalid_status_is_rejected(payload: bytes) -> N
         (b"SERROR\x00\x00junk", "trailing bytes"),
         (b"SERROR\x00\x00\x00", "trailing bytes"),
     ],
-    ids=["empty", "no-terminator", "value-unterminated", "code-only", "not-utf8",
-         "junk-after-terminator", "second-terminator"],
+    ids=[
+        "empty",
+        "no-terminator",
+        "value-unterminated",
+        "code-only",
+        "not-utf8",
+        "junk-after-terminator",
+        "second-terminator",
+    ],
 )
-def test_malformed_error_or_notice_response_is_rejected(
-    kind: bytes, payload: bytes, complaint: str
-) -> None:
+def test_malformed_error_or_notice_response_is_rejected(kind: bytes, payload: bytes, complaint: str) -> None:
     with pytest.raises(ProtocolViolation, match=complaint):
         decode_backend(RawMessage(kind, payload))
 
@@ -649,12 +670,18 @@ def test_malformed_error_or_notice_response_is_rejected(
         (b"\x00\x00\x00\x00\x00\x00\x00\x00\x00", "trailing bytes"),
         (b"\x00\x00\x00\x00\xff\xff\xff\xff", "negative"),
     ],
-    ids=["empty", "seven-bytes", "option-missing", "fewer-options-than-counted",
-         "option-unterminated", "option-not-utf8", "junk-after-options",
-         "junk-without-options", "negative-count"],
+    ids=[
+        "empty",
+        "seven-bytes",
+        "option-missing",
+        "fewer-options-than-counted",
+        "option-unterminated",
+        "option-not-utf8",
+        "junk-after-options",
+        "junk-without-options",
+        "negative-count",
+    ],
 )
-def test_malformed_negotiate_protocol_version_is_rejected(
-    payload: bytes, complaint: str
-) -> None:
+def test_malformed_negotiate_protocol_version_is_rejected(payload: bytes, complaint: str) -> None:
     with pytest.raises(ProtocolViolation, match=complaint):
         decode_backend(RawMessage(b"v", payload))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import struct
 
 import pytest
@@ -10,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.errors import ProtocolViolation
-from protocols.postgres.framing import NEED_DATA, MessageReader, StartupReader
+from protocols.events import NEED_DATA
+from protocols.postgres.framing import MessageReader, StartupReader
 from protocols.postgres.messages import RawMessage, decode_backend, decode_startup
 from protocols.postgres.tracker import BackendTracker, FrontendTracker, at_safe_point
 
@@ -46,14 +48,39 @@ ROW_DESCRIPTION = (
 )
 DATA_ROW = b"D\x00\x00\x00\x0b\x00\x01\x00\x00\x00\x011"
 COMMAND_COMPLETE = b"C\x00\x00\x00\x0dSELECT 1\x00"
-ERROR = b"E\x00\x00\x00\x12SERROR\x00C42P01\x00\x00"
+ERROR = b"E\x00\x00\x00\x13SERROR\x00C42P01\x00\x00"
 QUERY_RESULT = ROW_DESCRIPTION + DATA_ROW + COMMAND_COMPLETE
 
-FRONTEND_MESSAGES = [QUERY, PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, FLUSH,
-                     FUNCTION_CALL, COPY_DATA, COPY_DONE, TERMINATE]
-BACKEND_MESSAGES = [AUTH_OK, READY_IDLE, READY_IN_TRANSACTION, READY_FAILED, TIME_ZONE_OSLO,
-                    TIME_ZONE_UTC, APPLICATION_NAME, BACKEND_KEY_DATA, PARSE_COMPLETE,
-                    BIND_COMPLETE, ROW_DESCRIPTION, DATA_ROW, COMMAND_COMPLETE, ERROR]
+FRONTEND_MESSAGES = [
+    QUERY,
+    PARSE,
+    BIND,
+    DESCRIBE,
+    EXECUTE,
+    CLOSE,
+    SYNC,
+    FLUSH,
+    FUNCTION_CALL,
+    COPY_DATA,
+    COPY_DONE,
+    TERMINATE,
+]
+BACKEND_MESSAGES = [
+    AUTH_OK,
+    READY_IDLE,
+    READY_IN_TRANSACTION,
+    READY_FAILED,
+    TIME_ZONE_OSLO,
+    TIME_ZONE_UTC,
+    APPLICATION_NAME,
+    BACKEND_KEY_DATA,
+    PARSE_COMPLETE,
+    BIND_COMPLETE,
+    ROW_DESCRIPTION,
+    DATA_ROW,
+    COMMAND_COMPLETE,
+    ERROR,
+]
 
 
 @pytest.mark.parametrize("wire", FRONTEND_MESSAGES + BACKEND_MESSAGES)
@@ -66,8 +93,7 @@ def frontend_state(tracker: FrontendTracker) -> tuple[int, bool, bool, bool]:
 
 
 def backend_state(tracker: BackendTracker) -> tuple[int, bytes, dict[str, str], bool]:
-    return (tracker.ready_count, tracker.transaction_status, tracker.parameters,
-            tracker.at_boundary)
+    return (tracker.ready_count, tracker.transaction_status, tracker.parameters, tracker.at_boundary)
 
 
 # --- FrontendTracker ----------------------------------------------------------------------
@@ -91,12 +117,20 @@ def test_new_frontend_tracker_sits_at_a_boundary_owing_nothing() -> None:
         (EXTENDED_BATCH, 0),
         (COPY_DATA + COPY_DONE, 0),
     ],
-    ids=["query", "sync", "function-call", "three-queries", "batch", "two-batches",
-         "two-syncs", "flush", "batch-without-sync", "copy-data"],
+    ids=[
+        "query",
+        "sync",
+        "function-call",
+        "three-queries",
+        "batch",
+        "two-batches",
+        "two-syncs",
+        "flush",
+        "batch-without-sync",
+        "copy-data",
+    ],
 )
-def test_frontend_counts_each_message_that_owes_a_ready_for_query(
-    stream: bytes, sync_points: int
-) -> None:
+def test_frontend_counts_each_message_that_owes_a_ready_for_query(stream: bytes, sync_points: int) -> None:
     tracker = FrontendTracker()
     assert tracker.feed(stream) == len(stream)
     assert tracker.sync_points == sync_points
@@ -398,13 +432,23 @@ def test_clean_terminate_leaves_a_safe_point_and_a_torn_one_does_not() -> None:
 # --- a stream split at every possible point -----------------------------------------------
 
 FRONTEND_STREAM = (
-    QUERY + EXTENDED_BATCH + FLUSH + SYNC + FUNCTION_CALL + COPY_DATA + COPY_DONE
-    + CLOSE + PARSE + QUERY
+    QUERY + EXTENDED_BATCH + FLUSH + SYNC + FUNCTION_CALL + COPY_DATA + COPY_DONE + CLOSE + PARSE + QUERY
 )
 BACKEND_STREAM = (
-    AUTH_OK + TIME_ZONE_OSLO + APPLICATION_NAME + BACKEND_KEY_DATA + READY_IDLE
-    + QUERY_RESULT + READY_IN_TRANSACTION + ERROR + READY_FAILED + TIME_ZONE_UTC
-    + PARSE_COMPLETE + BIND_COMPLETE + DATA_ROW + READY_IN_TRANSACTION
+    AUTH_OK
+    + TIME_ZONE_OSLO
+    + APPLICATION_NAME
+    + BACKEND_KEY_DATA
+    + READY_IDLE
+    + QUERY_RESULT
+    + READY_IN_TRANSACTION
+    + ERROR
+    + READY_FAILED
+    + TIME_ZONE_UTC
+    + PARSE_COMPLETE
+    + BIND_COMPLETE
+    + DATA_ROW
+    + READY_IN_TRANSACTION
 )
 
 
@@ -468,19 +512,17 @@ def test_backend_stream_fed_byte_at_a_time_ends_in_the_same_state() -> None:
 
 # --- properties ---------------------------------------------------------------------------
 
-PROPERTY_SETTINGS = settings(max_examples=200, deadline=None)
+# No example database: a run leaves no files behind, like `-p no:cacheprovider`.
+PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, database=None)
 
 
 def typed(kind: bytes, payload: bytes) -> bytes:
     return kind + struct.pack("!I", len(payload) + 4) + payload
 
 
-protocol_text = st.text(
-    st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=12
-)
+protocol_text = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=12)
 frontend_message = st.one_of(
-    st.sampled_from([QUERY, PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, FLUSH,
-                     FUNCTION_CALL, COPY_DONE]),
+    st.sampled_from([QUERY, PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, FLUSH, FUNCTION_CALL, COPY_DONE]),
     st.binary(max_size=40).map(lambda body: typed(b"d", body)),
     protocol_text.map(lambda sql: typed(b"Q", sql.encode() + b"\x00")),
 )
@@ -488,9 +530,7 @@ ready_for_query = st.sampled_from([READY_IDLE, READY_IN_TRANSACTION, READY_FAILE
 parameter_status = st.tuples(protocol_text, protocol_text)
 backend_message = st.one_of(
     ready_for_query,
-    parameter_status.map(
-        lambda pair: typed(b"S", pair[0].encode() + b"\x00" + pair[1].encode() + b"\x00")
-    ),
+    parameter_status.map(lambda pair: typed(b"S", pair[0].encode() + b"\x00" + pair[1].encode() + b"\x00")),
     st.binary(max_size=40).map(lambda body: typed(b"D", body)),
     st.sampled_from([AUTH_OK, BACKEND_KEY_DATA, PARSE_COMPLETE, COMMAND_COMPLETE, ERROR]),
 )
@@ -498,7 +538,7 @@ backend_message = st.one_of(
 
 def split(stream: bytes, cuts: list[int]) -> list[bytes]:
     points = [0, *sorted(cut % (len(stream) + 1) for cut in cuts), len(stream)]
-    return [stream[start:end] for start, end in zip(points, points[1:], strict=False)]
+    return [stream[start:end] for start, end in itertools.pairwise(points)]
 
 
 @PROPERTY_SETTINGS
@@ -576,8 +616,15 @@ def test_random_bytes_make_message_reader_raise_only_protocol_violation(
 startup_like = st.one_of(
     arbitrary_chunks,
     st.tuples(
-        st.sampled_from([b"\x00\x03\x00\x00", b"\x04\xd2\x16\x2e", b"\x04\xd2\x16\x2f",
-                         b"\x04\xd2\x16\x30", b"\x00\x02\x00\x00"]),
+        st.sampled_from(
+            [
+                b"\x00\x03\x00\x00",
+                b"\x04\xd2\x16\x2e",
+                b"\x04\xd2\x16\x2f",
+                b"\x04\xd2\x16\x30",
+                b"\x00\x02\x00\x00",
+            ]
+        ),
         st.binary(max_size=24),
     ).map(lambda pair: [struct.pack("!I", len(pair[0]) + len(pair[1]) + 4) + pair[0] + pair[1]]),
 )
@@ -605,8 +652,9 @@ def test_random_bytes_make_decode_startup_raise_only_protocol_violation(packet: 
 
 @PROPERTY_SETTINGS
 @given(
-    kind=st.one_of(st.sampled_from([b"R", b"S", b"K", b"Z", b"E", b"N", b"v"]),
-                   st.binary(min_size=1, max_size=1)),
+    kind=st.one_of(
+        st.sampled_from([b"R", b"S", b"K", b"Z", b"E", b"N", b"v"]), st.binary(min_size=1, max_size=1)
+    ),
     payload=st.binary(max_size=40),
 )
 def test_random_payloads_make_decode_backend_raise_only_protocol_violation(

@@ -201,7 +201,7 @@ class PgClientSession:
         except BorrowTimeout as exc:
             raise ClientError(SQLSTATE_TOO_MANY_CONNECTIONS, str(exc)) from None
         except PoolError as exc:
-            log.warning('pool "%s": client %s refused: %s', pool.name, self.peer, exc)
+            log.warning("client %s refused: %s", self.peer, exc)
             raise ClientError(SQLSTATE_CANNOT_CONNECT, str(exc)) from None
         assert isinstance(server, PgServerConnection)
         self.server = server

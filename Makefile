@@ -1,0 +1,14 @@
+# The two commands in the README. Both set up everything they need (scripts/dev).
+.PHONY: demo test setup lint
+
+demo:
+	bash scripts/dev demo
+
+test:
+	bash scripts/dev test
+
+setup:
+	bash scripts/dev setup
+
+lint:
+	.venv/bin/ruff check proxy protocols tests && .venv/bin/mypy

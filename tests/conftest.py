@@ -1,0 +1,221 @@
+"""Shared fixtures: real throwaway PostgreSQL (TLS, SCRAM/MD5/cleartext users), a real local
+Secrets Manager (moto's server through aioboto3), and rotaproxy run as a real subprocess.
+
+Every password the suite creates is remembered; after the last test, every proxy log is
+scanned and the run fails if any password appears in one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+import pytest
+
+from proxy.throwaway import (
+    LocalSecretsManager,
+    ThrowawayPostgres,
+    TlsFiles,
+    create_secret,
+    free_port,
+    make_tls_files,
+)
+
+PROXY_START_TIMEOUT = 20.0
+
+
+@dataclass
+class Secrets:
+    """Every secret value the suite creates: the log scan looks for each of them."""
+
+    values: set[str] = field(default_factory=set)
+
+    def new_password(self) -> str:
+        value = "pw-" + secrets.token_urlsafe(18)
+        self.values.add(value)
+        return value
+
+
+@dataclass
+class Users:
+    app: str
+    app_md5: str
+    app_clear: str
+
+
+@pytest.fixture(scope="session")
+def known_secrets() -> Secrets:
+    return Secrets()
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("rotaproxy")
+
+
+@pytest.fixture(scope="session")
+def tls(workdir: Path) -> TlsFiles:
+    return make_tls_files(workdir, "server")
+
+
+@pytest.fixture(scope="session")
+def wrong_tls(workdir: Path) -> TlsFiles:
+    return make_tls_files(workdir, "other")
+
+
+@pytest.fixture(scope="session")
+def pg(workdir: Path, tls: TlsFiles) -> Iterator[ThrowawayPostgres]:
+    with ThrowawayPostgres(workdir, tls=tls) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def users(pg: ThrowawayPostgres, known_secrets: Secrets) -> Users:
+    passwords = Users(
+        app=known_secrets.new_password(),
+        app_md5=known_secrets.new_password(),
+        app_clear=known_secrets.new_password(),
+    )
+    pg.create_user("app", passwords.app)
+    pg.create_user("app_md5", passwords.app_md5, auth="md5")
+    pg.create_user("app_clear", passwords.app_clear, auth="password")
+    pg.create_database("appdb", owner="app")
+    pg.sql(
+        "CREATE TABLE items (id serial PRIMARY KEY, note text NOT NULL);"
+        "ALTER TABLE items OWNER TO app;"
+        "GRANT ALL ON items TO app_md5, app_clear;"
+        "GRANT ALL ON SEQUENCE items_id_seq TO app_md5, app_clear;",
+        database="appdb",
+    )
+    return passwords
+
+
+@pytest.fixture(scope="session")
+def sm() -> Iterator[LocalSecretsManager]:
+    with LocalSecretsManager() as server:
+        os.environ.update(server.environ())
+        yield server
+
+
+@pytest.fixture(scope="session")
+async def sm_client(sm: LocalSecretsManager) -> AsyncIterator[Any]:
+    async with aioboto3.Session().client("secretsmanager", **sm.client_kwargs()) as client:
+        yield client
+
+
+def rds_secret(pg: ThrowawayPostgres, username: str, password: str, **extra: object) -> dict[str, object]:
+    """The JSON layout RDS writes into a managed secret."""
+    value: dict[str, object] = {
+        "engine": "postgres",
+        "host": "localhost",
+        "port": pg.port,
+        "username": username,
+        "password": password,
+        "dbname": "appdb",
+    }
+    value.update(extra)
+    return value
+
+
+async def new_secret(client: Any, value: dict[str, object] | str, prefix: str = "test") -> str:
+    secret_id = f"{prefix}/{secrets.token_hex(4)}"
+    if isinstance(value, str):
+        await client.create_secret(Name=secret_id, SecretString=value)
+    else:
+        await create_secret(client, secret_id, value)
+    return secret_id
+
+
+@dataclass
+class RunningProxy:
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    config_path: Path
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + PROXY_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"rotaproxy exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"rotaproxy did not listen on {port}:\n{log_path.read_text()}")
+
+
+class ProxyLauncher:
+    """Starts ``python -m proxy run -c FILE`` subprocesses and remembers their logs."""
+
+    def __init__(self, workdir: Path, sm: LocalSecretsManager) -> None:
+        self.workdir = workdir
+        self.sm = sm
+        self.started: list[RunningProxy] = []
+
+    def start(self, pools_toml: str, *, port: int | None = None, wait: bool = True) -> RunningProxy:
+        port = port or free_port()
+        index = len(self.started)
+        config_path = self.workdir / f"proxy-{index}.toml"
+        log_path = self.workdir / f"proxy-{index}.log"
+        config_path.write_text(
+            f'[aws]\nendpoint_url = "{self.sm.endpoint_url}"\nregion = "{self.sm.region}"\n\n'
+            + pools_toml.replace("{port}", str(port))
+        )
+        env = {**os.environ, **self.sm.environ()}
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "proxy", "--log-level", "debug", "run", "-c", str(config_path)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        running = RunningProxy(process, port, log_path, config_path)
+        self.started.append(running)
+        if wait:
+            _wait_for_port(port, process, log_path)
+        return running
+
+    def stop_all(self) -> None:
+        for running in self.started:
+            running.stop()
+
+
+@pytest.fixture(scope="session")
+def launcher(workdir: Path, sm: LocalSecretsManager, known_secrets: Secrets) -> Iterator[ProxyLauncher]:
+    proxies = ProxyLauncher(workdir, sm)
+    yield proxies
+    proxies.stop_all()
+    # The suite-wide promise: no secret value in any proxy log, whatever the tests did.
+    leaks = [
+        f"{running.log_path.name} contains a secret value"
+        for running in proxies.started
+        for value in known_secrets.values
+        if value in running.logs()
+    ]
+    assert proxies.started, "no proxy ran, so the log scan proved nothing"
+    assert not leaks, leaks
