@@ -1,4 +1,4 @@
-"""The ``rotaproxy`` command line: run, check-config, demo."""
+"""The ``rotaproxy`` command line: run, check-config, demo, bench."""
 
 from __future__ import annotations
 
@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", type=Path, required=True)
     demo = commands.add_parser("demo", help="throwaway PostgreSQL + local Secrets Manager + proxy")
     demo.add_argument("--clients", type=int, default=8, help="concurrent demo clients")
-    demo.add_argument("--queries", type=int, default=50, help="queries per client")
+    demo.add_argument("--queries", type=int, default=50, help="transactions per client")
+    bench = commands.add_parser("bench", help="connection overhead: direct vs rotaproxy")
+    bench.add_argument("--quick", action="store_true", help="a short run (about a minute)")
+    bench.add_argument("--json", type=Path, dest="json_path", help="also write the results as JSON")
     return parser
 
 
@@ -117,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy.demo import run_demo
 
         return run_async(run_demo(clients=args.clients, queries=args.queries))
+    if args.command == "bench":
+        from proxy.bench import run_bench
+
+        return run_async(run_bench(quick=args.quick, json_path=args.json_path))
     try:
         config = config_from_args(args)
     except ConfigError as exc:

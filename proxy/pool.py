@@ -174,7 +174,10 @@ class Pool:
                     connection = await self._take_idle()
                     if connection is not None:
                         return connection
-                    if self.size < self.config.max_server_connections:
+                    # A connection being reset is ready within a round trip; opening a new
+                    # one costs a TCP, TLS and SCRAM handshake. Wait for it when one is free.
+                    resetting_spare = self.counts[ConnectionState.RESETTING] > len(self._waiters)
+                    if self.size < self.config.max_server_connections and not resetting_spare:
                         try:
                             return await self._open(for_borrower=True)
                         except UpstreamUnavailable:

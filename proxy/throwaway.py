@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "LocalSecretsManager",
+    "ProxyProcess",
     "ThrowawayError",
     "ThrowawayPostgres",
     "TlsFiles",
@@ -727,3 +728,86 @@ async def put_secret_json(
         VersionStages=list(stages),
     )
     return str(response["VersionId"])
+
+
+# ---------------------------------------------------------------------------
+# rotaproxy itself, as a separate process (as it runs in production)
+
+
+class ProxyProcess:
+    """``python -m proxy run -c CONFIG`` with its log in a file; ready once ``port`` accepts."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        log_path: Path,
+        port: int,
+        *,
+        env: Mapping[str, str] | None = None,
+        log_level: str = "debug",
+    ) -> None:
+        self.config_path = config_path
+        self.log_path = log_path
+        self.port = port
+        self.env = {**os.environ, **(env or {})}
+        self.log_level = log_level
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True, timeout: float = 20.0) -> None:
+        import sys
+
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "proxy",
+                    "--log-level",
+                    self.log_level,
+                    "run",
+                    "-c",
+                    str(self.config_path),
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        if wait:
+            self.wait_listening(timeout)
+
+    def wait_listening(self, timeout: float = 20.0) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while not _port_open("127.0.0.1", self.port):
+            if self.process.poll() is not None:
+                raise ThrowawayError(f"rotaproxy exited with {self.process.returncode}:\n{self.logs()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ThrowawayError(f"rotaproxy did not listen on {self.port}:\n{self.logs()}")
+            time.sleep(0.05)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def __enter__(self) -> ProxyProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +19,13 @@ import pytest
 
 from proxy.throwaway import (
     LocalSecretsManager,
+    ProxyProcess,
     ThrowawayPostgres,
     TlsFiles,
     create_secret,
     free_port,
     make_tls_files,
 )
-
-PROXY_START_TIMEOUT = 20.0
 
 
 @dataclass
@@ -135,69 +130,25 @@ async def new_secret(client: Any, value: dict[str, object] | str, prefix: str = 
     return secret_id
 
 
-@dataclass
-class RunningProxy:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    config_path: Path
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + PROXY_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"rotaproxy exited with {process.returncode}:\n{log_path.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"rotaproxy did not listen on {port}:\n{log_path.read_text()}")
-
-
 class ProxyLauncher:
-    """Starts ``python -m proxy run -c FILE`` subprocesses and remembers their logs."""
+    """Starts rotaproxy subprocesses on config snippets and remembers their logs."""
 
     def __init__(self, workdir: Path, sm: LocalSecretsManager) -> None:
         self.workdir = workdir
         self.sm = sm
-        self.started: list[RunningProxy] = []
+        self.started: list[ProxyProcess] = []
 
-    def start(self, pools_toml: str, *, port: int | None = None, wait: bool = True) -> RunningProxy:
+    def start(self, pools_toml: str, *, port: int | None = None, wait: bool = True) -> ProxyProcess:
         port = port or free_port()
         index = len(self.started)
         config_path = self.workdir / f"proxy-{index}.toml"
-        log_path = self.workdir / f"proxy-{index}.log"
         config_path.write_text(
             f'[aws]\nendpoint_url = "{self.sm.endpoint_url}"\nregion = "{self.sm.region}"\n\n'
             + pools_toml.replace("{port}", str(port))
         )
-        env = {**os.environ, **self.sm.environ()}
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "proxy", "--log-level", "debug", "run", "-c", str(config_path)],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        running = RunningProxy(process, port, log_path, config_path)
+        running = ProxyProcess(config_path, self.workdir / f"proxy-{index}.log", port, env=self.sm.environ())
         self.started.append(running)
-        if wait:
-            _wait_for_port(port, process, log_path)
+        running.start(wait=wait)
         return running
 
     def stop_all(self) -> None:

@@ -273,3 +273,13 @@ def test_repr_after_a_scram_exchange_still_hides_the_password() -> None:
     assert client.done
     assert PASSWORD not in repr(client)
     assert "SCRAM-SHA-256" in repr(client)
+
+
+def test_a_second_method_after_scram_started_is_refused() -> None:
+    from protocols.postgres.auth import AuthenticationFailed, UpstreamAuthenticator
+    from protocols.postgres.messages import AUTH_CLEARTEXT_PASSWORD, AUTH_SASL, AuthenticationRequest
+
+    authenticator = UpstreamAuthenticator("app", "secret-password")
+    authenticator.respond(AuthenticationRequest(AUTH_SASL, b"SCRAM-SHA-256\x00\x00"))
+    with pytest.raises(AuthenticationFailed, match="second authentication method"):
+        authenticator.respond(AuthenticationRequest(AUTH_CLEARTEXT_PASSWORD))

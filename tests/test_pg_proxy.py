@@ -21,13 +21,13 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy.throwaway import ThrowawayPostgres, TlsFiles, free_port
-from tests.conftest import ProxyLauncher, RunningProxy, Secrets, Users, new_secret, rds_secret
+from proxy.throwaway import ProxyProcess, ThrowawayPostgres, TlsFiles, free_port
+from tests.conftest import ProxyLauncher, Secrets, Users, new_secret, rds_secret
 
 
 @dataclass
 class PgProxy:
-    running: RunningProxy
+    running: ProxyProcess
     secret_ids: dict[str, str]
     not_json_marker: str
 
@@ -56,9 +56,7 @@ async def pg_proxy(
         "clear": await new_secret(sm_client, rds_secret(pg, "app_clear", users.app_clear)),
         "not_json": await new_secret(sm_client, f"username=app password={marker}"),
         "no_password": await new_secret(sm_client, {"username": "app", "host": "localhost"}),
-        "wrong_password": await new_secret(
-            sm_client, rds_secret(pg, "app", known_secrets.new_password())
-        ),
+        "wrong_password": await new_secret(sm_client, rds_secret(pg, "app", known_secrets.new_password())),
     }
 
     def pool(name: str, secret: str, **settings: object) -> str:
@@ -71,10 +69,25 @@ async def pg_proxy(
     config = "\n".join(
         [
             # host, port and dbname come from the secret; TLS verified against the test CA.
-            pool("appdb", ids["app"], tls="verify-full", tls_ca_file=str(tls.ca_file),
-                 max_server_connections=5, min_server_connections=1, borrow_timeout="3s"),
-            pool("tiny", ids["app"], upstream=upstream, database="appdb", tls="verify-ca",
-                 tls_ca_file=str(tls.ca_file), max_server_connections=1, borrow_timeout="1s"),
+            pool(
+                "appdb",
+                ids["app"],
+                tls="verify-full",
+                tls_ca_file=str(tls.ca_file),
+                max_server_connections=5,
+                min_server_connections=1,
+                borrow_timeout="3s",
+            ),
+            pool(
+                "tiny",
+                ids["app"],
+                upstream=upstream,
+                database="appdb",
+                tls="verify-ca",
+                tls_ca_file=str(tls.ca_file),
+                max_server_connections=1,
+                borrow_timeout="1s",
+            ),
             pool("md5db", ids["md5"], upstream=upstream, database="appdb", tls="disable"),
             pool("cleardb", ids["clear"], upstream=upstream, database="appdb", tls="require"),
             pool("badca", ids["app"], tls="verify-full", tls_ca_file=str(wrong_tls.ca_file)),
@@ -82,8 +95,9 @@ async def pg_proxy(
             pool("notjson", ids["not_json"], upstream=upstream, tls="disable"),
             pool("nopassword", ids["no_password"], upstream=upstream, tls="disable"),
             pool("wrongpw", ids["wrong_password"], upstream=upstream, tls="disable", borrow_timeout="1s"),
-            pool("deadend", ids["app"], upstream=f"127.0.0.1:{free_port()}", tls="disable",
-                 borrow_timeout="1s"),
+            pool(
+                "deadend", ids["app"], upstream=f"127.0.0.1:{free_port()}", tls="disable", borrow_timeout="1s"
+            ),
         ]
     )
     return PgProxy(launcher.start(config), ids, marker)
@@ -106,8 +120,13 @@ async def startup_error(proxy: PgProxy, database: str) -> asyncpg.PostgresError:
 
 def direct(pg: ThrowawayPostgres, users: Users) -> psycopg.Connection[Any]:
     return psycopg.connect(
-        host="127.0.0.1", port=pg.port, dbname="appdb", user="app", password=users.app,
-        sslmode="disable", autocommit=True,
+        host="127.0.0.1",
+        port=pg.port,
+        dbname="appdb",
+        user="app",
+        password=users.app,
+        sslmode="disable",
+        autocommit=True,
     )
 
 
@@ -117,9 +136,26 @@ def direct(pg: ThrowawayPostgres, users: Users) -> psycopg.Connection[Any]:
 def test_psql_connects_without_password_and_runs_as_the_secret_user(pg_proxy: PgProxy) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     result = subprocess.run(
-        ["psql", "-X", "-w", "-At", "-h", "127.0.0.1", "-p", str(pg_proxy.port), "-U", "whoever", "-d", "appdb",
-         "-c", "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"],
-        capture_output=True, text=True, timeout=30, env=env,
+        [
+            "psql",
+            "-X",
+            "-w",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(pg_proxy.port),
+            "-U",
+            "whoever",
+            "-d",
+            "appdb",
+            "-c",
+            "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "app|t"  # the secret's user, over verified TLS upstream
@@ -132,9 +168,7 @@ async def test_asyncpg_with_default_settings(pg_proxy: PgProxy) -> None:
         # The real backend PID, as drivers and NOTIFY payloads expect it.
         assert await connection.fetchval("SELECT pg_backend_pid()") == connection.get_server_pid()
         async with connection.transaction():
-            row_id = await connection.fetchval(
-                "INSERT INTO items (note) VALUES ($1) RETURNING id", "asyncpg"
-            )
+            row_id = await connection.fetchval("INSERT INTO items (note) VALUES ($1) RETURNING id", "asyncpg")
         statement = await connection.prepare("SELECT note FROM items WHERE id = $1")
         assert await statement.fetchval(row_id) == "asyncpg"
         values = await connection.fetch("SELECT generate_series(1, $1::int) AS n", 10_000)
@@ -144,8 +178,12 @@ async def test_asyncpg_with_default_settings(pg_proxy: PgProxy) -> None:
 
 
 def test_psycopg_sees_server_normalised_parameters(pg_proxy: PgProxy) -> None:
-    with connect(pg_proxy, application_name="orders-api", client_encoding="utf8",
-                 options="-c search_path=pg_catalog,public -c statement_timeout=12345") as conn:
+    with connect(
+        pg_proxy,
+        application_name="orders-api",
+        client_encoding="utf8",
+        options="-c search_path=pg_catalog,public -c statement_timeout=12345",
+    ) as conn:
         assert conn.info.parameter_status("client_encoding") == "UTF8"  # server's spelling
         assert conn.info.parameter_status("application_name") == "orders-api"
         assert conn.info.backend_pid == conn.execute("SELECT pg_backend_pid()").fetchone()[0]
@@ -166,13 +204,33 @@ def test_pgbench_runs_through_the_proxy(pg_proxy: PgProxy, pg: ThrowawayPostgres
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     init = subprocess.run(
         [pgbench, "-i", "-s", "1", "-q", "-h", "127.0.0.1", "-p", str(pg_proxy.port), "-U", "x", "appdb"],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert init.returncode == 0, init.stderr
     run = subprocess.run(
-        [pgbench, "-T", "5", "-c", "4", "-j", "2", "-h", "127.0.0.1", "-p", str(pg_proxy.port), "-U", "x",
-         "appdb"],
-        capture_output=True, text=True, timeout=120, env=env,
+        [
+            pgbench,
+            "-T",
+            "5",
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(pg_proxy.port),
+            "-U",
+            "x",
+            "appdb",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert run.returncode == 0, run.stderr
     processed = int(re.search(r"number of transactions actually processed: (\d+)", run.stdout).group(1))
@@ -186,7 +244,9 @@ def test_md5_and_cleartext_upstream_auth(pg_proxy: PgProxy) -> None:
         assert conn.execute("SELECT current_user").fetchone() == ("app_md5",)
     with connect(pg_proxy, "cleardb") as conn:
         # Cleartext only ever travels inside TLS here (tls = "require").
-        row = conn.execute("SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+        row = conn.execute(
+            "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        ).fetchone()
         assert row == ("app_clear", True)
 
 
@@ -272,7 +332,9 @@ def test_client_killed_inside_a_transaction_commits_nothing(
     marker = f"killed-{state}-{time.monotonic_ns()}"
     child = subprocess.Popen(
         [sys.executable, "-c", CLIENT_THAT_DIES, pg_proxy.dsn("tiny"), marker, state],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert child.stdout is not None
@@ -341,9 +403,11 @@ def _raw_exchange(port: int, data: bytes) -> bytes:
 
 
 def _startup(parameters: dict[str, str], version: int = 196608) -> bytes:
-    body = struct.pack("!I", version) + b"".join(
-        k.encode() + b"\0" + v.encode() + b"\0" for k, v in parameters.items()
-    ) + b"\0"
+    body = (
+        struct.pack("!I", version)
+        + b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in parameters.items())
+        + b"\0"
+    )
     return struct.pack("!I", len(body) + 4) + body
 
 
@@ -364,7 +428,11 @@ def _error_fields(data: bytes) -> dict[str, str]:
         (struct.pack("!II", 8, 2 << 16), "08P01", "unsupported frontend protocol 2.0"),
         (_startup({"database": "appdb"}), "28000", "no PostgreSQL user name"),
         (_startup({"user": "u", "database": "appdb", "replication": "true"}), "0A000", "replication"),
-        (_startup({"user": "u", "database": "appdb", "options": "-d 5"}), "0A000", "unsupported startup option"),
+        (
+            _startup({"user": "u", "database": "appdb", "options": "-d 5"}),
+            "0A000",
+            "unsupported startup option",
+        ),
         (_startup({"user": "u", "database": "appdb", "no_such_setting": "1"}), "42704", "no_such_setting"),
     ],
 )
@@ -387,7 +455,10 @@ def test_ssl_and_gssenc_requests_are_answered_no(pg_proxy: PgProxy) -> None:
 
 
 def test_garbage_after_login_closes_only_that_client(pg_proxy: PgProxy) -> None:
-    with connect(pg_proxy) as bystander, socket.create_connection(("127.0.0.1", pg_proxy.port), timeout=5) as raw:
+    with (
+        connect(pg_proxy) as bystander,
+        socket.create_connection(("127.0.0.1", pg_proxy.port), timeout=5) as raw,
+    ):
         raw.sendall(_startup({"user": "u", "database": "appdb"}))
         greeting = b""
         while not greeting.endswith(b"Z\x00\x00\x00\x05I"):
@@ -401,9 +472,21 @@ def test_garbage_after_login_closes_only_that_client(pg_proxy: PgProxy) -> None:
 
 def test_non_loopback_listen_is_refused(launcher: ProxyLauncher) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "proxy", "run", "--engine", "postgres", "--listen", "0.0.0.0:6432",
-         "--secret-id", "x"],
-        capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "run",
+            "--engine",
+            "postgres",
+            "--listen",
+            "0.0.0.0:6432",
+            "--secret-id",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert "not a loopback address" in result.stderr and "0.0.0.0:6432" in result.stderr

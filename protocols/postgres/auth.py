@@ -59,6 +59,10 @@ class UpstreamAuthenticator:
                 raise AuthenticationFailed("server ended SCRAM without its final message")
             self.done = True
             return None
+        if code in (AUTH_CLEARTEXT_PASSWORD, AUTH_MD5_PASSWORD, AUTH_SASL) and self.method is not None:
+            # One method per login: a server switching methods mid-exchange (say, SCRAM
+            # then cleartext) would be fishing for the password in a weaker form.
+            raise AuthenticationFailed(f"server asked for a second authentication method after {self.method}")
         if code == AUTH_CLEARTEXT_PASSWORD:
             self.method = "password"
             return password_message(self._password.encode() + b"\x00")

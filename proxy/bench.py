@@ -1,0 +1,149 @@
+"""``rotaproxy bench``: what a connection costs, direct (with a password, SCRAM, TLS as an
+application would) vs through rotaproxy (no password, pooled server connection).
+
+Runs are interleaved (direct, proxy, direct, proxy, ...) so the ratio holds on a noisy
+machine; each figure is reported with its spread across rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proxy.localstack import LocalStack, local_stack
+
+Cycle = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def asyncpg_cycle(dsn: dict[str, Any]) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(**dsn)
+    await connection.fetchval("SELECT 1")
+    await connection.close()
+
+
+async def psycopg_cycle(dsn: dict[str, Any]) -> None:
+    import psycopg
+
+    params = {("dbname" if key == "database" else key): value for key, value in dsn.items()}
+    connection = await psycopg.AsyncConnection.connect(**params)
+    await connection.execute("SELECT 1")
+    await connection.close()
+
+
+DRIVERS: dict[str, Cycle] = {"asyncpg": asyncpg_cycle, "psycopg": psycopg_cycle}
+
+
+@dataclass
+class Series:
+    driver: str
+    target: str
+    concurrency: int
+    latencies_ms: list[float] = field(default_factory=list)
+    round_medians_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.latencies_ms) if self.latencies_ms else float("nan")
+
+    @property
+    def p99_ms(self) -> float:
+        if len(self.latencies_ms) < 2:
+            return self.median_ms
+        return statistics.quantiles(self.latencies_ms, n=100)[98]
+
+    @property
+    def spread_ms(self) -> float:
+        """Half the range of the per-round medians: how much a figure moved between rounds."""
+        if len(self.round_medians_ms) < 2:
+            return 0.0
+        return (max(self.round_medians_ms) - min(self.round_medians_ms)) / 2
+
+
+async def _batch(cycle: Cycle, dsn: dict[str, Any], count: int, concurrency: int, series: Series) -> None:
+    latencies: list[float] = []
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with semaphore:
+            started = time.perf_counter()
+            try:
+                await cycle(dsn)
+            except Exception:
+                series.errors += 1
+                return
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    await asyncio.gather(*(one() for _ in range(count)))
+    series.latencies_ms += latencies
+    if latencies:
+        series.round_medians_ms.append(statistics.median(latencies))
+
+
+async def connection_overhead(
+    stack: LocalStack, *, rounds: int, per_round: int, concurrencies: tuple[int, ...]
+) -> list[Series]:
+    targets = {"direct": stack.direct_dsn(), "rotaproxy": stack.proxy_dsn()}
+    results: list[Series] = []
+    for driver, cycle in DRIVERS.items():
+        for concurrency in concurrencies:
+            pair = {name: Series(driver, name, concurrency) for name in targets}
+            await _batch(cycle, targets["rotaproxy"], concurrency, concurrency, Series(driver, "warm-up", 1))
+            for _ in range(rounds):
+                for name, dsn in targets.items():  # interleaved: A B A B
+                    await _batch(cycle, dsn, per_round, concurrency, pair[name])
+            results += pair.values()
+    return results
+
+
+def markdown(results: list[Series]) -> str:
+    lines = [
+        "| driver | concurrency | direct median (ms) | rotaproxy median (ms) | ratio "
+        "| direct p99 | rotaproxy p99 | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    by_key = {(s.driver, s.concurrency, s.target): s for s in results}
+    for driver, concurrency in dict.fromkeys((s.driver, s.concurrency) for s in results):
+        direct, proxied = by_key[(driver, concurrency, "direct")], by_key[(driver, concurrency, "rotaproxy")]
+        lines.append(
+            f"| {driver} | {concurrency} | {direct.median_ms:.2f} ± {direct.spread_ms:.2f} | "
+            f"{proxied.median_ms:.2f} ± {proxied.spread_ms:.2f} | "
+            f"{proxied.median_ms / direct.median_ms:.2f}x | {direct.p99_ms:.2f} | {proxied.p99_ms:.2f} | "
+            f"{direct.errors + proxied.errors} |"
+        )
+    return "\n".join(lines)
+
+
+async def run_bench(*, quick: bool = False, json_path: Path | None = None) -> int:
+    rounds, per_round = (3, 20) if quick else (6, 50)
+    concurrencies = (1, 10) if quick else (1, 10, 50)
+    async with local_stack(max_server_connections=20, min_server_connections=2) as stack:
+        results = await connection_overhead(
+            stack, rounds=rounds, per_round=per_round, concurrencies=concurrencies
+        )
+    print("## Connection overhead: connect + SELECT 1 + close")
+    print()
+    print("direct = password + SCRAM + TLS to PostgreSQL; rotaproxy = no password, pooled")
+    print(f"server connection; {rounds} interleaved rounds of {per_round};")
+    print("median ± half the range of the per-round medians")
+    print()
+    print(markdown(results))
+    if json_path is not None:
+        payload = {
+            "scenarios": {
+                "connection_overhead": [
+                    {**asdict(s), "median_ms": s.median_ms, "p99_ms": s.p99_ms, "spread_ms": s.spread_ms}
+                    for s in results
+                ]
+            }
+        }
+        await asyncio.to_thread(json_path.write_text, json.dumps(payload, indent=2))
+    return 1 if any(s.errors for s in results) else 0

@@ -1,0 +1,194 @@
+"""The engine-agnostic pool, driven with real PostgreSQL server connections (PgConnector)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from proxy.config import Address, CredentialsConfig, PoolConfig
+from proxy.credentials import StaticCredentialSource
+from proxy.pool import BorrowTimeout, ConnectionState, Pool, PoolClosed
+from proxy.postgres.server import PgConnector, PgServerConnection
+from proxy.throwaway import ThrowawayPostgres
+from tests.conftest import Users
+
+
+@pytest.fixture
+def pool_config(pg: ThrowawayPostgres, users: Users) -> PoolConfig:
+    return PoolConfig(
+        name="unit",
+        engine="postgres",
+        listen=Address("127.0.0.1", 1),
+        upstream=Address("127.0.0.1", pg.port),
+        database="appdb",
+        tls="disable",
+        max_server_connections=3,
+        borrow_timeout=2.0,
+        credentials=CredentialsConfig(source="static", username="app", password=users.app),
+    )
+
+
+@pytest.fixture
+async def make_pool(pool_config: PoolConfig) -> AsyncIterator[Callable[..., Pool]]:
+    pools: list[Pool] = []
+
+    def make(**changes: object) -> Pool:
+        config = dataclasses.replace(pool_config, **changes)  # type: ignore[arg-type]
+        pool = Pool(config, StaticCredentialSource(config.credentials), PgConnector(config))
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        await pool.close()
+
+
+async def _wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+def _pid(connection: object) -> int:
+    assert isinstance(connection, PgServerConnection)
+    return connection.backend_pid
+
+
+async def test_pool_fills_to_its_minimum(make_pool: Callable[..., Pool], pg: ThrowawayPostgres) -> None:
+    pool = make_pool(min_server_connections=2)
+    await pool.start()
+    await _wait_until(lambda: pool.counts[ConnectionState.IDLE] == 2)
+    assert pool.size == 2
+    backends = pg.sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state = 'idle'")
+    assert int(backends) >= 2
+
+
+async def test_released_connection_is_reset_and_reused(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool()
+    first = await pool.borrow()
+    assert isinstance(first, PgServerConnection)
+    await first.run_queries("SET work_mem = '9MB'", "BEGIN")
+    first.transaction_status = b"T"
+    pool.release(first, reusable=True)
+    second = await pool.borrow()
+    assert second is first and pool.opened_total == 1
+    assert isinstance(second, PgServerConnection)
+    errors = await second.run_queries("SELECT 1")
+    assert errors == [] and second.transaction_status == b"I"  # the reset rolled back
+    pool.release(second, reusable=True)
+
+
+async def test_waiters_share_a_bounded_pool(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool(max_server_connections=3, borrow_timeout=10.0)
+    peak = 0
+
+    async def worker() -> int:
+        nonlocal peak
+        connection = await pool.borrow()
+        peak = max(peak, pool.size)
+        await asyncio.sleep(0.02)
+        pid = _pid(connection)
+        pool.release(connection, reusable=True)
+        return pid
+
+    pids = await asyncio.gather(*(worker() for _ in range(30)))
+    assert len(pids) == 30
+    assert peak <= 3 and len(set(pids)) <= 3
+    assert pool.opened_total <= 3
+
+
+async def test_borrow_times_out_with_a_clear_error(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool(max_server_connections=1, borrow_timeout=0.3)
+    held = await pool.borrow()
+    started = time.monotonic()
+    with pytest.raises(BorrowTimeout, match=r'pool "unit".*borrow_timeout 0.3s'):
+        await pool.borrow()
+    assert 0.25 <= time.monotonic() - started < 2
+    assert pool.waiting == 0 and pool.borrow_timeouts_total == 1
+    pool.release(held, reusable=True)
+    again = await pool.borrow()  # the pool still works
+    pool.release(again, reusable=True)
+
+
+async def test_idle_connection_killed_by_the_server_leaves_the_pool(
+    make_pool: Callable[..., Pool], pg: ThrowawayPostgres
+) -> None:
+    pool = make_pool()
+    connection = await pool.borrow()
+    pid = _pid(connection)
+    pool.release(connection, reusable=True)
+    await _wait_until(lambda: pool.counts[ConnectionState.IDLE] == 1)
+    pg.sql(f"SELECT pg_terminate_backend({pid})")
+    await _wait_until(lambda: pool.size == 0)
+    fresh = await pool.borrow()
+    assert _pid(fresh) != pid
+    pool.release(fresh, reusable=True)
+
+
+async def test_long_idle_connection_is_checked_before_reuse(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool(liveness_check_after=0.0)
+    connection = await pool.borrow()
+    assert isinstance(connection, PgServerConnection)
+    pool.release(connection, reusable=True)
+    await _wait_until(lambda: pool.counts[ConnectionState.IDLE] == 1)
+    # Break the session without closing the socket: the check must notice and replace it.
+    connection.endpoint.write(b"garbage that is no message")
+    replacement = await pool.borrow()
+    assert replacement is not connection
+    assert await replacement.run_queries("SELECT 1") == []  # type: ignore[attr-defined]
+    pool.release(replacement, reusable=True)
+
+
+async def test_idle_timeout_and_server_lifetime_retire_connections(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool(idle_timeout=0.3)
+    await pool.start()
+    connection = await pool.borrow()
+    pool.release(connection, reusable=True)
+    await _wait_until(lambda: pool.size == 0, within=5)
+
+    aging = make_pool(server_lifetime=0.3)
+    first = await aging.borrow()
+    await asyncio.sleep(0.35)
+    aging.release(first, reusable=True)
+    second = await aging.borrow()
+    assert second is not first and first.is_closed
+    aging.release(second, reusable=True)
+
+
+async def test_not_reusable_connections_are_closed(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool()
+    connection = await pool.borrow()
+    pool.release(connection, reusable=False)
+    assert connection.is_closed or connection.state is ConnectionState.CLOSED
+    assert pool.size == 0
+
+
+async def test_close_fails_waiters_and_closes_connections(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool(max_server_connections=1, borrow_timeout=10.0)
+    held = await pool.borrow()
+    waiter = asyncio.create_task(pool.borrow())
+    await asyncio.sleep(0.05)
+    await pool.close()
+    with pytest.raises(PoolClosed):
+        await waiter
+    assert held.is_closed or held.state is ConnectionState.CLOSED
+    with pytest.raises(PoolClosed):
+        await pool.borrow()
+
+
+async def test_upstream_restart_is_survived(make_pool: Callable[..., Pool], pg: ThrowawayPostgres) -> None:
+    pool = make_pool(borrow_timeout=15.0)
+    connection = await pool.borrow()
+    pool.release(connection, reusable=True)
+    await _wait_until(lambda: pool.counts[ConnectionState.IDLE] == 1)
+    await asyncio.to_thread(pg.restart)
+    fresh = await pool.borrow()
+    assert fresh is not connection
+    assert await fresh.run_queries("SELECT 1") == []  # type: ignore[attr-defined]
+    pool.release(fresh, reusable=True)
