@@ -7,6 +7,7 @@ raw dict.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -130,6 +131,8 @@ def parse_duration(text: object) -> float:
         if not match:
             raise ValueError(f"expected a duration like '5s' or '2m', got {text!r}")
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be a finite number, got {text!r}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -142,14 +145,19 @@ def parse_address(text: str, default_port: int | None = None) -> Address:
         host, sep, rest = text[1:].partition("]")
         if not sep:
             raise ValueError(f"unterminated IPv6 address in {text!r}")
-        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"unexpected {rest!r} after the address in {text!r}")
+        has_port, port_text = bool(rest), rest[1:]
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
+        has_port = True
     else:
-        host, port_text = text, ""
+        host, port_text, has_port = text, "", False
     if not host:
         raise ValueError(f"no host in {text!r}")
-    if not port_text:
+    if has_port and not port_text:
+        raise ValueError(f"empty port in {text!r}")
+    if not has_port:
         if default_port is None:
             raise ValueError(f"expected host:port, got {text!r}")
         return Address(host, default_port)
@@ -161,10 +169,11 @@ def parse_address(text: str, default_port: int | None = None) -> Address:
 class _Table:
     """Typed access to one TOML table that reports errors with their full key path."""
 
-    def __init__(self, source: str, path: str, data: Mapping[str, Any]) -> None:
+    def __init__(self, source: str, path: str, data: Mapping[str, Any], base_dir: Path | None = None) -> None:
         self.source = source
         self.path = path
         self.data = data
+        self.base_dir = base_dir
         self.used: set[str] = set()
 
     def key(self, name: str) -> str:
@@ -219,7 +228,7 @@ class _Table:
         value = self.data.get(name, {})
         if not isinstance(value, Mapping):
             raise self.error(name, "expected a table")
-        return _Table(self.source, self.key(name), value)
+        return _Table(self.source, self.key(name), value, self.base_dir)
 
     def check_unknown(self) -> None:
         for name in self.data:
@@ -264,6 +273,8 @@ def _parse_pool(table: _Table) -> PoolConfig:
     tls = table.choice("tls", get_args(TlsMode), "verify-full")
     ca_text = table.string("tls_ca_file")
     tls_ca_file = Path(ca_text) if ca_text else None
+    if tls_ca_file is not None and not tls_ca_file.is_absolute() and table.base_dir is not None:
+        tls_ca_file = table.base_dir / tls_ca_file
     if tls_ca_file is not None and not tls_ca_file.is_file():
         raise table.error("tls_ca_file", f"{tls_ca_file} does not exist or is not a file")
     pool = PoolConfig(
@@ -310,19 +321,29 @@ def _check_listeners(config: Config) -> None:
             )
 
 
-def parse_config(data: Mapping[str, Any], source: str) -> Config:
-    root = _Table(source, "", data)
+def parse_config(data: Mapping[str, Any], source: str, base_dir: Path | None = None) -> Config:
+    """Validate ``data``; relative file paths in it are taken from ``base_dir`` (the file's folder)."""
+    root = _Table(source, "", data, base_dir)
     aws_table = root.table("aws")
     aws = AwsConfig(region=aws_table.string("region"), endpoint_url=aws_table.string("endpoint_url"))
     aws_table.check_unknown()
     admin_table = root.table("admin")
     admin = AdminConfig(listen=admin_table.address("listen", None))
     admin_table.check_unknown()
+    if admin.listen is not None and not admin.listen.is_loopback:
+        raise admin_table.error(
+            "listen", f"{admin.listen} is not a loopback address; the admin API is local only"
+        )
     root.used.add("pool")
     raw_pools = data.get("pool", [])
     if not isinstance(raw_pools, list) or not raw_pools:
         raise ConfigError(source, "pool", "at least one [[pool]] table is required")
-    pools = tuple(_parse_pool(_Table(source, f"pool[{index}]", raw)) for index, raw in enumerate(raw_pools))
+    for index, raw in enumerate(raw_pools):
+        if not isinstance(raw, Mapping):
+            raise ConfigError(source, f"pool[{index}]", "expected a table ([[pool]])")
+    pools = tuple(
+        _parse_pool(_Table(source, f"pool[{index}]", raw, base_dir)) for index, raw in enumerate(raw_pools)
+    )
     root.check_unknown()
     config = Config(pools=pools, aws=aws, admin=admin, source=source)
     _check_listeners(config)
@@ -331,14 +352,16 @@ def parse_config(data: Mapping[str, Any], source: str) -> Config:
 
 def load_config(path: Path) -> Config:
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")  # TOML files are UTF-8, whatever the locale
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), "", f"not UTF-8 (byte {exc.start}): TOML files must be UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), "", f"invalid TOML: {exc}") from None
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), path.parent)
 
 
 def quick_config(

@@ -70,12 +70,10 @@ def credentials_from_secret_string(
         raise CredentialsError(
             source, f"the secret's JSON lacks a string {' and '.join(repr(k) for k in missing)}"
         )
-    port = data.get("port")
-    if port is not None:
-        try:
-            port = int(port)
-        except (TypeError, ValueError):
-            raise CredentialsError(source, "the secret's 'port' is not a number") from None
+    try:
+        port = _parse_port(data.get("port"))
+    except ValueError:
+        raise CredentialsError(source, "the secret's 'port' is not a valid port number") from None
     register_secret(data["password"])
     return Credentials(
         username=data["username"],
@@ -87,6 +85,17 @@ def credentials_from_secret_string(
         version_id=version_id,
         stage=stage,
     )
+
+
+def _parse_port(value: object) -> int | None:
+    """The secret's port: an int or a digit string in 1..65535, or None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 65536:
+        return value
+    raise ValueError("not a port number")
 
 
 class CredentialSource:
@@ -123,7 +132,7 @@ class CredentialSource:
             self._last_error, self._last_error_at = exc, time.monotonic()
             log.warning("credential fetch failed: %s", exc)
             self._inflight.set_exception(exc)
-            self._inflight.exception()  # consumed here; waiters re-raise their own copy
+            self._inflight.exception()  # mark retrieved: waiters (if any) re-raise it themselves
             raise
         except BaseException as exc:
             self._inflight.set_exception(CredentialsError(self.description, f"fetch aborted: {exc!r}"))

@@ -20,7 +20,8 @@ def register_secret(value: str) -> None:
 
 
 def redact(text: str) -> str:
-    for secret in _secrets:
+    # Longest first: a secret that contains another must be masked whole.
+    for secret in sorted(_secrets, key=len, reverse=True):
         if secret in text:
             text = text.replace(secret, MASK)
     return text
@@ -37,9 +38,7 @@ class RedactingFilter(logging.Filter):
         if cleaned != message:
             record.msg, record.args = cleaned, None
         if record.exc_info and record.exc_info[1] is not None:
-            exc_text = logging.Formatter().formatException(record.exc_info)
-            record.exc_text = redact(exc_text)
+            # The formatter prints exc_text as it is when exc_info is gone.
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
-            record.msg = f"{record.msg}\n{record.exc_text}"
-            record.exc_text = None
         return True

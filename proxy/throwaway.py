@@ -261,14 +261,15 @@ class ThrowawayPostgres:
         cmd = args
         if self._as_root():
             cmd = ["runuser", "-u", _PG_OS_USER, "--", *args]
-        # cwd: pg_ctl and initdb fail if they cannot resolve their current directory,
-        # and the caller's cwd is often not readable by the postgres user.
+        # cwd: pg_ctl and initdb fail if they cannot resolve their current directory, the
+        # caller's cwd is often not readable by the postgres user, and pytest may take the
+        # o+x bit off its temp directories again by the time a session-scoped server stops.
         return subprocess.run(
             cmd,
             capture_output=True,
             text=True,
             env=_clean_env(),
-            cwd=self.base_dir,
+            cwd="/",
             timeout=_COMMAND_TIMEOUT,
             check=False,
         )

@@ -69,8 +69,17 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("250ms", 0.25), ("5s", 5.0), ("2m", 120.0), ("1h", 3600.0), ("1.5s", 1.5), ("7", 7.0), (3, 3.0),
-     (2.5, 2.5), (0, 0.0)],
+    [
+        ("250ms", 0.25),
+        ("5s", 5.0),
+        ("2m", 120.0),
+        ("1h", 3600.0),
+        ("1.5s", 1.5),
+        ("7", 7.0),
+        (3, 3.0),
+        (2.5, 2.5),
+        (0, 0.0),
+    ],
 )
 def test_parse_duration_reads_units_and_bare_seconds(text: object, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
@@ -83,11 +92,6 @@ def test_parse_duration_rejects_what_is_not_a_duration(text: object) -> None:
         parse_duration(text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: proxy/config.py parse_duration (lines 126-135) accepts float('nan') (TOML `nan`): "
-    "`nan < 0` is False, so borrow_timeout = nan passes every check; reject non-finite values",
-)
 def test_parse_duration_rejects_nan() -> None:
     with pytest.raises(ValueError):
         parse_duration(float("nan"))
@@ -132,12 +136,6 @@ def test_parse_address_rejects_missing_or_bad_parts(text: str, default_port: int
         parse_address(text, default_port)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: proxy/config.py parse_address (lines 145-152) ignores what follows ']' unless it "
-    "starts with ':' and treats an empty port after ':' as absent, so '[::1]junk' and 'localhost:' "
-    "silently get the default port; raise ValueError for trailing text and for an empty port",
-)
 @pytest.mark.parametrize("text", ["[::1]junk", "localhost:"])
 def test_parse_address_rejects_trailing_garbage_even_with_a_default_port(text: str) -> None:
     with pytest.raises(ValueError):
@@ -319,7 +317,13 @@ def test_static_credentials_never_show_their_password(tmp_path: Path) -> None:
 
     credentials = config.pools[0].credentials
     assert (credentials.source, credentials.username, credentials.password) == ("static", "app", password)
-    for text in (repr(config), str(config), repr(config.pools[0]), repr(credentials), credentials.description):
+    for text in (
+        repr(config),
+        str(config),
+        repr(config.pools[0]),
+        repr(credentials),
+        credentials.description,
+    ):
         assert password not in text
     assert "app" in credentials.description
 
@@ -338,27 +342,55 @@ def test_static_credentials_never_show_their_password(tmp_path: Path) -> None:
         ("borrow_timeout = 0", None, "pool[0].borrow_timeout", "must be greater than zero"),
         ('mode = "statement"', None, "pool[0].mode", "must be one of transaction, session; got 'statement'"),
         ('mode = "transaction"', None, "pool[0].mode", "'transaction' is not supported by this version yet"),
-        ('tls = "prefer"', None, "pool[0].tls",
-         "must be one of disable, require, verify-ca, verify-full; got 'prefer'"),
+        (
+            'tls = "prefer"',
+            None,
+            "pool[0].tls",
+            "must be one of disable, require, verify-ca, verify-full; got 'prefer'",
+        ),
         ('engine = "oracle"', None, "pool[0].engine", "must be one of postgres, mysql; got 'oracle'"),
         ('engine = "mysql"', None, "pool[0].engine", "'mysql' is not supported by this version yet"),
-        ("min_server_connections = 30", None, "pool[0].min_server_connections",
-         "must be between 0 and max_server_connections"),
+        (
+            "min_server_connections = 30",
+            None,
+            "pool[0].min_server_connections",
+            "must be between 0 and max_server_connections",
+        ),
         ("min_server_connections = -1", None, "pool[0].min_server_connections", "must be between 0"),
         ("max_server_connections = 0", None, "pool[0].max_server_connections", "must be at least 1"),
         ('upstream = "db:99999"', None, "pool[0].upstream", "invalid port"),
-        ('tls_ca_file = "/nonexistent/rotaproxy-ca.pem"', None, "pool[0].tls_ca_file",
-         "/nonexistent/rotaproxy-ca.pem does not exist or is not a file"),
+        (
+            'tls_ca_file = "/nonexistent/rotaproxy-ca.pem"',
+            None,
+            "pool[0].tls_ca_file",
+            "/nonexistent/rotaproxy-ca.pem does not exist or is not a file",
+        ),
         ("", "", "pool[0].credentials.secret_id", 'required when source = "secretsmanager"'),
-        ("", 'source = "vault"\nsecret_id = "x"', "pool[0].credentials.source",
-         "must be one of secretsmanager, static; got 'vault'"),
-        ("", 'source = "static"\nusername = "app"', "pool[0].credentials.username",
-         "static credentials need username and password"),
-        ("", 'source = "static"\npassword = "pw-123456"', "pool[0].credentials.username",
-         "static credentials need username and password"),
+        (
+            "",
+            'source = "vault"\nsecret_id = "x"',
+            "pool[0].credentials.source",
+            "must be one of secretsmanager, static; got 'vault'",
+        ),
+        (
+            "",
+            'source = "static"\nusername = "app"',
+            "pool[0].credentials.username",
+            "static credentials need username and password",
+        ),
+        (
+            "",
+            'source = "static"\npassword = "pw-123456"',
+            "pool[0].credentials.username",
+            "static credentials need username and password",
+        ),
         ("", 'secret_id = "prod/db"\nsecret = "x"', "pool[0].credentials.secret", "unknown key"),
-        ("", 'secret_id = "prod/db"\npoll_interval = "often"', "pool[0].credentials.poll_interval",
-         "expected a duration"),
+        (
+            "",
+            'secret_id = "prod/db"\npoll_interval = "often"',
+            "pool[0].credentials.poll_interval",
+            "expected a duration",
+        ),
         ("", "secret_id = 42", "pool[0].credentials.secret_id", "expected str, got int"),
     ],
 )
@@ -456,13 +488,6 @@ def test_pool_as_a_single_table_is_refused(tmp_path: Path) -> None:
     assert error.key == "pool"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bug: proxy/config.py parse_config (line 325) wraps each `pool` entry in _Table without "
-    "checking it is a table; `pool = [1]` raises TypeError (a traceback from check-config) instead "
-    "of ConfigError(file, 'pool[0]', 'expected a table')",
-)
 def test_a_pool_entry_that_is_not_a_table_is_a_config_error(tmp_path: Path) -> None:
     error = config_error(write(tmp_path, "pool = [1]\n"))
 
@@ -495,14 +520,6 @@ def test_a_directory_is_not_a_config_file(tmp_path: Path) -> None:
     assert error.why.startswith("cannot read: ")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="bug: proxy/config.py load_config (line 334) reads with read_text() in the locale "
-    "encoding and catches only OSError; a non-UTF-8 file raises UnicodeDecodeError instead of "
-    "ConfigError. Read bytes, decode as UTF-8 (TOML's encoding) and turn UnicodeDecodeError "
-    "into ConfigError(path, '', 'not UTF-8 ...')",
-)
 def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "latin1.toml"
     path.write_bytes(b"# caf\xe9\n" + one_pool().encode())
@@ -604,7 +621,9 @@ def test_check_config_exits_2_with_file_key_and_why(tmp_path: Path) -> None:
     result = run_cli("check-config", "-c", str(path))
 
     assert result.returncode == 2
-    assert f"{path}: pool[0].borrow_timeout: expected a duration like '5s' or '2m', got 'soon'" in result.stderr
+    assert (
+        f"{path}: pool[0].borrow_timeout: expected a duration like '5s' or '2m', got 'soon'" in result.stderr
+    )
     assert result.stdout == ""
 
 

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -490,3 +491,63 @@ def test_non_loopback_listen_is_refused(launcher: ProxyLauncher) -> None:
     )
     assert result.returncode == 2
     assert "not a loopback address" in result.stderr and "0.0.0.0:6432" in result.stderr
+
+
+# --- relay behaviour ------------------------------------------------------------------------
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_client_that_stops_reading_does_not_balloon_the_proxy(pg_proxy: PgProxy) -> None:
+    """Back-pressure: the proxy stops reading upstream while the client does not read."""
+    assert pg_proxy.running.process is not None
+    proxy_pid = pg_proxy.running.process.pid
+    with socket.create_connection(("127.0.0.1", pg_proxy.port), timeout=30) as raw:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        raw.sendall(_startup({"user": "u", "database": "appdb"}))
+        greeting = b""
+        while not greeting.endswith(b"Z\x00\x00\x00\x05I"):
+            greeting += raw.recv(65536)
+        before = _rss_kib(proxy_pid)
+        sql = b"SELECT repeat('x', 1000) FROM generate_series(1, 200000)\x00"  # ~200 MB of rows
+        raw.sendall(b"Q" + struct.pack("!I", len(sql) + 4) + sql)
+        time.sleep(2.0)  # not reading: the proxy must stop reading the server too
+        stalled = _rss_kib(proxy_pid)
+        received = 0
+        tail = b""
+        while not tail.endswith(b"Z\x00\x00\x00\x05I"):
+            chunk = raw.recv(1 << 20)
+            assert chunk, "connection closed early"
+            received += len(chunk)
+            tail = (tail + chunk)[-6:]
+    assert received > 200_000 * 1000
+    assert stalled - before < 32 * 1024, f"proxy RSS grew {stalled - before} KiB while the client stalled"
+
+
+def test_sigterm_stops_the_proxy_cleanly(launcher: ProxyLauncher, pg_proxy: PgProxy) -> None:
+    config = pg_proxy.running.config_path.read_text().split("[[pool]]", 2)
+    pool_only = "[[pool]]" + config[1]  # the first pool: appdb
+    pool_only = re.sub(r'listen = "127\.0\.0\.1:\d+"', 'listen = "127.0.0.1:{port}"', pool_only)
+    running = launcher.start(pool_only)
+    with psycopg.connect(f"host=127.0.0.1 port={running.port} dbname=appdb user=x", autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert running.stop(timeout=10) == 0
+    assert "rotaproxy stopped" in running.logs()
+
+
+def test_clients_reconnect_after_an_upstream_restart(pg_proxy: PgProxy, pg: ThrowawayPostgres) -> None:
+    with connect(pg_proxy) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        pg.restart()
+        # The client in session learns its server went away, in protocol terms.
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+    # New clients are served by fresh server connections; nothing stale is handed out.
+    for _ in range(3):
+        with connect(pg_proxy) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -71,9 +71,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
 
 @pytest.fixture(scope="module")
-def pg(
-    tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles
-) -> Iterator[ThrowawayPostgres]:
+def pg(tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles) -> Iterator[ThrowawayPostgres]:
     with ThrowawayPostgres(tmp_path_factory.mktemp("pg"), tls=tls_files) as server:
         yield server
 
@@ -86,10 +84,7 @@ def test_find_postgres_bindir() -> None:
 
 def test_scram_user_over_verified_tls(pg: ThrowawayPostgres, tls_files: TlsFiles) -> None:
     pg.create_user("alice", PASSWORD)
-    assert (
-        pg.sql("SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = 'alice'")
-        == "t"
-    )
+    assert pg.sql("SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = 'alice'") == "t"
     with _connect(pg, "alice", PASSWORD, tls_files.ca_file) as conn:
         row = conn.execute(
             "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
@@ -129,10 +124,7 @@ def test_create_database_and_sql_errors(pg: ThrowawayPostgres) -> None:
     pg.create_user("dave", PASSWORD)
     pg.create_database("dave db", owner="dave")
     assert pg.sql("SELECT current_database()", database="dave db") == "dave db"
-    assert (
-        pg.sql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'dave db'")
-        == "dave"
-    )
+    assert pg.sql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'dave db'") == "dave"
     with pytest.raises(ThrowawayError, match="does not exist"):
         pg.sql("SELECT * FROM no_such_table")
 
