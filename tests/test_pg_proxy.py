@@ -14,8 +14,8 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
