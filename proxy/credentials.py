@@ -248,8 +248,14 @@ class SecretsManagerSource(CredentialSource):
             # Always name the stage: moto can answer an unstaged get with an old version.
             response = await client.get_secret_value(SecretId=self.secret_id, VersionStage=AWSCURRENT)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            problem = _AWS_PROBLEMS.get(code) or f"Secrets Manager error {code or 'unknown'}"
+            error = exc.response.get("Error", {})
+            code = error.get("Code", "")
+            # AWS error messages describe the request (e.g. "marked for deletion"), never the
+            # secret's value, so they are safe to pass on when we have no better words.
+            problem = (
+                _AWS_PROBLEMS.get(code)
+                or f"Secrets Manager error {code or 'unknown'}: {error.get('Message', '')}"
+            )
             raise CredentialsError(self.description, problem) from None
         except NoCredentialsError:
             raise CredentialsError(

@@ -64,7 +64,8 @@ async def run_demo(clients: int = 8, queries: int = 50) -> int:
             else ""
         )
         print(f"rows in the database: {rows} (expected {transactions}); upstream: {sessions}")
-        print(f"client errors: {len(errors)}")
+        leaks = stack.log_path.read_text(errors="replace").count(stack.password)
+        print(f"client errors: {len(errors)}; times the password appears in rotaproxy's log: {leaks}")
         for error in errors[:5]:
             print(f"  {type(error).__name__}: {error}")
-        return 0 if not errors and rows == transactions else 1
+        return 0 if not errors and rows == transactions and not leaks else 1

@@ -57,6 +57,7 @@ async def pg_proxy(
         "clear": await new_secret(sm_client, rds_secret(pg, "app_clear", users.app_clear)),
         "not_json": await new_secret(sm_client, f"username=app password={marker}"),
         "no_password": await new_secret(sm_client, {"username": "app", "host": "localhost"}),
+        "deleted": await new_secret(sm_client, rds_secret(pg, "app", users.app)),
         "wrong_password": await new_secret(sm_client, rds_secret(pg, "app", known_secrets.new_password())),
     }
 
@@ -66,6 +67,7 @@ async def pg_proxy(
         lines.append(f'[pool.credentials]\nsecret_id = "{secret}"\n')
         return "\n".join(lines)
 
+    await sm_client.delete_secret(SecretId=ids["deleted"], RecoveryWindowInDays=7)
     upstream = f"127.0.0.1:{pg.port}"
     config = "\n".join(
         [
@@ -95,6 +97,7 @@ async def pg_proxy(
             pool("missing", "does/not/exist", upstream=upstream, tls="disable"),
             pool("notjson", ids["not_json"], upstream=upstream, tls="disable"),
             pool("nopassword", ids["no_password"], upstream=upstream, tls="disable"),
+            pool("deleted", ids["deleted"], upstream=upstream, tls="disable"),
             pool("wrongpw", ids["wrong_password"], upstream=upstream, tls="disable", borrow_timeout="1s"),
             pool(
                 "deadend", ids["app"], upstream=f"127.0.0.1:{free_port()}", tls="disable", borrow_timeout="1s"
@@ -377,6 +380,7 @@ async def test_borrow_timeout_names_the_pool_and_the_timeout(pg_proxy: PgProxy) 
         ("missing", "08001", ["'does/not/exist'", "does not exist"]),
         ("notjson", "08001", ["not valid JSON"]),
         ("nopassword", "08001", ["lacks", "'password'"]),
+        ("deleted", "08001", ["InvalidRequestException", "marked for deletion"]),
         ("wrongpw", "08001", ['pool "wrongpw"', "password authentication failed", "28P01"]),
         ("deadend", "08001", ['pool "deadend"', "cannot reach upstream"]),
     ],
