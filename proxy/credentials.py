@@ -252,10 +252,8 @@ class SecretsManagerSource(CredentialSource):
             code = error.get("Code", "")
             # AWS error messages describe the request (e.g. "marked for deletion"), never the
             # secret's value, so they are safe to pass on when we have no better words.
-            problem = (
-                _AWS_PROBLEMS.get(code)
-                or f"Secrets Manager error {code or 'unknown'}: {error.get('Message', '')}"
-            )
+            aws_words = " ".join(str(error.get("Message", "")).split())
+            problem = _AWS_PROBLEMS.get(code) or f"Secrets Manager error {code or 'unknown'}: {aws_words}"
             raise CredentialsError(self.description, problem) from None
         except NoCredentialsError:
             raise CredentialsError(

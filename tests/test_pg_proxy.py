@@ -380,7 +380,7 @@ async def test_borrow_timeout_names_the_pool_and_the_timeout(pg_proxy: PgProxy) 
         ("missing", "08001", ["'does/not/exist'", "does not exist"]),
         ("notjson", "08001", ["not valid JSON"]),
         ("nopassword", "08001", ["lacks", "'password'"]),
-        ("deleted", "08001", ["InvalidRequestException", "marked for deletion"]),
+        ("deleted", "08001", ["InvalidRequestException", "marked"]),
         ("wrongpw", "08001", ['pool "wrongpw"', "password authentication failed", "28P01"]),
         ("deadend", "08001", ['pool "deadend"', "cannot reach upstream"]),
     ],
