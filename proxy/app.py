@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
-from proxy.config import Config, CredentialsConfig, PoolConfig
+from proxy.config import Config, CredentialsConfig
 from proxy.credentials import CredentialSource, SecretsManagerClients, make_source
-from proxy.pool import Connector, Pool
-from proxy.postgres.listener import PgListener
-from proxy.postgres.server import PgConnector
+from proxy.engine import Engine
+from proxy.listener import Listener
+from proxy.pool import Pool
+from proxy.postgres.engine import POSTGRES
 
 log = logging.getLogger(__name__)
 
-CONNECTORS: dict[str, Callable[[PoolConfig], Connector]] = {"postgres": PgConnector}
+ENGINES: dict[str, Engine] = {engine.name: engine for engine in (POSTGRES,)}
 
 
 def _source_key(config: CredentialsConfig) -> tuple[str, str | None, str | None]:
@@ -31,7 +31,7 @@ class Proxy:
         self.aws_clients = SecretsManagerClients(config.aws)
         self.sources: dict[tuple[str, str | None, str | None], CredentialSource] = {}
         self.pools: dict[str, Pool] = {}
-        self.listeners: list[PgListener] = []
+        self.listeners: list[Listener] = []
 
     def __repr__(self) -> str:
         return f"Proxy(pools={list(self.pools)}, listeners={[str(item.address) for item in self.listeners]})"
@@ -43,11 +43,19 @@ class Proxy:
                 if key not in self.sources:
                     # Pools sharing a secret share its cache and its one fetch in flight.
                     self.sources[key] = make_source(pool_config.credentials, self.aws_clients)
-                pool = Pool(pool_config, self.sources[key], CONNECTORS[pool_config.engine](pool_config))
+                engine = ENGINES[pool_config.engine]
+                pool = Pool(pool_config, self.sources[key], engine.connector(pool_config))
                 self.pools[pool_config.name] = pool
                 await pool.start()
             for address, pool_configs in self.config.listeners().items():
-                listener = PgListener(address, [self.pools[p.name] for p in pool_configs])
+                engine = ENGINES[pool_configs[0].engine]  # one listener, one engine (config checks)
+                listener = Listener(
+                    address,
+                    engine.name,
+                    [self.pools[p.name] for p in pool_configs],
+                    engine.client_reader,
+                    engine.client_session,
+                )
                 await listener.start()
                 self.listeners.append(listener)
         except BaseException:

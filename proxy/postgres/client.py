@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -47,7 +48,7 @@ from proxy.pool import BorrowTimeout, Pool, PoolError
 from proxy.postgres.server import PgServerConnection
 
 if TYPE_CHECKING:
-    from proxy.postgres.listener import PgListener
+    from proxy.listener import Listener
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +125,10 @@ def set_config_query(settings: Mapping[str, str]) -> str:
 
 
 class PgClientSession:
-    def __init__(self, endpoint: Endpoint, reader: StartupReader, listener: PgListener) -> None:
+    def __init__(self, endpoint: Endpoint, listener: Listener) -> None:
+        assert isinstance(endpoint.reader, StartupReader)
         self.endpoint = endpoint
-        self.reader = reader
+        self.reader = endpoint.reader
         self.listener = listener
         self.server: PgServerConnection | None = None
         self.cancel_key: tuple[int, int] | None = None
@@ -164,7 +166,7 @@ class PgClientSession:
                     raise ProtocolViolation("data sent after an encryption request before the answer")
                 self.endpoint.write(SSL_REFUSED)
             elif isinstance(event, CancelRequest):
-                await self.listener.cancel(event)
+                await self._forward_cancel(event)
                 return None
             else:
                 return event
@@ -217,13 +219,13 @@ class PgClientSession:
             log.debug('pool "%s": client %s (user %r) attached to %r', pool.name, self.peer, user, server)
             reusable = await self._relay(server)
         finally:
-            self.listener.forget_cancel_key(self.cancel_key)
+            self.listener.forget_key(self.cancel_key)
             self.server = None
             server.endpoint.stop_relay()
             pool.release(server, reusable=reusable and not server.is_closed)
 
     def _greet(self, server: PgServerConnection) -> None:
-        self.cancel_key = self.listener.register_cancel_key(self, server.backend_pid)
+        self.cancel_key = self._claim_cancel_key(server.backend_pid)
         greeting = [AUTH_OK_MESSAGE]
         greeting += [ParameterStatus(name, value).encode() for name, value in server.parameters.items()]
         greeting.append(BackendKeyData(*self.cancel_key).encode())
@@ -294,6 +296,23 @@ class PgClientSession:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CANCEL_ON_EXIT_TIMEOUT):
                 await server.cancel_query()
+
+    def _claim_cancel_key(self, process_id: int) -> tuple[int, int]:
+        """The key the client will cancel with: the server's real PID and a secret of ours."""
+        while True:
+            key = (process_id, secrets.randbits(32))
+            if self.listener.register_key(key, self):
+                return key
+
+    async def _forward_cancel(self, request: CancelRequest) -> None:
+        session = self.listener.session_for_key((request.process_id, request.secret_key))
+        if not isinstance(session, PgClientSession):
+            log.info("cancel request with an unknown key ignored")
+            return
+        try:
+            await session.cancel_current_query()
+        except Exception as exc:
+            log.warning("cancel for client %s failed: %s", session.peer, exc)
 
     async def cancel_current_query(self) -> None:
         server = self.server

@@ -1,0 +1,121 @@
+"""A listener: accepts clients on one address for the pools that share it, for any engine.
+
+It owns its client-session tasks (cancelled and awaited on close) and a table of the keys
+it handed out to clients (PostgreSQL cancel keys, MySQL connection ids), so a cancel or a
+KILL reaches exactly the session that owns the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
+
+from proxy.config import Address
+from proxy.endpoint import Endpoint, Reader
+from proxy.pool import Pool
+
+log = logging.getLogger(__name__)
+
+
+class ClientSession(Protocol):
+    peer: str
+
+    async def run(self) -> None: ...
+
+
+class _AcceptedEndpoint(Endpoint):
+    def __init__(self, listener: Listener) -> None:
+        super().__init__(listener.reader_factory())
+        self._listener = listener
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._listener.accepted(self)
+
+
+class Listener:
+    def __init__(
+        self,
+        address: Address,
+        engine: str,
+        pools: list[Pool],
+        reader_factory: Callable[[], Reader],
+        session_factory: Callable[[Endpoint, Listener], ClientSession],
+    ) -> None:
+        self.address = address
+        self.engine = engine
+        self.pools = pools
+        self.reader_factory = reader_factory
+        self._session_factory = session_factory
+        self._by_database: dict[str, Pool] = {}
+        for pool in pools:
+            self._by_database.setdefault(pool.name, pool)
+        for pool in pools:
+            if pool.config.database:
+                self._by_database.setdefault(pool.config.database, pool)
+        self._server: asyncio.Server | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
+        self._keys: dict[Hashable, Any] = {}
+        self.accepted_total = 0
+
+    def __repr__(self) -> str:
+        return f"Listener({self.engine} {self.address}, pools={[pool.name for pool in self.pools]})"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _AcceptedEndpoint(self), self.address.host, self.address.port, reuse_address=True
+        )
+        names = ", ".join(pool.name for pool in self.pools)
+        log.info("listening on %s for %s pools %s", self.address, self.engine, names)
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def close(self) -> None:
+        self.stop_accepting()
+        for task in list(self._sessions):
+            task.cancel()
+        if self._sessions:
+            await asyncio.gather(*self._sessions, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    @property
+    def client_count(self) -> int:
+        return len(self._sessions)
+
+    def accepted(self, endpoint: Endpoint) -> None:
+        self.accepted_total += 1
+        session = self._session_factory(endpoint, self)
+        task = asyncio.create_task(session.run(), name=f"{self.engine}-client-{session.peer}")
+        self._sessions.add(task)
+        task.add_done_callback(self._session_done)
+
+    def _session_done(self, task: asyncio.Task[None]) -> None:
+        self._sessions.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("client session crashed", exc_info=task.exception())
+
+    def pool_for(self, database: str) -> Pool | None:
+        return self._by_database.get(database)
+
+    # --- keys handed to clients (cancel keys, connection ids) -------------------------------
+    def register_key(self, key: Hashable, session: Any) -> bool:
+        """Claim ``key`` for ``session``; False if another session holds it."""
+        if key in self._keys:
+            return False
+        self._keys[key] = session
+        return True
+
+    def session_for_key(self, key: Hashable) -> Any:
+        return self._keys.get(key)
+
+    def forget_key(self, key: Hashable | None) -> None:
+        if key is not None:
+            self._keys.pop(key, None)
