@@ -2,6 +2,8 @@
 
 It knows connections, not protocols. An engine plugs in a ``Connector`` (open and log in
 with given credentials) and its ``ServerConnection`` subclass (reset, liveness check, close).
+A *variant* is an opaque, hashable flavour of connection an engine may ask for (MySQL's
+per-connection capability flags); a borrower only ever gets a connection of its variant.
 Every state change goes through ``_set_state`` so the counts that metrics and the admin
 API read are the very numbers the pool decides with.
 """
@@ -15,8 +17,8 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any, Protocol
 
 from proxy.config import PoolConfig
 from proxy.credentials import Credentials, CredentialsError, CredentialSource
@@ -56,6 +58,7 @@ class ServerConnection(ABC):
 
     def __init__(self, generation: int) -> None:
         self.generation = generation
+        self.variant: Hashable = None  # set by the pool to what the borrower asked for
         self.created_at = time.monotonic()
         self.idle_since = self.created_at
         self.state: ConnectionState | None = None
@@ -83,7 +86,14 @@ class ServerConnection(ABC):
             self.on_lost(self)
 
 
-Connector = Callable[[Credentials, int], Awaitable[ServerConnection]]
+class Connector(Protocol):
+    """Opens a logged-in server connection: ``await connector(credentials, generation, variant)``."""
+
+    default_variant: Hashable  # what the pool opens when it fills itself to its minimum
+
+    def __call__(
+        self, credentials: Credentials, generation: int, variant: Hashable, /
+    ) -> Awaitable[ServerConnection]: ...
 
 
 def format_seconds(seconds: float) -> str:
@@ -95,12 +105,12 @@ class Pool:
         self.config = config
         self.name = config.name
         self.credentials = credentials
-        self._connector = connector
+        self.connector = connector
         self.generation = 1
         self._idle: deque[ServerConnection] = deque()
         self._connections: set[ServerConnection] = set()
         self._connecting = 0
-        self._waiters: deque[asyncio.Future[ServerConnection | None]] = deque()
+        self._waiters: deque[tuple[Hashable, asyncio.Future[ServerConnection | None]]] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._janitor: asyncio.Task[None] | None = None
         self._closing = False
@@ -149,7 +159,7 @@ class Pool:
             self._janitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._janitor
-        for waiter in self._waiters:
+        for _, waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(PoolClosed(f'pool "{self.name}" is shutting down'))
         self._waiters.clear()
@@ -161,8 +171,8 @@ class Pool:
             self._discard(connection)
 
     # --- borrowing -------------------------------------------------------------------------
-    async def borrow(self) -> ServerConnection:
-        """A logged-in connection for the caller's exclusive use, within borrow_timeout."""
+    async def borrow(self, variant: Hashable = None) -> ServerConnection:
+        """A logged-in connection of ``variant`` for the caller's exclusive use, within borrow_timeout."""
         if self._closing:
             raise PoolClosed(f'pool "{self.name}" is shutting down')
         loop = asyncio.get_running_loop()
@@ -171,15 +181,18 @@ class Pool:
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
-                    connection = await self._take_idle()
+                    connection = await self._take_idle(variant)
                     if connection is not None:
                         return connection
+                    if self.size >= self.config.max_server_connections and self._idle:
+                        # Full, but idle connections of another variant: make room for ours.
+                        self._discard(self._idle[0])
                     # A connection being reset is ready within a round trip; opening a new
                     # one costs a TCP, TLS and SCRAM handshake. Wait for it when one is free.
                     resetting_spare = self.counts[ConnectionState.RESETTING] > len(self._waiters)
                     if self.size < self.config.max_server_connections and not resetting_spare:
                         try:
-                            return await self._open(for_borrower=True)
+                            return await self._open(variant, for_borrower=True)
                         except UpstreamUnavailable:
                             delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
                             attempt += 1
@@ -187,7 +200,7 @@ class Pool:
                                 raise
                             await asyncio.sleep(delay)
                             continue
-                    connection = await self._wait_for_connection()
+                    connection = await self._wait_for_connection(variant)
                     if connection is not None:
                         return connection
         except TimeoutError:
@@ -199,9 +212,17 @@ class Pool:
                 "in use)"
             ) from None
 
-    async def _take_idle(self) -> ServerConnection | None:
-        while self._idle:
-            connection = self._idle.pop()  # most recently used first: warm caches, let others age out
+    def _pop_idle(self, variant: Hashable) -> ServerConnection | None:
+        # Most recently used first: warm caches, and the surplus ages out at the other end.
+        for index in range(len(self._idle) - 1, -1, -1):
+            if self._idle[index].variant == variant:
+                connection = self._idle[index]
+                del self._idle[index]
+                return connection
+        return None
+
+    async def _take_idle(self, variant: Hashable) -> ServerConnection | None:
+        while (connection := self._pop_idle(variant)) is not None:
             if self._must_retire(connection):
                 self._discard(connection)
                 continue
@@ -218,9 +239,10 @@ class Pool:
             return connection
         return None
 
-    async def _wait_for_connection(self) -> ServerConnection | None:
+    async def _wait_for_connection(self, variant: Hashable) -> ServerConnection | None:
         waiter: asyncio.Future[ServerConnection | None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        entry = (variant, waiter)
+        self._waiters.append(entry)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -234,14 +256,14 @@ class Pool:
             raise
         finally:
             with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
+                self._waiters.remove(entry)
 
-    async def _open(self, *, for_borrower: bool) -> ServerConnection:
+    async def _open(self, variant: Hashable, *, for_borrower: bool) -> ServerConnection:
         self._connecting += 1
         generation = self.generation
         try:
             credentials = await self.credentials.current()
-            connection = await self._connector(credentials, generation)
+            connection = await self.connector(credentials, generation, variant)
         except BaseException as exc:
             self._connecting -= 1
             self._wake_one()  # the slot this attempt held is free again for a waiter
@@ -255,6 +277,7 @@ class Pool:
         self._connecting -= 1
         self.opened_total += 1
         self.last_error = None
+        connection.variant = variant
         connection.on_lost = self._on_connection_lost
         self._connections.add(connection)
         self._set_state(connection, ConnectionState.BUSY if for_borrower else ConnectionState.IDLE)
@@ -285,12 +308,19 @@ class Pool:
 
     def _make_available(self, connection: ServerConnection) -> None:
         connection.idle_since = time.monotonic()
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
+        for entry in self._waiters:
+            variant, waiter = entry
+            if variant == connection.variant and not waiter.done():
+                self._waiters.remove(entry)
                 self._set_state(connection, ConnectionState.BUSY)
                 waiter.set_result(connection)
                 return
+        if any(not waiter.done() for _, waiter in self._waiters) and (
+            self.size >= self.config.max_server_connections
+        ):
+            # Everyone waiting wants another variant and the pool is full: free the slot.
+            self._discard(connection)
+            return
         self._set_state(connection, ConnectionState.IDLE)
         self._idle.append(connection)
 
@@ -316,7 +346,7 @@ class Pool:
         if self._closing:
             return
         while self._waiters:
-            waiter = self._waiters.popleft()
+            _, waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
@@ -361,7 +391,7 @@ class Pool:
     async def _fill_to_minimum(self) -> None:
         while self.size < self.config.min_server_connections and not self._closing:
             try:
-                await self._open(for_borrower=False)
+                await self._open(self.connector.default_variant, for_borrower=False)
             except (PoolError, OSError, Exception) as exc:
                 log.warning('pool "%s": could not open a server connection: %s', self.name, exc)
                 return

@@ -192,3 +192,22 @@ async def test_upstream_restart_is_survived(make_pool: Callable[..., Pool], pg: 
     assert fresh is not connection
     assert await fresh.run_queries("SELECT 1") == []  # type: ignore[attr-defined]
     pool.release(fresh, reusable=True)
+
+
+async def test_borrowers_only_get_connections_of_their_variant(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool(max_server_connections=1, borrow_timeout=5.0)
+    first = await pool.borrow("a")
+    pool.release(first, reusable=True)
+    await _wait_until(lambda: pool.counts[ConnectionState.IDLE] == 1)
+    again = await pool.borrow("a")
+    assert again is first  # same variant: reused
+    waiter = asyncio.create_task(pool.borrow("b"))
+    await asyncio.sleep(0.05)
+    pool.release(again, reusable=True)  # the full pool makes room for the other variant
+    other = await waiter
+    assert other is not first and other.variant == "b" and first.is_closed
+    pool.release(other, reusable=True)
+    await _wait_until(lambda: pool.counts[ConnectionState.IDLE] == 1)
+    third = await pool.borrow("a")  # idle "b" is closed to open an "a" within the limit
+    assert third.variant == "a" and other.is_closed and pool.size == 1
+    pool.release(third, reusable=True)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import cast
 
@@ -183,6 +184,8 @@ class PgServerConnection(ServerConnection):
 class PgConnector:
     """Opens logged-in server connections for one pool."""
 
+    default_variant: Hashable = None  # PostgreSQL connections come in one flavour
+
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
         self.ssl_context = upstream_ssl_context(config)
@@ -198,7 +201,9 @@ class PgConnector:
         database = config.database or credentials.dbname or config.name
         return PgTarget(host, port, database, self.ssl_context, config.connect_timeout)
 
-    async def __call__(self, credentials: Credentials, generation: int) -> PgServerConnection:
+    async def __call__(
+        self, credentials: Credentials, generation: int, variant: Hashable = None
+    ) -> PgServerConnection:
         target = self.target(credentials)
         pool = self.config.name
         endpoint: Endpoint | None = None
