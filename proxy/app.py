@@ -13,12 +13,13 @@ from proxy.config import Config, CredentialsConfig
 from proxy.credentials import CredentialSource, SecretsManagerClients, make_source
 from proxy.engine import Engine
 from proxy.listener import Listener
+from proxy.mysql.engine import MYSQL
 from proxy.pool import Pool
 from proxy.postgres.engine import POSTGRES
 
 log = logging.getLogger(__name__)
 
-ENGINES: dict[str, Engine] = {engine.name: engine for engine in (POSTGRES,)}
+ENGINES: dict[str, Engine] = {engine.name: engine for engine in (POSTGRES, MYSQL)}
 
 
 def _source_key(config: CredentialsConfig) -> tuple[str, str | None, str | None]:

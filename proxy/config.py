@@ -24,7 +24,7 @@ DEFAULT_PORTS: dict[str, int] = {"postgres": 6432, "mysql": 6033}
 UPSTREAM_DEFAULT_PORTS: dict[str, int] = {"postgres": 5432, "mysql": 3306}
 # Engines whose client and server sides are implemented; the parser knows the rest so the
 # error says "not supported yet" rather than "unknown".
-SUPPORTED_ENGINES: frozenset[str] = frozenset({"postgres"})
+SUPPORTED_ENGINES: frozenset[str] = frozenset({"postgres", "mysql"})
 SUPPORTED_MODES: frozenset[str] = frozenset({"session"})
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")

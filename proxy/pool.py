@@ -189,7 +189,12 @@ class Pool:
                         self._discard(self._idle[0])
                     # A connection being reset is ready within a round trip; opening a new
                     # one costs a TCP, TLS and SCRAM handshake. Wait for it when one is free.
-                    resetting_spare = self.counts[ConnectionState.RESETTING] > len(self._waiters)
+                    resetting = sum(
+                        1
+                        for connection in self._connections
+                        if connection.state is ConnectionState.RESETTING and connection.variant == variant
+                    )
+                    resetting_spare = resetting > len(self._waiters)
                     if self.size < self.config.max_server_connections and not resetting_spare:
                         try:
                             return await self._open(variant, for_borrower=True)
@@ -315,14 +320,16 @@ class Pool:
                 self._set_state(connection, ConnectionState.BUSY)
                 waiter.set_result(connection)
                 return
-        if any(not waiter.done() for _, waiter in self._waiters) and (
-            self.size >= self.config.max_server_connections
-        ):
-            # Everyone waiting wants another variant and the pool is full: free the slot.
+        others_waiting = any(not waiter.done() for _, waiter in self._waiters)
+        if others_waiting and self.size >= self.config.max_server_connections:
+            # Everyone waiting wants another variant and the pool is full: free the slot
+            # (discarding wakes the first waiter to open a connection of its own variant).
             self._discard(connection)
             return
         self._set_state(connection, ConnectionState.IDLE)
         self._idle.append(connection)
+        if others_waiting:
+            self._wake_one()  # a waiter counted on this reset; it can open its own now
 
     def _discard(self, connection: ServerConnection) -> None:
         if connection.state is ConnectionState.CLOSED:

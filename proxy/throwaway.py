@@ -1,4 +1,4 @@
-"""Throwaway PostgreSQL servers, TLS files and a local Secrets Manager (moto).
+"""Throwaway PostgreSQL and MariaDB servers, TLS files and a local Secrets Manager (moto).
 
 One implementation shared by the tests, ``rotaproxy demo`` and ``rotaproxy bench``.
 """
@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 if TYPE_CHECKING:
     from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
@@ -34,9 +34,11 @@ __all__ = [
     "LocalSecretsManager",
     "ProxyProcess",
     "ThrowawayError",
+    "ThrowawayMariaDB",
     "ThrowawayPostgres",
     "TlsFiles",
     "create_secret",
+    "find_mariadb_binaries",
     "find_postgres_bindir",
     "free_port",
     "make_tls_files",
@@ -48,7 +50,14 @@ _PG_OS_USER = "postgres"
 # sun_path is 108 bytes including the terminating NUL.
 _MAX_UNIX_SOCKET_PATH = 107
 _PG_START_TIMEOUT = 30
+_MARIADB_START_TIMEOUT = 30.0
+# SIGTERM makes mariadbd flush InnoDB and exit; past this, SIGKILL.
+_MARIADB_STOP_GRACE = 20.0
 _COMMAND_TIMEOUT = 90.0
+# Inherited variables with these prefixes (PGDATA, PGSSLMODE, MYSQL_PWD, MYSQL_UNIX_PORT, ...)
+# would silently redirect our commands to some other server or change how they connect.
+_PG_ENV_PREFIXES = ("PG",)
+_MARIADB_ENV_PREFIXES = ("MYSQL", "MARIADB", "LIBMYSQL")
 
 
 class ThrowawayError(RuntimeError):
@@ -110,6 +119,185 @@ def make_tls_files(directory: Path, name: str = "test") -> TlsFiles:
     return files
 
 
+def _copy_tls_files(tls: TlsFiles, directory: Path, owner: tuple[int, int] | None) -> TlsFiles:
+    """Copies of ``tls`` in ``directory`` (ca.pem, server.crt, server.key), the key mode 0600.
+
+    Servers refuse a key readable by group/others, and the caller's files may sit where the
+    server's OS user cannot reach them (or be deleted while the server still runs).
+    """
+    copies = TlsFiles(
+        ca_file=directory / "ca.pem",
+        cert_file=directory / "server.crt",
+        key_file=directory / "server.key",
+    )
+    for source, target, mode in (
+        (tls.ca_file, copies.ca_file, 0o644),
+        (tls.cert_file, copies.cert_file, 0o644),
+        (tls.key_file, copies.key_file, 0o600),
+    ):
+        shutil.copyfile(source, target)
+        target.chmod(mode)
+        if owner is not None:
+            os.chown(target, *owner)
+    return copies
+
+
+# ---------------------------------------------------------------------------
+# Server processes: what the throwaway PostgreSQL and MariaDB share
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` is a live process; a zombie that nobody reaped counts as dead."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        # No procfs: fall back to signal 0, which cannot tell zombies apart.
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
+def _wait_dead(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _terminate(pid: int, first_signal: signal.Signals, grace: float, what: str) -> None:
+    """Send ``first_signal``; after ``grace`` seconds SIGKILL the process (and its group if it leads one)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, first_signal)
+    if _wait_dead(pid, grace):
+        return
+    logger.warning("%s %d ignored %s for %.0fs; killing it", what, pid, first_signal.name, grace)
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    if not _wait_dead(pid, 5.0):
+        raise ThrowawayError(f"could not stop {what} {pid}")
+
+
+def _runs_on(pid: int, path: Path) -> bool:
+    """True if ``pid`` is alive and was started with ``path`` as an argument (or ``--opt=path``).
+
+    A stale pid file may name a recycled pid: only ever signal a process that runs on our
+    data dir (never, say, the system server).
+    """
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\x00")
+    except OSError:
+        return _pid_alive(pid)
+    wanted = str(path).encode()
+    mentioned = any(arg == wanted or arg.endswith(b"=" + wanted) for arg in argv)
+    return mentioned and _pid_alive(pid)
+
+
+def _read_pidfile(path: Path) -> int | None:
+    try:
+        return int(path.read_text(encoding="utf-8").split("\n")[0].strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _clean_env(prefixes: Sequence[str]) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(tuple(prefixes))}
+
+
+def _run_tool(
+    cmd: Sequence[str], env: Mapping[str, str], stdin_text: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    # cwd: initdb and pg_ctl fail if they cannot resolve their current directory, and the
+    # caller's cwd is often not readable by the OS user a server tool runs as.
+    return subprocess.run(
+        list(cmd),
+        input=stdin_text,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=dict(env),
+        cwd="/",
+        timeout=_COMMAND_TIMEOUT,
+        check=False,
+    )
+
+
+def _mask(text: str, *secret_values: str) -> str:
+    """``text`` with every non-empty secret replaced by ``***`` (longest first)."""
+    for value in sorted({v for v in secret_values if v}, key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text
+
+
+def _socket_dir(base_dir: Path, socket_name: str, prefix: str) -> tuple[Path, bool]:
+    """Where a server's unix socket goes; True if it is a directory of our own to remove later.
+
+    Deep workdirs (pytest's tmp_path) can exceed the unix socket path limit; then a short
+    directory under the system temp dir is used instead.
+    """
+    socket_dir = base_dir / "socket"
+    if len(str(socket_dir / socket_name)) <= _MAX_UNIX_SOCKET_PATH:
+        return socket_dir, False
+    return Path(tempfile.gettempdir()) / f"{prefix}{secrets.token_hex(4)}", True
+
+
+class _ThrowawayServer:
+    """The lifecycle every throwaway database server shares; subclasses do start() and stop()."""
+
+    pid: int | None
+    log_file: Path
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        """Stop and start again on the same port, keeping the data (for outage tests)."""
+        self.stop()
+        self.start()
+
+    def is_running(self) -> bool:
+        return self.pid is not None and _pid_alive(self.pid)
+
+    def _log_tail(self, lines: int = 30) -> str:
+        return _log_tail(self.log_file, lines)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 # ---------------------------------------------------------------------------
 # PostgreSQL
 
@@ -168,41 +356,7 @@ def _conf_literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _pid_alive(pid: int) -> bool:
-    """True if ``pid`` is a live process; a zombie that nobody reaped counts as dead."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        # No procfs: fall back to signal 0, which cannot tell zombies apart.
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return bool(fields) and fields[0] not in ("Z", "X")
-
-
-def _wait_dead(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _pid_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def _clean_env() -> dict[str, str]:
-    # Inherited PG* variables (PGDATA, PGPORT, PGSSLMODE, ...) would silently redirect our
-    # commands to some other server or change how they connect.
-    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-
-
-class ThrowawayPostgres:
+class ThrowawayPostgres(_ThrowawayServer):
     """A private PostgreSQL cluster under ``workdir``, on its own loopback port and socket."""
 
     host: str
@@ -225,13 +379,7 @@ class ThrowawayPostgres:
         self.base_dir = Path(tempfile.mkdtemp(prefix="postgres-", dir=workdir)).resolve()
         self.data_dir = self.base_dir / "data"
         self.log_file = self.base_dir / "postgres.log"
-        socket_dir = self.base_dir / "socket"
-        self._own_socket_dir = False
-        if len(str(socket_dir / f".s.PGSQL.{self.port}")) > _MAX_UNIX_SOCKET_PATH:
-            # Deep workdirs (pytest's tmp_path) can exceed the unix socket path limit.
-            socket_dir = Path(tempfile.gettempdir()) / f"rp-pg-{secrets.token_hex(4)}"
-            self._own_socket_dir = True
-        self.socket_dir = socket_dir
+        self.socket_dir, self._own_socket_dir = _socket_dir(self.base_dir, f".s.PGSQL.{self.port}", "rp-pg-")
         self._hba_user_lines: list[str] = []
         self._bindir: Path | None = None
 
@@ -261,18 +409,9 @@ class ThrowawayPostgres:
         cmd = args
         if self._as_root():
             cmd = ["runuser", "-u", _PG_OS_USER, "--", *args]
-        # cwd: pg_ctl and initdb fail if they cannot resolve their current directory, the
-        # caller's cwd is often not readable by the postgres user, and pytest may take the
-        # o+x bit off its temp directories again by the time a session-scoped server stops.
-        return subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            env=_clean_env(),
-            cwd="/",
-            timeout=_COMMAND_TIMEOUT,
-            check=False,
-        )
+        # _run_tool runs in "/": pytest may also take the o+x bit off its temp directories
+        # again by the time a session-scoped server stops.
+        return _run_tool(cmd, _clean_env(_PG_ENV_PREFIXES))
 
     def _make_traversable(self, owner: tuple[int, int]) -> None:
         # The caller's workdir is often a 0700 root-owned temp dir; the postgres user needs
@@ -322,19 +461,10 @@ class ThrowawayPostgres:
             "logging_collector": "off",
         }
         if self.tls is not None:
-            cert = self.data_dir / "server.crt"
-            key = self.data_dir / "server.key"
-            shutil.copyfile(self.tls.cert_file, cert)
-            shutil.copyfile(self.tls.key_file, key)
-            # The server refuses a key readable by group/others.
-            cert.chmod(0o644)
-            key.chmod(0o600)
-            if owner is not None:
-                os.chown(cert, *owner)
-                os.chown(key, *owner)
+            tls = _copy_tls_files(self.tls, self.data_dir, owner)
             settings["ssl"] = "on"
-            settings["ssl_cert_file"] = _conf_literal(str(cert))
-            settings["ssl_key_file"] = _conf_literal(str(key))
+            settings["ssl_cert_file"] = _conf_literal(str(tls.cert_file))
+            settings["ssl_key_file"] = _conf_literal(str(tls.key_file))
         # Appending keeps the file's owner (postgres); later lines override initdb's.
         with (self.data_dir / "postgresql.conf").open("a", encoding="utf-8") as conf:
             conf.write("\n# added by proxy.throwaway\n")
@@ -354,27 +484,7 @@ class ThrowawayPostgres:
         (self.data_dir / "pg_hba.conf").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def _read_pidfile(self) -> int | None:
-        try:
-            first = (self.data_dir / "postmaster.pid").read_text(encoding="utf-8").split("\n")[0]
-            return int(first.strip())
-        except (OSError, ValueError):
-            return None
-
-    def _is_our_postmaster(self, pid: int) -> bool:
-        # A stale postmaster.pid may name a recycled pid: only touch a process that runs
-        # postgres on our data dir (never, say, the system server).
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\x00")
-        except OSError:
-            return _pid_alive(pid)
-        return str(self.data_dir).encode() in cmdline and _pid_alive(pid)
-
-    def _log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_file.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return _read_pidfile(self.data_dir / "postmaster.pid")
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -427,7 +537,7 @@ class ThrowawayPostgres:
     def stop(self) -> None:
         """Fast shutdown; idempotent, and also cleans up after a half-finished start()."""
         pid = self.pid if self.pid is not None else self._read_pidfile()
-        if pid is not None and self._is_our_postmaster(pid):
+        if pid is not None and _runs_on(pid, self.data_dir):
             result = self._run_server_tool(
                 [self._bin("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w", "-s"]
             )
@@ -437,45 +547,12 @@ class ThrowawayPostgres:
                     result.stderr.strip(),
                     pid,
                 )
-                self._kill(pid)
+                # SIGQUIT is an immediate shutdown in which the postmaster takes its
+                # children down too; SIGKILL to the whole group is the last resort.
+                _terminate(pid, signal.SIGQUIT, 5.0, "PostgreSQL postmaster")
         self.pid = None
         if self._own_socket_dir:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
-
-    def _kill(self, pid: int) -> None:
-        # SIGQUIT is an immediate shutdown in which the postmaster takes its children
-        # down too; SIGKILL to the whole group is the last resort.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGQUIT)
-        if _wait_dead(pid, 5.0):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, signal.SIGKILL)
-            else:
-                os.kill(pid, signal.SIGKILL)
-        if not _wait_dead(pid, 5.0):
-            raise ThrowawayError(f"could not stop PostgreSQL postmaster {pid}")
-
-    def restart(self) -> None:
-        """Stop and start again on the same port, keeping the data (for outage tests)."""
-        self.stop()
-        self.start()
-
-    def is_running(self) -> bool:
-        return self.pid is not None and _pid_alive(self.pid)
-
-    def __enter__(self) -> ThrowawayPostgres:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- administration ----------------------------------------------------
 
@@ -484,7 +561,7 @@ class ThrowawayPostgres:
         return self._psql(query, database)
 
     def _psql(self, query: str, database: str, secret: str | None = None) -> str:
-        env = _clean_env()
+        env = _clean_env(_PG_ENV_PREFIXES)
         # Via the environment, not -d/-h, so no name is ever parsed as a connection string.
         env.update(
             PGHOST=str(self.socket_dir),
@@ -494,20 +571,11 @@ class ThrowawayPostgres:
             PGCLIENTENCODING="UTF8",
         )
         # The query goes through stdin so passwords never show up in the process list.
-        result = subprocess.run(
-            [self._bin("psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"],
-            input=query,
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            env=env,
-            timeout=_COMMAND_TIMEOUT,
-            check=False,
-        )
+        result = _run_tool([self._bin("psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"], env, query)
         if result.returncode != 0:
             message = result.stderr.strip()
             if secret:
-                message = message.replace(secret, "***").replace(secret.replace("'", "''"), "***")
+                message = _mask(message, secret, secret.replace("'", "''"))
             raise ThrowawayError(f"psql failed: {message}")
         return result.stdout.strip()
 
@@ -558,6 +626,365 @@ class ThrowawayPostgres:
 
     def create_database(self, name: str, owner: str) -> None:
         self.sql(f"CREATE DATABASE {_quote_ident(name)} OWNER {_quote_ident(owner)};")
+
+
+# ---------------------------------------------------------------------------
+# MariaDB
+
+# Tried in addition to $PATH: as a non-root user /usr/sbin is often not on it.
+_MARIADB_EXTRA_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/mysql/bin")
+# The hosts root can log in from: the unix socket, and TCP over IPv4 and IPv6 loopback.
+_MARIADB_ROOT_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _find_program(name: str) -> Path | None:
+    search = os.pathsep.join([os.environ.get("PATH", os.defpath), *_MARIADB_EXTRA_DIRS])
+    found = shutil.which(name, path=search)
+    return Path(found) if found is not None else None
+
+
+def find_mariadb_binaries() -> tuple[Path, Path]:
+    """Paths of ``mariadbd`` and ``mariadb-install-db``."""
+    server = _find_program("mariadbd")
+    install_db = _find_program("mariadb-install-db")
+    if server is None or install_db is None:
+        raise ThrowawayError(
+            "MariaDB server binaries not found: install mariadb-server (apt-get install mariadb-server)"
+        )
+    return server, install_db
+
+
+def _find_mariadb_client() -> Path:
+    client = _find_program("mariadb")
+    if client is None:
+        raise ThrowawayError(
+            "MariaDB client not found: install mariadb-client (apt-get install mariadb-client)"
+        )
+    return client
+
+
+def _my_literal(value: str) -> str:
+    # Our servers run without NO_BACKSLASH_ESCAPES, so a backslash escapes inside literals.
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("\x00", "\\0")
+    return f"'{escaped}'"
+
+
+def _my_ident(name: str) -> str:
+    if not name or "\x00" in name:
+        raise ValueError(f"invalid SQL identifier: {name!r}")
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _my_grant_db(name: str) -> str:
+    # In GRANT ... ON db.*, '_' and '%' in the database name are wildcards: escape them so
+    # "app_db" grants app_db and not also "appXdb".
+    return _my_ident(name.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%"))
+
+
+def _my_account(name: str, host: str) -> str:
+    return f"{_my_literal(name)}@{_my_literal(host)}"
+
+
+class ThrowawayMariaDB(_ThrowawayServer):
+    """A private MariaDB server under ``workdir``, on its own loopback port and socket.
+
+    Root logs in with ``root_password`` over the socket and over TCP from 127.0.0.1/::1.
+    """
+
+    host: str
+    port: int
+    socket_path: Path
+    data_dir: Path
+    log_file: Path
+    root_password: str
+    pid: int | None
+
+    def __init__(self, workdir: Path, *, tls: TlsFiles | None = None, port: int | None = None) -> None:
+        self.host = "127.0.0.1"
+        self.port = port if port is not None else free_port(self.host)
+        self.tls = tls
+        self.pid = None
+        # URL-safe characters: nothing to escape in SQL or in the client option file.
+        self.root_password = secrets.token_urlsafe(24)
+        workdir.mkdir(parents=True, exist_ok=True)
+        # A fresh subdirectory per instance: several servers may share one workdir.
+        self.base_dir = Path(tempfile.mkdtemp(prefix="mariadb-", dir=workdir)).resolve()
+        self.data_dir = self.base_dir / "data"
+        self.log_file = self.base_dir / "mariadbd.log"
+        self._pid_file = self.base_dir / "mariadbd.pid"
+        # Written once mariadb-install-db has succeeded: a data dir without it is half made.
+        self._installed_marker = self.base_dir / "installed"
+        self._client_options = self.base_dir / "client.cnf"
+        self._socket_dir, self._own_socket_dir = _socket_dir(self.base_dir, "mysqld.sock", "rp-my-")
+        self.socket_path = self._socket_dir / "mysqld.sock"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._binaries: tuple[Path, Path] | None = None
+        self._client: Path | None = None
+
+    # -- helpers -----------------------------------------------------------
+
+    def _server_binaries(self) -> tuple[Path, Path]:
+        if self._binaries is None:
+            self._binaries = find_mariadb_binaries()
+        return self._binaries
+
+    @staticmethod
+    def _user_options() -> list[str]:
+        # mariadbd refuses to run as root unless told to, and as anyone else it cannot
+        # switch user: then it simply runs as the caller.
+        return ["--user=root"] if os.geteuid() == 0 else []
+
+    def _write_private(self, path: Path, text: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        # 0600 from the start: these files hold the root password.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+
+    def _root_setup_sql(self) -> str:
+        # Runs inside mariadb-install-db's bootstrap, so root never exists without a
+        # password while the server listens. The grant tables are not loaded there yet,
+        # hence the first FLUSH PRIVILEGES; ALTER USER needs them.
+        keep = ", ".join(_my_literal(host) for host in _MARIADB_ROOT_HOSTS)
+        lines = [
+            "FLUSH PRIVILEGES;",
+            # Anonymous users would shadow real ones ('' matches any name from localhost);
+            # root@<hostname> is unusable with --skip-name-resolve and only adds warnings.
+            "DELETE FROM mysql.global_priv WHERE User = '';",
+            f"DELETE FROM mysql.global_priv WHERE User = 'root' AND Host NOT IN ({keep});",
+            f"DELETE FROM mysql.proxies_priv WHERE Host NOT IN ({keep});",
+            "FLUSH PRIVILEGES;",
+        ]
+        password = _my_literal(self.root_password)
+        for host in _MARIADB_ROOT_HOSTS:
+            account = _my_account("root", host)
+            lines += [
+                f"CREATE USER IF NOT EXISTS {account};",
+                f"GRANT ALL PRIVILEGES ON *.* TO {account} WITH GRANT OPTION;",
+                # One ALTER USER per account: in "ALTER USER a, b IDENTIFIED ..." the
+                # IDENTIFIED clause belongs to b alone.
+                f"ALTER USER {account} IDENTIFIED VIA mysql_native_password USING PASSWORD({password});",
+            ]
+        return "\n".join(lines) + "\n"
+
+    def _install(self) -> None:
+        # Whatever a failed earlier attempt left behind would make mariadb-install-db
+        # keep half-made tables.
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        _, install_db = self._server_binaries()
+        setup_file = self.base_dir / "root-setup.sql"
+        self._write_private(setup_file, self._root_setup_sql())
+        try:
+            result = _run_tool(
+                [
+                    str(install_db),
+                    # Never /etc/mysql/my.cnf or ~/.my.cnf: they belong to the system server.
+                    "--no-defaults",
+                    f"--datadir={self.data_dir}",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                    f"--extra-file={setup_file}",
+                    *self._user_options(),
+                ],
+                _clean_env(_MARIADB_ENV_PREFIXES),
+            )
+        finally:
+            setup_file.unlink(missing_ok=True)
+        if result.returncode != 0:
+            output = _mask(f"{result.stderr.strip()}\n{result.stdout.strip()}".strip(), self.root_password)
+            raise ThrowawayError(f"mariadb-install-db failed: {output}")
+        if self.tls is not None:
+            _copy_tls_files(self.tls, self.data_dir, owner=None)
+        self._installed_marker.touch()
+
+    def _server_command(self) -> list[str]:
+        server, _ = self._server_binaries()
+        cmd = [
+            str(server),
+            "--no-defaults",
+            f"--datadir={self.data_dir}",
+            f"--port={self.port}",
+            f"--socket={self.socket_path}",
+            f"--pid-file={self._pid_file}",
+            f"--bind-address={self.host}",
+            *self._user_options(),
+            "--skip-name-resolve",
+            # Durability buys nothing for a throwaway server.
+            "--innodb-flush-log-at-trx-commit=0",
+            "--innodb-buffer-pool-size=64M",
+            "--max-connections=300",
+            # Tests send packets over 16 MiB (the protocol's multi-packet case).
+            "--max-allowed-packet=256M",
+            # Without a config file the compiled-in default would be latin1; utf8mb4 is
+            # what Debian's packaged server and RDS hand out.
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_general_ci",
+            f"--log-error={self.log_file}",
+        ]
+        if self.tls is not None:
+            cmd += [
+                f"--ssl-ca={self.data_dir / 'ca.pem'}",
+                f"--ssl-cert={self.data_dir / 'server.crt'}",
+                f"--ssl-key={self.data_dir / 'server.key'}",
+            ]
+        return cmd
+
+    def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
+        # The real client rather than a bare socket probe, which the server would log as an
+        # aborted connection. Connections wait in the listen backlog until the grant tables
+        # are loaded; before the socket listens (or while a killed run's stale socket is
+        # still there) the client fails with 2002 and we try again.
+        deadline = time.monotonic() + _MARIADB_START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                raise ThrowawayError(
+                    f"mariadbd exited with {process.returncode} on port {self.port}:\n{self._log_tail()}"
+                )
+            if self.socket_path.exists():
+                result = self._run_client("SELECT 1", None)
+                if result.returncode == 0:
+                    return
+                if "ERROR 2002 " not in result.stderr:
+                    message = _mask(result.stderr.strip(), self.root_password)
+                    raise ThrowawayError(f"mariadbd is up but root cannot log in: {message}")
+            if time.monotonic() >= deadline:
+                raise ThrowawayError(
+                    f"mariadbd did not come up on port {self.port} within "
+                    f"{_MARIADB_START_TIMEOUT:.0f}s:\n{self._log_tail()}"
+                )
+            time.sleep(0.02)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the data dir on first use, then start mariadbd and wait until it serves root."""
+        if self.is_running():
+            return
+        began = time.monotonic()
+        try:
+            self._socket_dir.mkdir(mode=0o755, exist_ok=True)
+            if not self._installed_marker.exists():
+                self._install()
+            self._write_private(
+                self._client_options,
+                "[client]\n"
+                "user=root\n"
+                f"password={self.root_password}\n"
+                f"socket={self.socket_path}\n"
+                "protocol=socket\n"
+                "default-character-set=utf8mb4\n",
+            )
+            with self.log_file.open("ab") as log:
+                # Own session: a Ctrl-C meant for the test run does not hit the server
+                # before stop() shuts it down, and SIGKILL can take its whole group.
+                self._process = subprocess.Popen(
+                    self._server_command(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=_clean_env(_MARIADB_ENV_PREFIXES),
+                    cwd="/",
+                    start_new_session=True,
+                )
+            self.pid = self._process.pid
+            self._wait_ready(self._process)
+        except BaseException:
+            self.stop()
+            raise
+        logger.info(
+            "MariaDB started on %s:%d (pid %d, data %s) in %.2fs",
+            self.host,
+            self.port,
+            self.pid,
+            self.data_dir,
+            time.monotonic() - began,
+        )
+
+    def stop(self) -> None:
+        """Clean shutdown (SIGTERM), SIGKILL as the fallback; idempotent, also after a failed start()."""
+        process = self._process
+        if process is not None:
+            # Our own unreaped child: its pid cannot have been recycled.
+            if process.poll() is None:
+                _terminate(process.pid, signal.SIGTERM, _MARIADB_STOP_GRACE, "mariadbd")
+            process.wait()
+        else:
+            pid = self.pid if self.pid is not None else _read_pidfile(self._pid_file)
+            if pid is not None and _runs_on(pid, self.data_dir):
+                _terminate(pid, signal.SIGTERM, _MARIADB_STOP_GRACE, "mariadbd")
+        self._process = None
+        self.pid = None
+        if self._own_socket_dir:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    # -- administration ----------------------------------------------------
+
+    def sql(self, query: str, database: str | None = None) -> str:
+        """Run ``query`` (one or more statements) as root over the unix socket; return its output.
+
+        Rows come back tab-separated, one per line, without column names.
+        """
+        return self._mariadb(query, database)
+
+    def _mariadb(self, query: str, database: str | None, secret: str | None = None) -> str:
+        result = self._run_client(query, database)
+        if result.returncode != 0:
+            # The client echoes the failing statement, which may hold a password.
+            hidden = [self.root_password]
+            if secret:
+                hidden += [secret, _my_literal(secret)[1:-1]]
+            raise ThrowawayError(f"mariadb client failed: {_mask(result.stderr.strip(), *hidden)}")
+        return result.stdout.strip()
+
+    def _run_client(self, query: str, database: str | None) -> subprocess.CompletedProcess[str]:
+        if self._client is None:
+            self._client = _find_mariadb_client()
+        # The password comes from the 0600 option file and the query through stdin, so
+        # neither shows up in the process list; --defaults-file also keeps the system's
+        # my.cnf (and its socket) out of it.
+        cmd = [
+            str(self._client),
+            f"--defaults-file={self._client_options}",
+            "--batch",
+            "--skip-column-names",
+            "--raw",
+        ]
+        if database is not None:
+            cmd.append(f"--database={database}")
+        return _run_tool(cmd, _clean_env(_MARIADB_ENV_PREFIXES), query)
+
+    def create_user(
+        self,
+        name: str,
+        password: str,
+        *,
+        plugin: Literal["mysql_native_password", "ed25519"] = "mysql_native_password",
+        host: str = "%",
+    ) -> None:
+        """Create ``name@host`` authenticating with ``plugin`` (ed25519 is installed if needed)."""
+        if plugin not in ("mysql_native_password", "ed25519"):
+            raise ValueError(f"unsupported auth plugin: {plugin!r}")
+        statements = []
+        if plugin == "ed25519":
+            statements.append("INSTALL PLUGIN IF NOT EXISTS ed25519 SONAME 'auth_ed25519';")
+        statements.append(
+            f"CREATE USER {_my_account(name, host)} "
+            f"IDENTIFIED VIA {plugin} USING PASSWORD({_my_literal(password)});"
+        )
+        self._mariadb("\n".join(statements), None, secret=password)
+        logger.debug("created MariaDB user %s@%s (plugin %s)", name, host, plugin)
+
+    def create_database(self, name: str, owner: str) -> None:
+        """Create database ``name`` and grant ``owner@'%'`` everything on it."""
+        self.sql(
+            f"CREATE DATABASE {_my_ident(name)};\n"
+            f"GRANT ALL PRIVILEGES ON {_my_grant_db(name)}.* TO {_my_account(owner, '%')};"
+        )
+
+    def grant(self, sql_privileges: str, on: str, to: str, *, host: str = "%") -> None:
+        """``GRANT sql_privileges ON on TO to@host``; the first two are SQL, e.g. ("PROCESS", "*.*")."""
+        self.sql(f"GRANT {sql_privileges} ON {on} TO {_my_account(to, host)};")
 
 
 # ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import pytest
 from proxy.throwaway import (
     LocalSecretsManager,
     ProxyProcess,
+    ThrowawayMariaDB,
     ThrowawayPostgres,
     TlsFiles,
     create_secret,
@@ -130,6 +131,18 @@ async def new_secret(client: Any, value: dict[str, object] | str, prefix: str = 
     return secret_id
 
 
+def pool_toml(name: str, secret_id: str, **settings: object) -> str:
+    """One [[pool]] table for ProxyLauncher.start; listen defaults to the launcher's port."""
+    settings.setdefault("listen", "127.0.0.1:{port}")
+    lines = [f'[[pool]]\nname = "{name}"']
+    lines += [
+        f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}"
+        for key, value in settings.items()
+    ]
+    lines.append(f'[pool.credentials]\nsecret_id = "{secret_id}"\n')
+    return "\n".join(lines)
+
+
 class ProxyLauncher:
     """Starts rotaproxy subprocesses on config snippets and remembers their logs."""
 
@@ -170,3 +183,42 @@ def launcher(workdir: Path, sm: LocalSecretsManager, known_secrets: Secrets) -> 
     ]
     assert proxies.started, "no proxy ran, so the log scan proved nothing"
     assert not leaks, leaks
+
+
+# --- MySQL / MariaDB -------------------------------------------------------------------------
+
+
+@dataclass
+class MySqlUsers:
+    app: str
+
+
+@pytest.fixture(scope="session")
+def mariadb(workdir: Path, tls: TlsFiles) -> Iterator[ThrowawayMariaDB]:
+    with ThrowawayMariaDB(workdir, tls=tls) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mysql_users(mariadb: ThrowawayMariaDB, known_secrets: Secrets) -> MySqlUsers:
+    users = MySqlUsers(app=known_secrets.new_password())
+    mariadb.create_user("app", users.app)
+    mariadb.create_database("appdb", owner="app")
+    mariadb.sql(
+        "CREATE TABLE items (id INT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(200) NOT NULL, data LONGBLOB)"
+        " ENGINE=InnoDB",
+        database="appdb",
+    )
+    return users
+
+
+def rds_mysql_secret(server: ThrowawayMariaDB, username: str, password: str) -> dict[str, object]:
+    """The JSON layout RDS writes for a MySQL/MariaDB secret."""
+    return {
+        "engine": "mariadb",
+        "host": "localhost",
+        "port": server.port,
+        "username": username,
+        "password": password,
+        "dbname": "appdb",
+    }

@@ -349,7 +349,6 @@ def test_static_credentials_never_show_their_password(tmp_path: Path) -> None:
             "must be one of disable, require, verify-ca, verify-full; got 'prefer'",
         ),
         ('engine = "oracle"', None, "pool[0].engine", "must be one of postgres, mysql; got 'oracle'"),
-        ('engine = "mysql"', None, "pool[0].engine", "'mysql' is not supported by this version yet"),
         (
             "min_server_connections = 30",
             None,
@@ -454,14 +453,12 @@ def test_an_error_in_the_second_pool_names_its_index(tmp_path: Path) -> None:
     assert error.key == "pool[1].borrow_timeout"
 
 
-def test_a_second_engine_on_a_shared_listener_is_refused_as_unsupported_for_now(tmp_path: Path) -> None:
-    # Mixing engines on one listener has its own check, but mysql is refused earlier while it
-    # is not implemented; this pins today's message.
+def test_two_engines_on_one_listener_are_refused(tmp_path: Path) -> None:
     second = one_pool('engine = "mysql"').replace('"appdb"', '"shop"')
     error = config_error(write(tmp_path, one_pool() + second))
 
-    assert error.key == "pool[1].engine"
-    assert error.why == "engine 'mysql' is not supported by this version yet"
+    assert error.key == "pool.listen"
+    assert "mix engines ['mysql', 'postgres']" in error.why
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from proxy.throwaway import ProxyProcess, ThrowawayPostgres, TlsFiles, free_port
-from tests.conftest import ProxyLauncher, Secrets, Users, new_secret, rds_secret
+from tests.conftest import ProxyLauncher, Secrets, Users, new_secret, pool_toml, rds_secret
 
 
 @dataclass
@@ -62,10 +62,7 @@ async def pg_proxy(
     }
 
     def pool(name: str, secret: str, **settings: object) -> str:
-        lines = [f'[[pool]]\nname = "{name}"\nlisten = "127.0.0.1:{{port}}"']
-        lines += [f"{key} = {_toml(value)}" for key, value in settings.items()]
-        lines.append(f'[pool.credentials]\nsecret_id = "{secret}"\n')
-        return "\n".join(lines)
+        return pool_toml(name, secret, engine="postgres", **settings)
 
     await sm_client.delete_secret(SecretId=ids["deleted"], RecoveryWindowInDays=7)
     upstream = f"127.0.0.1:{pg.port}"
@@ -105,10 +102,6 @@ async def pg_proxy(
         ]
     )
     return PgProxy(launcher.start(config), ids, marker)
-
-
-def _toml(value: object) -> str:
-    return f'"{value}"' if isinstance(value, str) else str(value)
 
 
 def connect(proxy: PgProxy, database: str = "appdb", **extra: str) -> psycopg.Connection[Any]:

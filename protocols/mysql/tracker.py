@@ -1,0 +1,502 @@
+"""Follow a relayed MySQL session to know when the server connection is at a safe point.
+
+Theory of operation: the relay forwards every server chunk as it arrives and feeds the same
+chunk to ``ResponseTracker.feed_server``; it hands every whole client packet to
+``client_command`` (sequence id 0) or ``client_data`` (later in the same exchange). Each
+command that owes a response queues the grammar of that response (clients may pipeline).
+The tracker walks the server stream by packet headers, looks at the first byte of each
+logical packet and, in the current phase of the response, decides from that byte and the
+packet length what the packet is. Only OK, EOF, ERR, column-count and prepare-OK packets,
+all small, are kept whole (their status flags and counts move the grammar on); rows and
+column definitions are skipped without being copied.
+
+Response grammars (``_COMMAND_RESPONSES`` maps each command to one, ``_TRANSITIONS`` maps
+each (phase, packet kind) to what happens):
+
+* result (COM_QUERY, COM_STMT_EXECUTE): OK | ERR | LOCAL INFILE request (COM_QUERY only:
+  the client then sends its file, ending with an empty packet, and the server answers OK or
+  ERR) | column count, that many column definitions, EOF (not with CLIENT_DEPRECATE_EOF),
+  rows, then EOF (or an OK with a 0xFE header under CLIENT_DEPRECATE_EOF) or ERR. A final
+  OK/EOF with SERVER_MORE_RESULTS_EXISTS means another result follows. For COM_STMT_EXECUTE,
+  SERVER_STATUS_CURSOR_EXISTS in the EOF after the column definitions ends the response: the
+  rows come later, through COM_STMT_FETCH (rows, then EOF/OK or ERR).
+* COM_STMT_PREPARE: ERR | prepare-OK, the parameter definitions (+EOF), the column
+  definitions (+EOF); each EOF only without CLIENT_DEPRECATE_EOF and only after a non-empty
+  list.
+* COM_FIELD_LIST: column definitions until EOF (or 0xFE OK), or ERR.
+* status commands (COM_PING, COM_INIT_DB, COM_RESET_CONNECTION, ...): one OK, EOF or ERR.
+* COM_STATISTICS: one packet of text. COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA and COM_QUIT:
+  nothing.
+* anything else (COM_CHANGE_USER, replication, unknown bytes): the tracker gives up and the
+  connection is never at a safe point again, so the proxy will not reuse it.
+
+A 0xFE packet ends rows (rather than being a text row whose first column is a length-encoded
+8-byte length) when it is shorter than 9 bytes, or with CLIENT_DEPRECATE_EOF shorter than
+0xFFFFFF bytes: such a row holds at least 16 MiB, so its first physical packet is always a
+full one. That is the rule libmysqlclient applies. An ERR packet always ends the response,
+except a MariaDB progress report (code 0xFFFF, with MARIADB_CLIENT_PROGRESS).
+
+Capabilities that change the grammar are refused up front, so the proxy must not negotiate
+them with the server: CLIENT_COMPRESS (other framing), MariaDB's
+MARIADB_CLIENT_CACHE_METADATA (a "metadata follows" byte after the column count, then
+possibly no column definitions) and MySQL's CLIENT_OPTIONAL_RESULTSET_METADATA (likewise).
+Sequence ids are not checked here: the relay forwards bytes, and both ends check them.
+
+Call ``client_command`` no later than the callback that forwards the command, so the
+tracker expects the answer before any of it can arrive. COM_QUIT owes no response: it only
+sets ``quit_received`` (the server closes the connection after it). After a
+ProtocolViolation the tracker is in no defined state: close the connection.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+from protocols.errors import LocalProtocolError, ProtocolViolation
+from protocols.mysql.constants import (
+    CLIENT_COMPRESS,
+    CLIENT_DEPRECATE_EOF,
+    CLIENT_OPTIONAL_RESULTSET_METADATA,
+    COM_CREATE_DB,
+    COM_DEBUG,
+    COM_DROP_DB,
+    COM_FIELD_LIST,
+    COM_INIT_DB,
+    COM_PING,
+    COM_PROCESS_INFO,
+    COM_PROCESS_KILL,
+    COM_QUERY,
+    COM_QUIT,
+    COM_REFRESH,
+    COM_RESET_CONNECTION,
+    COM_SET_OPTION,
+    COM_STATISTICS,
+    COM_STMT_CLOSE,
+    COM_STMT_EXECUTE,
+    COM_STMT_FETCH,
+    COM_STMT_PREPARE,
+    COM_STMT_RESET,
+    COM_STMT_SEND_LONG_DATA,
+    EOF,
+    ERR,
+    LOCAL_INFILE,
+    MARIADB_CLIENT_CACHE_METADATA,
+    MARIADB_CLIENT_PROGRESS,
+    MAX_PACKET_PAYLOAD,
+    OK,
+    PROGRESS_REPORT_CODE,
+    SERVER_MORE_RESULTS_EXISTS,
+    SERVER_STATUS_CURSOR_EXISTS,
+    SERVER_STATUS_IN_TRANS,
+)
+from protocols.mysql.messages import EOF_PACKET_LIMIT, EofPacket, ErrPacket, OkPacket, command_byte
+from protocols.mysql.packets import HEADER, HEADER_SIZE, decode_lenenc_int
+
+# An OK packet carrying session-state changes (session_track_system_variables='*') can run
+# to kilobytes; nothing the tracker keeps whole is legitimately anywhere near this.
+MAX_TRACKED_PAYLOAD: Final = 1 << 20
+
+# --- response grammars ---------------------------------------------------------------------
+TEXT_RESULT: Final = "text result"
+BINARY_RESULT: Final = "binary result"
+FETCHED_ROWS: Final = "fetched rows"
+PREPARE_RESPONSE: Final = "prepare response"
+FIELD_LIST: Final = "field list"
+STATUS: Final = "status"
+ONE_PACKET: Final = "one packet"
+NO_RESPONSE: Final = "no response"
+
+_COMMAND_RESPONSES: Final[dict[int, str]] = {
+    COM_QUERY: TEXT_RESULT,
+    COM_PROCESS_INFO: TEXT_RESULT,
+    COM_STMT_EXECUTE: BINARY_RESULT,
+    COM_STMT_FETCH: FETCHED_ROWS,
+    COM_STMT_PREPARE: PREPARE_RESPONSE,
+    COM_FIELD_LIST: FIELD_LIST,
+    COM_PING: STATUS,
+    COM_INIT_DB: STATUS,
+    COM_RESET_CONNECTION: STATUS,
+    COM_STMT_RESET: STATUS,
+    COM_SET_OPTION: STATUS,
+    COM_PROCESS_KILL: STATUS,
+    COM_REFRESH: STATUS,
+    COM_DEBUG: STATUS,
+    COM_CREATE_DB: STATUS,
+    COM_DROP_DB: STATUS,
+    COM_STATISTICS: ONE_PACKET,
+    COM_STMT_CLOSE: NO_RESPONSE,
+    COM_STMT_SEND_LONG_DATA: NO_RESPONSE,
+    COM_QUIT: NO_RESPONSE,
+}
+
+# --- phases within a response --------------------------------------------------------------
+IDLE: Final = "idle"
+RESULT_START: Final = "result start"  # OK | ERR | LOCAL INFILE | column count
+DEFINITIONS: Final = "definitions"  # a counted run of column or parameter definitions
+DEFINITIONS_EOF: Final = "definitions EOF"  # classic EOF after a run of definitions
+ROWS: Final = "rows"
+INFILE_DATA: Final = "infile data"  # the client owes its file; the server is silent
+INFILE_RESULT: Final = "infile result"
+PREPARE_OK: Final = "prepare OK"
+UNTIL_EOF: Final = "until EOF"  # COM_FIELD_LIST: definitions up to the terminator
+SINGLE_STATUS: Final = "single status"
+SINGLE_PACKET: Final = "single packet"
+
+_INITIAL_PHASES: Final[dict[str, str]] = {
+    TEXT_RESULT: RESULT_START,
+    BINARY_RESULT: RESULT_START,
+    FETCHED_ROWS: ROWS,
+    PREPARE_RESPONSE: PREPARE_OK,
+    FIELD_LIST: UNTIL_EOF,
+    STATUS: SINGLE_STATUS,
+    ONE_PACKET: SINGLE_PACKET,
+}
+
+# --- kinds of server packet, told from the first byte and the length ---------------------
+K_OK: Final = "OK"
+K_ERR: Final = "ERR"
+K_TERMINATOR: Final = "EOF"  # 0xFE and short: an EOF, or an OK ending rows (DEPRECATE_EOF)
+K_LOCAL_INFILE: Final = "LOCAL INFILE"
+K_EMPTY: Final = "empty"
+K_OTHER: Final = "other"
+
+_GRAMMAR_CHANGING_CAPABILITIES = (
+    CLIENT_COMPRESS | CLIENT_OPTIONAL_RESULTSET_METADATA | MARIADB_CLIENT_CACHE_METADATA
+)
+_PREPARE_OK_BODY = struct.Struct("<xIHH")  # header, statement id, columns, parameters
+_NOT_DECIDED = -1
+
+Handler = Callable[["ResponseTracker", bytes], None]
+
+
+class ResponseTracker:
+    """Follows the server's responses to the commands a client sends; see the module docstring."""
+
+    __slots__ = (
+        "_body_left",
+        "_capabilities",
+        "_capture",
+        "_count",
+        "_deprecate_eof",
+        "_expected",
+        "_first_byte",
+        "_first_length",
+        "_handler",
+        "_header",
+        "_in_packet",
+        "_more_physical",
+        "_phase",
+        "_plan",
+        "_status_flags",
+        "_unknown",
+        "quit_received",
+    )
+
+    def __init__(self, capabilities: int, *, status_flags: int = 0) -> None:
+        refused = capabilities & _GRAMMAR_CHANGING_CAPABILITIES
+        if refused:
+            raise LocalProtocolError(f"capabilities {refused:#x} change the response grammar: not supported")
+        self._capabilities = capabilities
+        self._deprecate_eof = bool(capabilities & CLIENT_DEPRECATE_EOF)
+        self._status_flags = status_flags
+        self._unknown = False
+        self.quit_received = False
+        # Responses owed, oldest first; the head is the one being received.
+        self._expected: deque[str] = deque()
+        self._phase = IDLE
+        self._count = 0  # definitions left in a DEFINITIONS phase
+        self._plan: deque[tuple[str, int]] = deque()  # phases after the current one
+        # Framing state.
+        self._header = bytearray()  # a header split across chunks
+        self._body_left = 0  # bytes of the current physical packet still to come
+        self._more_physical = False  # the current physical packet is full: the packet goes on
+        self._in_packet = False
+        self._first_byte = _NOT_DECIDED
+        self._first_length = 0
+        self._handler: Handler | None = None
+        self._capture: bytearray | None = None
+
+    # --- what the proxy asks -----------------------------------------------------------------
+
+    @property
+    def at_safe_point(self) -> bool:
+        """Every command has its complete response and the server stream is between packets."""
+        return not (self._unknown or self._expected or self._in_packet or self._header)
+
+    @property
+    def awaiting_response(self) -> bool:
+        return self._unknown or bool(self._expected)
+
+    @property
+    def unknown(self) -> bool:
+        """A command the tracker cannot follow was sent: the connection is not reusable."""
+        return self._unknown
+
+    @property
+    def status_flags(self) -> int:
+        return self._status_flags
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self._status_flags & SERVER_STATUS_IN_TRANS)
+
+    # --- client → server ---------------------------------------------------------------------
+
+    def client_command(self, payload: bytes) -> None:
+        if self._unknown:
+            return
+        if self._phase == INFILE_DATA:
+            # Sequence ids wrap at 256, so a long file has packets with id 0: while the client
+            # owes its file, every packet it sends is file data.
+            self.client_data(payload)
+            return
+        command = command_byte(payload)
+        response = _COMMAND_RESPONSES.get(command)
+        if response is None:
+            self._unknown = True
+            return
+        if command == COM_QUIT:
+            self.quit_received = True
+        if response == NO_RESPONSE:
+            return
+        self._expected.append(response)
+        if len(self._expected) == 1:
+            self._start_response()
+
+    def client_data(self, payload: bytes) -> None:
+        if self._unknown:
+            return
+        if self._phase != INFILE_DATA:
+            raise ProtocolViolation("client sent data outside a LOCAL INFILE transfer")
+        if not payload:
+            self._phase = INFILE_RESULT
+
+    # --- server → client ---------------------------------------------------------------------
+
+    def feed_server(self, data: bytes) -> None:
+        if self._unknown:
+            return
+        position, size = 0, len(data)
+        while position < size:
+            if self._body_left == 0:
+                if not self._header and size - position >= HEADER_SIZE:
+                    (header,) = HEADER.unpack_from(data, position)
+                    position += HEADER_SIZE
+                else:
+                    missing = HEADER_SIZE - len(self._header)
+                    self._header += data[position : position + missing]
+                    position += missing
+                    if len(self._header) < HEADER_SIZE:
+                        return
+                    (header,) = HEADER.unpack(self._header)
+                    self._header.clear()
+                self._start_physical(header & MAX_PACKET_PAYLOAD)
+                continue
+            if self._first_byte == _NOT_DECIDED:
+                self._decide(data[position])
+            take = min(self._body_left, size - position)
+            if self._capture is not None:
+                self._capture += data[position : position + take]
+            position += take
+            self._body_left -= take
+            if self._body_left == 0:
+                self._end_physical()
+
+    def _start_physical(self, length: int) -> None:
+        continues_packet = self._more_physical
+        self._more_physical = length == MAX_PACKET_PAYLOAD
+        self._body_left = length
+        if not continues_packet:
+            if not self._expected:
+                raise ProtocolViolation("server sent a packet while no response was awaited")
+            if self._phase == INFILE_DATA:
+                raise ProtocolViolation("server sent a packet before the client's LOCAL INFILE data ended")
+            self._in_packet = True
+            self._first_length = length
+            self._first_byte = _NOT_DECIDED
+            if length == 0:
+                self._decide(_NOT_DECIDED)
+        if length == 0:
+            self._end_physical()
+
+    def _decide(self, first_byte: int) -> None:
+        """Look up what the packet starting with ``first_byte`` means in the current phase."""
+        self._first_byte = first_byte
+        kind = self._kind(first_byte, self._first_length)
+        handler = _TRANSITIONS.get((self._phase, kind))
+        if handler is None:
+            response = self._expected[0]
+            raise ProtocolViolation(f"unexpected {kind} packet in phase {self._phase!r} of a {response}")
+        self._handler = handler
+        if handler in _NEEDS_PAYLOAD:
+            if self._first_length > MAX_TRACKED_PAYLOAD or self._first_length == MAX_PACKET_PAYLOAD:
+                raise ProtocolViolation(f"{kind} packet of {self._first_length} bytes is implausibly large")
+            self._capture = bytearray()
+
+    def _kind(self, first_byte: int, length: int) -> str:
+        if length == 0:
+            return K_EMPTY
+        if first_byte == ERR:
+            return K_ERR
+        if first_byte == EOF and length < (MAX_PACKET_PAYLOAD if self._deprecate_eof else EOF_PACKET_LIMIT):
+            return K_TERMINATOR
+        if first_byte == OK:
+            return K_OK
+        if first_byte == LOCAL_INFILE:
+            return K_LOCAL_INFILE
+        return K_OTHER
+
+    def _end_physical(self) -> None:
+        if self._more_physical:
+            return
+        handler, payload = self._handler, self._capture
+        self._handler = self._capture = None
+        self._in_packet = False
+        assert handler is not None  # every packet start decides a handler
+        handler(self, bytes(payload) if payload is not None else b"")
+
+    # --- grammar -----------------------------------------------------------------------------
+
+    def _start_response(self) -> None:
+        self._phase = _INITIAL_PHASES[self._expected[0]]
+        self._plan.clear()
+
+    def _finish_response(self) -> None:
+        self._expected.popleft()
+        if self._expected:
+            self._start_response()
+        else:
+            self._phase = IDLE
+            self._plan.clear()
+
+    def _advance(self) -> None:
+        """Move on to the next planned phase, or end the response when none is left."""
+        if not self._plan:
+            self._finish_response()
+            return
+        self._phase, self._count = self._plan.popleft()
+        if self._phase == DEFINITIONS and self._count == 0:
+            self._advance()
+
+    def _end_result(self, status_flags: int) -> None:
+        self._status_flags = status_flags
+        if status_flags & SERVER_MORE_RESULTS_EXISTS and self._expected[0] in (TEXT_RESULT, BINARY_RESULT):
+            self._phase = RESULT_START
+            self._plan.clear()
+        else:
+            self._finish_response()
+
+    def _terminator_status(self, payload: bytes) -> int:
+        if self._deprecate_eof:
+            return OkPacket.decode(payload, self._capabilities).status_flags
+        return EofPacket.decode(payload).status_flags
+
+    def _on_err(self, payload: bytes) -> None:
+        error = ErrPacket.decode(payload)
+        if error.code == PROGRESS_REPORT_CODE and self._capabilities & MARIADB_CLIENT_PROGRESS:
+            return
+        self._finish_response()
+
+    def _on_result_ok(self, payload: bytes) -> None:
+        self._end_result(OkPacket.decode(payload, self._capabilities).status_flags)
+
+    def _on_local_infile(self, payload: bytes) -> None:
+        if self._expected[0] != TEXT_RESULT:
+            raise ProtocolViolation("LOCAL INFILE request in answer to a prepared statement")
+        self._phase = INFILE_DATA
+
+    def _on_column_count(self, payload: bytes) -> None:
+        count, offset = decode_lenenc_int(payload, 0)
+        if count is None or count == 0 or offset != len(payload):
+            raise ProtocolViolation("malformed column count")
+        self._plan.clear()
+        self._plan.append((DEFINITIONS, count))
+        if not self._deprecate_eof:
+            self._plan.append((DEFINITIONS_EOF, 0))
+        self._plan.append((ROWS, 0))
+        self._advance()
+
+    def _on_definition(self, payload: bytes) -> None:
+        self._count -= 1
+        if self._count == 0:
+            self._advance()
+
+    def _on_definitions_eof(self, payload: bytes) -> None:
+        self._status_flags = EofPacket.decode(payload).status_flags
+        if self._expected[0] == BINARY_RESULT and self._status_flags & SERVER_STATUS_CURSOR_EXISTS:
+            self._finish_response()  # rows come later, through COM_STMT_FETCH
+        else:
+            self._advance()
+
+    def _skip(self, payload: bytes) -> None:
+        """A row or a definition the grammar does not count: nothing to learn from it."""
+
+    def _on_rows_end(self, payload: bytes) -> None:
+        self._end_result(self._terminator_status(payload))
+
+    def _on_prepare_ok(self, payload: bytes) -> None:
+        if len(payload) < _PREPARE_OK_BODY.size:
+            raise ProtocolViolation("truncated prepare OK")
+        _, columns, parameters = _PREPARE_OK_BODY.unpack_from(payload)
+        self._plan.clear()
+        for count in (parameters, columns):
+            if count:
+                self._plan.append((DEFINITIONS, count))
+                if not self._deprecate_eof:
+                    self._plan.append((DEFINITIONS_EOF, 0))
+        self._advance()
+
+    def _on_status(self, payload: bytes) -> None:
+        if payload[0] == OK:
+            self._status_flags = OkPacket.decode(payload, self._capabilities).status_flags
+        else:
+            self._status_flags = self._terminator_status(payload)
+        self._finish_response()
+
+    def _on_single_packet(self, payload: bytes) -> None:
+        self._finish_response()
+
+
+_DEFINITION_KINDS = (K_OK, K_LOCAL_INFILE, K_OTHER)
+_TRANSITIONS: Final[dict[tuple[str, str], Handler]] = {
+    (RESULT_START, K_ERR): ResponseTracker._on_err,
+    (RESULT_START, K_OK): ResponseTracker._on_result_ok,
+    (RESULT_START, K_LOCAL_INFILE): ResponseTracker._on_local_infile,
+    (RESULT_START, K_OTHER): ResponseTracker._on_column_count,
+    (DEFINITIONS, K_ERR): ResponseTracker._on_err,
+    **{(DEFINITIONS, kind): ResponseTracker._on_definition for kind in _DEFINITION_KINDS},
+    (DEFINITIONS_EOF, K_ERR): ResponseTracker._on_err,
+    (DEFINITIONS_EOF, K_TERMINATOR): ResponseTracker._on_definitions_eof,
+    (ROWS, K_ERR): ResponseTracker._on_err,
+    (ROWS, K_TERMINATOR): ResponseTracker._on_rows_end,
+    **{(ROWS, kind): ResponseTracker._skip for kind in _DEFINITION_KINDS},
+    (INFILE_RESULT, K_ERR): ResponseTracker._on_err,
+    (INFILE_RESULT, K_OK): ResponseTracker._on_result_ok,
+    (PREPARE_OK, K_ERR): ResponseTracker._on_err,
+    (PREPARE_OK, K_OK): ResponseTracker._on_prepare_ok,
+    (UNTIL_EOF, K_ERR): ResponseTracker._on_err,
+    (UNTIL_EOF, K_TERMINATOR): ResponseTracker._on_status,
+    **{(UNTIL_EOF, kind): ResponseTracker._skip for kind in _DEFINITION_KINDS},
+    (SINGLE_STATUS, K_ERR): ResponseTracker._on_err,
+    (SINGLE_STATUS, K_OK): ResponseTracker._on_status,
+    (SINGLE_STATUS, K_TERMINATOR): ResponseTracker._on_status,
+    **{
+        (SINGLE_PACKET, kind): ResponseTracker._on_single_packet
+        for kind in (K_OK, K_ERR, K_TERMINATOR, K_LOCAL_INFILE, K_EMPTY, K_OTHER)
+    },
+}
+# Handlers that read the packet: only these packets are buffered whole.
+_NEEDS_PAYLOAD: Final = frozenset(
+    {
+        ResponseTracker._on_err,
+        ResponseTracker._on_result_ok,
+        ResponseTracker._on_column_count,
+        ResponseTracker._on_definitions_eof,
+        ResponseTracker._on_rows_end,
+        ResponseTracker._on_prepare_ok,
+        ResponseTracker._on_status,
+    }
+)

@@ -1,0 +1,1 @@
+"""MySQL and MariaDB: client sessions, upstream connections and the engine descriptor."""

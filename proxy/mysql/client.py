@@ -1,0 +1,327 @@
+"""A MySQL client session: the proxy's own greeting, passwordless login, session-mode relay.
+
+Theory of operation: the proxy greets first (repeating the upstream's version string,
+character set and status flags, offering only capabilities that keep the wire format
+fixed), accepts whatever authentication response the client sends (local trust, as for
+PostgreSQL; a MySQL 8 client preferring caching_sha2_password gets in too), picks the pool
+from the schema in the handshake (or the listener's only pool), borrows a server connection
+of the client's capability *variant*, applies the client's character set, and answers OK.
+Then packets are relayed: client commands are read whole (so COM_QUIT, COM_CHANGE_USER and
+KILL of a proxy connection id can be handled here), server bytes are forwarded as they come
+while a tracker follows where each response ends. When the client leaves, the connection
+is reset and reused only if no response was outstanding; a query still running is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+import secrets
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from protocols.errors import ProtocolViolation
+from protocols.mysql import constants as c
+from protocols.mysql.messages import ErrPacket, HandshakeResponse41, HandshakeV10, OkPacket, is_ssl_request
+from protocols.mysql.packets import Packet, PacketReader, frame
+from protocols.mysql.tracker import ResponseTracker
+from proxy.endpoint import ConnectionClosed, Endpoint
+from proxy.mysql.server import (
+    MAX_PACKET_SIZE,
+    OFFERED_CAPABILITIES,
+    VARIANT_CAPABILITIES,
+    Greeting,
+    MySqlConnector,
+    MySqlServerConnection,
+)
+from proxy.pool import BorrowTimeout, Pool, PoolError
+
+if TYPE_CHECKING:
+    from proxy.listener import Listener
+
+log = logging.getLogger(__name__)
+
+# Proxy connection ids start far above the thread ids a server hands out, so a KILL can tell
+# "one of ours" (translated) from an upstream thread id (passed through).
+FIRST_CONNECTION_ID = 1 << 30
+_connection_ids = itertools.count(FIRST_CONNECTION_ID)
+FALLBACK_GREETING = Greeting(
+    "8.0.36-rotaproxy", c.UTF8MB4_GENERAL_CI, c.SERVER_STATUS_AUTOCOMMIT, OFFERED_CAPABILITIES
+)
+KILL_STATEMENT = re.compile(rb"^\s*KILL\s+(?:(QUERY)\s+|CONNECTION\s+)?(\d+)\s*;?\s*$", re.IGNORECASE)
+SQLSTATE_GENERAL = "HY000"
+KILL_TIMEOUT = 5.0
+HANDSHAKE_LIMIT = 64 * 1024
+
+
+def native_nonce() -> bytes:
+    """20 random bytes, none of them NUL (the nonce's tail is NUL-terminated on the wire)."""
+    return bytes(secrets.choice(range(1, 128)) for _ in range(20))
+
+
+class ClientError(Exception):
+    def __init__(self, code: int, message: str, sql_state: str = SQLSTATE_GENERAL) -> None:
+        super().__init__(message)
+        self.packet = ErrPacket(code, message, sql_state)
+
+
+class MySqlClientSession:
+    def __init__(self, endpoint: Endpoint, listener: Listener) -> None:
+        assert isinstance(endpoint.reader, PacketReader)
+        self.endpoint = endpoint
+        self.reader: PacketReader = endpoint.reader
+        self.listener = listener
+        self.connection_id = next(_connection_ids)
+        self.server: MySqlServerConnection | None = None
+        self.pool: Pool | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sequence = 0
+        peer = endpoint.transport.get_extra_info("peername") if endpoint.transport else None
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
+
+    def __repr__(self) -> str:
+        return f"MySqlClientSession(id={self.connection_id}, peer={self.peer})"
+
+    async def run(self) -> None:
+        self.listener.register_key(self.connection_id, self)
+        try:
+            await self._serve()
+        except ClientError as exc:
+            self._send(exc.packet.encode())
+        except ProtocolViolation as exc:
+            log.info("client %s broke the protocol: %s", self.peer, exc)
+            self._send(ErrPacket(c.ER_HANDSHAKE_ERROR, f"Bad handshake: {exc}", "08S01").encode())
+        except ConnectionClosed:
+            pass
+        finally:
+            self.listener.forget_key(self.connection_id)
+            for task in self._tasks:
+                task.cancel()
+            self.endpoint.close()
+
+    def _send(self, payload: bytes) -> None:
+        data, self._sequence = frame(payload, self._sequence)
+        self.endpoint.write(data)
+
+    async def _serve(self) -> None:
+        default_pool = self.listener.pools[0]
+        greeting = await self._upstream_greeting(default_pool)
+        hello = HandshakeV10(
+            server_version=greeting.server_version,
+            connection_id=self.connection_id & 0xFFFFFFFF,
+            auth_plugin_data=native_nonce(),
+            capabilities=OFFERED_CAPABILITIES & greeting.capabilities,
+            character_set=greeting.character_set,
+            status_flags=greeting.status_flags,
+            auth_plugin_name="mysql_native_password",
+        )
+        self._sequence = 0
+        self._send(hello.encode())
+        # A handshake response is a few hundred bytes; do not buffer more for a stranger.
+        self.reader.max_payload_size = HANDSHAKE_LIMIT
+        packet = await self.endpoint.receive(self.reader.next_packet)
+        self.reader.max_payload_size = MAX_PACKET_SIZE
+        self._sequence = (packet.last_sequence_id + 1) % 256
+        if packet.sequence_id != 1:
+            raise ClientError(c.ER_NET_PACKETS_OUT_OF_ORDER, "Got packets out of order", "08S01")
+        if is_ssl_request(packet.payload):
+            raise ClientError(
+                c.ER_HANDSHAKE_ERROR,
+                "rotaproxy does not offer TLS to clients (it listens on loopback only): "
+                "connect with ssl-mode=DISABLED",
+                "08S01",
+            )
+        response = HandshakeResponse41.decode(packet.payload)
+        pool = self._choose_pool(response)
+        self.pool = pool
+        variant = response.capabilities & VARIANT_CAPABILITIES
+        try:
+            server = await pool.borrow(variant)
+        except BorrowTimeout as exc:
+            raise ClientError(c.ER_CON_COUNT_ERROR, str(exc), "08004") from None
+        except PoolError as exc:
+            log.warning("client %s refused: %s", self.peer, exc)
+            raise ClientError(c.ER_UNKNOWN_ERROR, str(exc)) from None
+        assert isinstance(server, MySqlServerConnection)
+        self.server = server
+        reusable = False
+        try:
+            await self._apply_character_set(server, response.character_set)
+            self._send(OkPacket(0, 0, server.status_flags, 0).encode())
+            log.debug(
+                'pool "%s": client %s (id %d) attached to %r',
+                pool.name,
+                self.peer,
+                self.connection_id,
+                server,
+            )
+            reusable = await self._relay(server)
+        finally:
+            self.server = None
+            server.endpoint.stop_relay()
+            pool.release(server, reusable=reusable and not server.is_closed)
+
+    async def _upstream_greeting(self, pool: Pool) -> Greeting:
+        connector = pool.connector
+        assert isinstance(connector, MySqlConnector)
+        if connector.greeting is None:
+            # Learn the upstream's version and character set before the first greeting,
+            # so drivers see the server they will talk to; the connection is kept pooled.
+            try:
+                server = await pool.borrow(connector.default_variant)
+            except PoolError as exc:
+                log.info('pool "%s": greeting without upstream details: %s', pool.name, exc)
+            else:
+                pool.release(server, reusable=True)
+        return connector.greeting or FALLBACK_GREETING
+
+    def _choose_pool(self, response: HandshakeResponse41) -> Pool:
+        schema = response.database
+        if schema:
+            pool = self.listener.pool_for(schema)
+            if pool is None:
+                raise ClientError(c.ER_BAD_DB_ERROR, f"Unknown database '{schema}'", "42000")
+            return pool
+        if len(self.listener.pools) == 1:
+            return self.listener.pools[0]
+        names = ", ".join(pool.name for pool in self.listener.pools)
+        raise ClientError(
+            c.ER_NO_DB_ERROR, f"No database selected: rotaproxy picks the pool by schema ({names})", "3D000"
+        )
+
+    async def _apply_character_set(self, server: MySqlServerConnection, collation_id: int) -> None:
+        # Numeric values name a collation id, as in the handshake; this is SET NAMES by number.
+        try:
+            await server.query(
+                f"SET character_set_client = {collation_id}, character_set_results = {collation_id}, "
+                f"character_set_connection = {collation_id}, collation_connection = {collation_id}"
+            )
+        except PoolError as exc:
+            # A MySQL 8 collation MariaDB lacks (255 = utf8mb4_0900_ai_ci): same character set.
+            log.debug("collation %d not known upstream (%s); using utf8mb4", collation_id, exc)
+            await server.query("SET NAMES utf8mb4")
+
+    async def _relay(self, server: MySqlServerConnection) -> bool:
+        """Relay until either side leaves; True if the server connection may be reused."""
+        client, upstream = self.endpoint, server.endpoint
+        tracker = ResponseTracker(server.capabilities, status_flags=server.status_flags)
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        reusable_variant = True
+
+        def finish(reason: str) -> None:
+            if not done.done():
+                done.set_result(reason)
+
+        def handle(packet: Packet) -> None:
+            nonlocal reusable_variant
+            payload = packet.payload
+            if packet.sequence_id == 0 and payload:
+                command = payload[0]
+                if command == c.COM_QUIT:
+                    finish("client quit")
+                    return
+                if command == c.COM_CHANGE_USER:
+                    self._sequence = 1
+                    self._send(
+                        ErrPacket(
+                            c.ER_NOT_SUPPORTED_YET,
+                            "COM_CHANGE_USER is not supported by rotaproxy: connect again instead",
+                        ).encode()
+                    )
+                    return
+                target = self._kill_target(payload)
+                if target is not None:
+                    self._spawn(self._kill(*target))
+                    return
+                if command == c.COM_SET_OPTION:
+                    reusable_variant = False  # the connection no longer matches its variant
+                tracker.client_command(payload)
+            else:
+                tracker.client_data(payload)
+            data, _ = frame(payload, packet.sequence_id)
+            upstream.write(data)
+
+        def to_server(data: bytes) -> None:
+            self.reader.receive_data(data)
+            try:
+                while not done.done():
+                    packet = self.reader.next_packet()
+                    if not isinstance(packet, Packet):
+                        break
+                    handle(packet)
+            except ProtocolViolation as exc:
+                log.info("client %s broke the protocol: %s", self.peer, exc)
+                finish("client protocol violation")
+
+        def to_client(data: bytes) -> None:
+            client.write(data)
+            try:
+                tracker.feed_server(data)
+            except ProtocolViolation as exc:
+                log.warning("upstream %r broke the protocol: %s", server, exc)
+                finish("server protocol violation")
+
+        client.peer, upstream.peer = upstream, client
+        upstream.start_relay(to_client)
+        client.start_relay(to_server)
+        client.on_lost(lambda _: finish("client closed"))
+        upstream.on_lost(lambda _: finish("server closed"))
+        reason = await done
+        client.stop_relay()
+        upstream.stop_relay()
+        server.status_flags = tracker.status_flags
+        if reason == "server closed":
+            return False
+        safe = tracker.at_safe_point and len(self.reader) == 0
+        if not safe and reason in ("client closed", "client quit") and tracker.awaiting_response:
+            log.info('pool "%s": client %s left mid-query; killing it on %r', server.pool, self.peer, server)
+            try:
+                async with asyncio.timeout(KILL_TIMEOUT):
+                    await server.kill_query()
+            except Exception as exc:
+                log.warning("could not kill the abandoned query on %r: %s", server, exc)
+            return False
+        return safe and reusable_variant and reason in ("client closed", "client quit")
+
+    # --- KILL of a proxy connection id -------------------------------------------------------
+    def _kill_target(self, payload: bytes) -> tuple[int, bool] | None:
+        """(proxy connection id, query only) if this command kills one of our connections."""
+        if payload[0] == c.COM_PROCESS_KILL and len(payload) == 5:
+            connection_id = int.from_bytes(payload[1:5], "little")
+            query_only = False
+        elif payload[0] == c.COM_QUERY and (match := KILL_STATEMENT.match(payload[1:])):
+            connection_id = int(match.group(2))
+            query_only = match.group(1) is not None
+        else:
+            return None
+        return (connection_id, query_only) if connection_id >= FIRST_CONNECTION_ID else None
+
+    async def _kill(self, connection_id: int, query_only: bool) -> None:
+        self._sequence = 1
+        target = self.listener.session_for_key(connection_id)
+        if not isinstance(target, MySqlClientSession):
+            self._send(ErrPacket(c.ER_NO_SUCH_THREAD, f"Unknown thread id: {connection_id}").encode())
+            return
+        try:
+            if target.server is not None:
+                async with asyncio.timeout(KILL_TIMEOUT):
+                    await target.server.kill_query()
+            if not query_only:
+                target.endpoint.close()
+        except Exception as exc:
+            self._send(ErrPacket(c.ER_UNKNOWN_ERROR, f"KILL {connection_id} failed: {exc}").encode())
+            return
+        log.info(
+            "client %s killed %s of client %s",
+            self.peer,
+            "the query" if query_only else "the connection",
+            target.peer,
+        )
+        self._send(OkPacket(0, 0, self.server.status_flags if self.server else 0, 0).encode())
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,316 @@
+"""MySQL/MariaDB upstream connections: connect, TLS after the greeting, log in, reset, ping, kill.
+
+``MySqlConnector`` opens ``MySqlServerConnection``s for one pool. The capability flags a
+connection is opened with are its pool *variant*: the behavioural flags the client asked
+for (multi-statements, found-rows, local infile, ...) on top of a fixed base, so the bytes
+the server sends are exactly what that client expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import cast
+
+from protocols.errors import ProtocolViolation
+from protocols.mysql import constants as c
+from protocols.mysql.auth import AuthenticationFailed, UpstreamAuthenticator, UpstreamAuthError
+from protocols.mysql.messages import ErrPacket, HandshakeResponse41, HandshakeV10, OkPacket, SslRequest
+from protocols.mysql.packets import PacketReader, frame
+from proxy.config import PoolConfig
+from proxy.credentials import Credentials
+from proxy.endpoint import ConnectionClosed, Endpoint
+from proxy.pool import PoolError, ServerConnection, UpstreamUnavailable
+from proxy.tls import upstream_ssl_context
+
+log = logging.getLogger(__name__)
+
+# Flags every upstream connection has: they fix the wire format the proxy relays. Flags that
+# change the format (DEPRECATE_EOF, SESSION_TRACK, QUERY_ATTRIBUTES, MariaDB's extended
+# metadata, compression) are never negotiated, on either side.
+BASE_CAPABILITIES = (
+    c.CLIENT_LONG_PASSWORD
+    | c.CLIENT_LONG_FLAG
+    | c.CLIENT_CONNECT_WITH_DB
+    | c.CLIENT_PROTOCOL_41
+    | c.CLIENT_TRANSACTIONS
+    | c.CLIENT_SECURE_CONNECTION
+    | c.CLIENT_PLUGIN_AUTH
+    | c.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+    | c.CLIENT_CONNECT_ATTRS
+)
+# Behavioural flags a client may choose; they become the connection's variant.
+VARIANT_CAPABILITIES = (
+    c.CLIENT_FOUND_ROWS
+    | c.CLIENT_NO_SCHEMA
+    | c.CLIENT_ODBC
+    | c.CLIENT_LOCAL_FILES
+    | c.CLIENT_IGNORE_SPACE
+    | c.CLIENT_INTERACTIVE
+    | c.CLIENT_MULTI_STATEMENTS
+    | c.CLIENT_MULTI_RESULTS
+    | c.CLIENT_PS_MULTI_RESULTS
+)
+# What the proxy offers its own clients in its greeting.
+OFFERED_CAPABILITIES = BASE_CAPABILITIES | VARIANT_CAPABILITIES
+DEFAULT_VARIANT = c.CLIENT_MULTI_RESULTS | c.CLIENT_PS_MULTI_RESULTS
+MAX_PACKET_SIZE = 1 << 30
+CONNECT_ATTRIBUTES = {"_client_name": "rotaproxy", "program_name": "rotaproxy"}
+
+
+class UpstreamError(PoolError):
+    """The upstream answered with an ERR packet while we logged in."""
+
+    def __init__(self, pool: str, error: ErrPacket) -> None:
+        super().__init__(f'pool "{pool}": upstream refused the connection: {error.message} ({error.code})')
+        self.error = error
+
+    @property
+    def is_auth_failure(self) -> bool:
+        return self.error.code == c.ER_ACCESS_DENIED_ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class MySqlTarget:
+    host: str
+    port: int
+    database: str
+    ssl_context: ssl.SSLContext | None
+    connect_timeout: float
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}/{self.database}"
+
+
+@dataclass(frozen=True, slots=True)
+class Greeting:
+    """What the proxy's own greeting repeats from the upstream's."""
+
+    server_version: str
+    character_set: int
+    status_flags: int
+    capabilities: int
+
+
+class MySqlServerConnection(ServerConnection):
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        reader: PacketReader,
+        target: MySqlTarget,
+        pool: str,
+        generation: int,
+        capabilities: int,
+        greeting: HandshakeV10,
+        connector: MySqlConnector,
+        credentials: Credentials,
+    ) -> None:
+        super().__init__(generation)
+        self.endpoint = endpoint
+        self.reader = reader
+        self.target = target
+        self.pool = pool
+        self.capabilities = capabilities
+        self.thread_id = greeting.connection_id
+        self.status_flags = greeting.status_flags
+        self.database = target.database
+        self._connector = connector
+        self._credentials = credentials
+        endpoint.on_lost(lambda _: self.connection_lost())
+
+    def __repr__(self) -> str:
+        return f"MySqlServerConnection({self.target}, thread={self.thread_id}, gen={self.generation})"
+
+    @property
+    def is_closed(self) -> bool:
+        return self.endpoint.closed
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self.status_flags & c.SERVER_STATUS_IN_TRANS)
+
+    async def command(self, payload: bytes) -> bytes:
+        """Send one command whose answer is a single OK or ERR packet; return that payload."""
+        data, _ = frame(payload, 0)
+        self.endpoint.write(data)
+        packet = await self.endpoint.receive(self.reader.next_packet)
+        answer = packet.payload
+        if answer[:1] == bytes([c.OK]):
+            self.status_flags = OkPacket.decode(answer, self.capabilities).status_flags
+        elif answer[:1] == bytes([c.ERR]):
+            error = ErrPacket.decode(answer)
+            raise PoolError(f"{error.message} ({error.code})")
+        else:
+            raise ProtocolViolation(f"expected OK or ERR, got packet type {answer[:1].hex()}")
+        return answer
+
+    async def query(self, sql: str) -> None:
+        """A statement that returns no rows (SET, ROLLBACK, KILL ...)."""
+        await self.command(bytes([c.COM_QUERY]) + sql.encode())
+
+    async def reset(self) -> None:
+        if self.in_transaction:
+            await self.query("ROLLBACK")
+        await self.command(bytes([c.COM_RESET_CONNECTION]))
+        if self.database:
+            await self.command(bytes([c.COM_INIT_DB]) + self.database.encode())
+
+    async def check_alive(self) -> None:
+        await self.command(bytes([c.COM_PING]))
+
+    def close(self) -> None:
+        if not self.endpoint.closed:
+            data, _ = frame(bytes([c.COM_QUIT]), 0)
+            self.endpoint.write(data)
+            self.endpoint.close()
+
+    async def kill_query(self) -> None:
+        """Stop what this connection's thread runs, from a side connection (as the mysql CLI)."""
+        side = await self._connector(self._credentials, self.generation, self.variant)
+        try:
+            await side.query(f"KILL QUERY {int(self.thread_id)}")
+        finally:
+            side.close()
+
+
+class MySqlConnector:
+    """Opens logged-in server connections for one pool; remembers the upstream's greeting."""
+
+    default_variant: Hashable = DEFAULT_VARIANT
+
+    def __init__(self, config: PoolConfig) -> None:
+        self.config = config
+        self.ssl_context = upstream_ssl_context(config)
+        self.greeting: Greeting | None = None
+
+    def target(self, credentials: Credentials) -> MySqlTarget:
+        config = self.config
+        if config.upstream is not None:
+            host, port = config.upstream.host, config.upstream.port
+        elif credentials.host:
+            host, port = credentials.host, credentials.port or 3306
+        else:
+            raise PoolError(f'pool "{config.name}": no upstream configured and the secret has no "host"')
+        database = config.database or credentials.dbname or config.name
+        return MySqlTarget(host, port, database, self.ssl_context, config.connect_timeout)
+
+    async def __call__(
+        self, credentials: Credentials, generation: int, variant: Hashable = DEFAULT_VARIANT
+    ) -> MySqlServerConnection:
+        target = self.target(credentials)
+        pool = self.config.name
+        endpoint: Endpoint | None = None
+        try:
+            async with asyncio.timeout(target.connect_timeout):
+                reader = PacketReader(MAX_PACKET_SIZE)
+                endpoint = Endpoint(reader)
+                loop = asyncio.get_running_loop()
+                await loop.create_connection(lambda: endpoint, target.host, target.port)
+                return await self._login(endpoint, reader, target, credentials, generation, variant)
+        except ssl.SSLCertVerificationError as exc:
+            self._abort(endpoint)
+            raise PoolError(
+                f'pool "{pool}": TLS certificate of {target.host} rejected '
+                f"(tls = {self.config.tls}): {exc.verify_message}"
+            ) from None
+        except ssl.SSLError as exc:
+            self._abort(endpoint)
+            raise PoolError(f'pool "{pool}": TLS handshake with {target.host} failed: {exc.reason}') from None
+        except (OSError, ConnectionClosed) as exc:
+            self._abort(endpoint)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "connection closed"
+            raise UpstreamUnavailable(
+                f'pool "{pool}": cannot reach upstream {target.host}:{target.port}: {reason}'
+            ) from None
+        except TimeoutError:
+            self._abort(endpoint)
+            raise UpstreamUnavailable(
+                f'pool "{pool}": upstream {target.host}:{target.port} did not complete login within '
+                f"connect_timeout {self.config.connect_timeout:g}s"
+            ) from None
+        except UpstreamAuthError as exc:
+            self._abort(endpoint)
+            raise UpstreamError(pool, exc.error) from None
+        except (ProtocolViolation, AuthenticationFailed) as exc:
+            self._abort(endpoint)
+            raise PoolError(f'pool "{pool}": upstream login failed: {exc}') from None
+        except BaseException:
+            self._abort(endpoint)
+            raise
+
+    @staticmethod
+    def _abort(endpoint: Endpoint | None) -> None:
+        if endpoint is not None:
+            endpoint.abort()
+
+    async def _login(
+        self,
+        endpoint: Endpoint,
+        reader: PacketReader,
+        target: MySqlTarget,
+        credentials: Credentials,
+        generation: int,
+        variant: Hashable,
+    ) -> MySqlServerConnection:
+        first = await endpoint.receive(reader.next_packet)
+        if first.payload[:1] == bytes([c.ERR]):
+            raise UpstreamAuthError(ErrPacket.decode(first.payload))
+        greeting = HandshakeV10.decode(first.payload)
+        wanted = BASE_CAPABILITIES | (cast(int, variant) if variant is not None else DEFAULT_VARIANT)
+        capabilities = wanted & greeting.capabilities
+        # MariaDB clears CLIENT_LONG_PASSWORD (its "CLIENT_MYSQL" bit) to announce its
+        # extended capabilities; connect attributes are optional.
+        required = BASE_CAPABILITIES & ~(c.CLIENT_CONNECT_ATTRS | c.CLIENT_LONG_PASSWORD)
+        missing = required & ~greeting.capabilities
+        if missing:
+            raise ProtocolViolation(f"upstream lacks required capabilities {missing:#x}")
+        sequence = first.last_sequence_id + 1
+        if target.ssl_context is not None:
+            if not greeting.capabilities & c.CLIENT_SSL:
+                raise PoolError(
+                    f'pool "{self.config.name}": upstream {target.host}:{target.port} does not accept TLS'
+                )
+            capabilities |= c.CLIENT_SSL
+            request = SslRequest(capabilities, MAX_PACKET_SIZE, greeting.character_set)
+            data, sequence = frame(request.encode(), sequence)
+            endpoint.write(data)
+            assert endpoint.transport is not None
+            loop = asyncio.get_running_loop()
+            tls_transport = await loop.start_tls(
+                endpoint.transport, endpoint, target.ssl_context, server_hostname=target.host
+            )
+            endpoint.transport = cast(asyncio.Transport, tls_transport)
+        authenticator = UpstreamAuthenticator(
+            credentials.username, credentials.password, secure_transport=target.ssl_context is not None
+        )
+        plugin, auth_response = authenticator.first_response(
+            greeting.auth_plugin_name, greeting.auth_plugin_data
+        )
+        response = HandshakeResponse41(
+            capabilities=capabilities,
+            max_packet_size=MAX_PACKET_SIZE,
+            character_set=greeting.character_set,
+            username=credentials.username,
+            auth_response=auth_response,
+            database=target.database or None,
+            auth_plugin_name=plugin,
+            connect_attributes=CONNECT_ATTRIBUTES,
+        )
+        data, sequence = frame(response.encode(), sequence)
+        endpoint.write(data)
+        while not authenticator.done:
+            packet = await endpoint.receive(reader.next_packet)
+            answer = authenticator.respond(packet.payload)
+            if answer is not None:
+                data, _ = frame(answer, packet.last_sequence_id + 1)
+                endpoint.write(data)
+        self.greeting = Greeting(
+            greeting.server_version, greeting.character_set, greeting.status_flags, greeting.capabilities
+        )
+        connection = MySqlServerConnection(
+            endpoint, reader, target, self.config.name, generation, capabilities, greeting, self, credentials
+        )
+        return connection
