@@ -1,5 +1,5 @@
-"""``rotaproxy bench``: what a connection costs, direct (with a password, SCRAM, TLS as an
-application would) vs through rotaproxy (no password, pooled server connection).
+"""``rotaproxy bench``: what a connection costs, direct (with a password, as an application
+would) vs through rotaproxy (no password, pooled server connection), for PostgreSQL and MariaDB.
 
 Runs are interleaved (direct, proxy, direct, proxy, ...) so the ratio holds on a noisy
 machine; each figure is reported with its spread across rounds.
@@ -38,7 +38,22 @@ async def psycopg_cycle(dsn: dict[str, Any]) -> None:
     await connection.close()
 
 
-DRIVERS: dict[str, Cycle] = {"asyncpg": asyncpg_cycle, "psycopg": psycopg_cycle}
+async def aiomysql_cycle(dsn: dict[str, Any]) -> None:
+    import aiomysql
+
+    params = {("db" if key == "database" else key): value for key, value in dsn.items()}
+    connection = await aiomysql.connect(**params)
+    async with connection.cursor() as cursor:
+        await cursor.execute("SELECT 1")
+    connection.close()
+
+
+# driver -> (engine, one connect + SELECT 1 + close)
+DRIVERS: dict[str, tuple[str, Cycle]] = {
+    "asyncpg": ("postgres", asyncpg_cycle),
+    "psycopg": ("postgres", psycopg_cycle),
+    "aiomysql": ("mysql", aiomysql_cycle),
+}
 
 
 @dataclass
@@ -91,9 +106,13 @@ async def _batch(cycle: Cycle, dsn: dict[str, Any], count: int, concurrency: int
 async def connection_overhead(
     stack: LocalStack, *, rounds: int, per_round: int, concurrencies: tuple[int, ...]
 ) -> list[Series]:
-    targets = {"direct": stack.direct_dsn(), "rotaproxy": stack.proxy_dsn()}
+    upstreams = {"postgres": stack.postgres, "mysql": stack.mysql}
     results: list[Series] = []
-    for driver, cycle in DRIVERS.items():
+    for driver, (engine, cycle) in DRIVERS.items():
+        upstream = upstreams[engine]
+        if upstream is None:
+            continue  # MariaDB not installed here
+        targets = {"direct": upstream.direct_dsn(), "rotaproxy": upstream.proxy_dsn()}
         for concurrency in concurrencies:
             pair = {name: Series(driver, name, concurrency) for name in targets}
             await _batch(cycle, targets["rotaproxy"], concurrency, concurrency, Series(driver, "warm-up", 1))
@@ -131,9 +150,9 @@ async def run_bench(*, quick: bool = False, json_path: Path | None = None) -> in
         )
     print("## Connection overhead: connect + SELECT 1 + close")
     print()
-    print("direct = password + SCRAM + TLS to PostgreSQL; rotaproxy = no password, pooled")
-    print(f"server connection; {rounds} interleaved rounds of {per_round};")
-    print("median ± half the range of the per-round medians")
+    print("direct = the driver's defaults with the password (PostgreSQL: SCRAM + TLS; MariaDB:")
+    print("native password, no TLS); rotaproxy = no password, pooled server connection (TLS upstream)")
+    print(f"{rounds} interleaved rounds of {per_round}; median ± half the range of the per-round medians")
     print()
     print(markdown(results))
     if json_path is not None:

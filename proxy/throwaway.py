@@ -1163,7 +1163,7 @@ async def put_secret_json(
 
 
 class ProxyProcess:
-    """``python -m proxy run -c CONFIG`` with its log in a file; ready once ``port`` accepts."""
+    """``python -m proxy run -c CONFIG`` with its log in a file; ready once every port accepts."""
 
     def __init__(
         self,
@@ -1171,12 +1171,14 @@ class ProxyProcess:
         log_path: Path,
         port: int,
         *,
+        extra_ports: Sequence[int] = (),
         env: Mapping[str, str] | None = None,
         log_level: str = "debug",
     ) -> None:
         self.config_path = config_path
         self.log_path = log_path
         self.port = port
+        self.ports = (port, *extra_ports)
         self.env = {**os.environ, **(env or {})}
         self.log_level = log_level
         self.process: subprocess.Popen[bytes] | None = None
@@ -1206,13 +1208,14 @@ class ProxyProcess:
     def wait_listening(self, timeout: float = 20.0) -> None:
         assert self.process is not None
         deadline = time.monotonic() + timeout
-        while not _port_open("127.0.0.1", self.port):
-            if self.process.poll() is not None:
-                raise ThrowawayError(f"rotaproxy exited with {self.process.returncode}:\n{self.logs()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ThrowawayError(f"rotaproxy did not listen on {self.port}:\n{self.logs()}")
-            time.sleep(0.05)
+        for port in self.ports:
+            while not _port_open("127.0.0.1", port):
+                if self.process.poll() is not None:
+                    raise ThrowawayError(f"rotaproxy exited with {self.process.returncode}:\n{self.logs()}")
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise ThrowawayError(f"rotaproxy did not listen on {port}:\n{self.logs()}")
+                time.sleep(0.05)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
