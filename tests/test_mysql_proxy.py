@@ -452,3 +452,14 @@ def test_tls_disable_connects_upstream_in_plain_text(my_proxy: MyProxy) -> None:
     with connect(my_proxy, "plain") as conn:
         assert one(conn, "SELECT CURRENT_USER()") == ("app@%",)
         assert one(conn, "SHOW SESSION STATUS LIKE 'Ssl_cipher'") == ("Ssl_cipher", "")
+
+
+def test_each_client_gets_its_own_character_set(my_proxy: MyProxy) -> None:
+    with connect(my_proxy, "tiny", charset="latin1") as first:
+        upstream_id = one(first, "SELECT CONNECTION_ID()")[0]
+        assert one(first, "SELECT @@character_set_client, @@character_set_results") == ("latin1", "latin1")
+        assert one(first, "SELECT %s", "café") == ("café",)  # round trip in the client's charset
+    with connect(my_proxy, "tiny", charset="utf8mb4") as second:
+        assert one(second, "SELECT CONNECTION_ID()")[0] == upstream_id
+        assert one(second, "SELECT @@character_set_client, @@collation_connection")[0] == "utf8mb4"
+        assert one(second, "SELECT %s", "🐘") == ("🐘",)

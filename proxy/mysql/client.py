@@ -192,16 +192,15 @@ class MySqlClientSession:
         )
 
     async def _apply_character_set(self, server: MySqlServerConnection, collation_id: int) -> None:
-        # Numeric values name a collation id, as in the handshake; this is SET NAMES by number.
+        if collation_id == server.collation_id:
+            return  # the common case: a reset connection already speaks the client's charset
         try:
-            await server.query(
-                f"SET character_set_client = {collation_id}, character_set_results = {collation_id}, "
-                f"character_set_connection = {collation_id}, collation_connection = {collation_id}"
-            )
+            await server.set_collation(collation_id)
         except PoolError as exc:
             # A MySQL 8 collation MariaDB lacks (255 = utf8mb4_0900_ai_ci): same character set.
             log.debug("collation %d not known upstream (%s); using utf8mb4", collation_id, exc)
             await server.query("SET NAMES utf8mb4")
+            server.collation_id = None
 
     async def _relay(self, server: MySqlServerConnection) -> bool:
         """Relay until either side leaves; True if the server connection may be reused."""

@@ -61,6 +61,13 @@ MAX_PACKET_SIZE = 1 << 30
 CONNECT_ATTRIBUTES = {"_client_name": "rotaproxy", "program_name": "rotaproxy"}
 
 
+def collation_query(collation_id: int) -> str:
+    return (
+        f"SET character_set_client = {collation_id}, character_set_results = {collation_id}, "
+        f"character_set_connection = {collation_id}, collation_connection = {collation_id}"
+    )
+
+
 class UpstreamError(PoolError):
     """The upstream answered with an ERR packet while we logged in."""
 
@@ -117,6 +124,8 @@ class MySqlServerConnection(ServerConnection):
         self.thread_id = greeting.connection_id
         self.status_flags = greeting.status_flags
         self.database = target.database
+        self.login_collation_id = greeting.character_set  # what our handshake response asked for
+        self.collation_id: int | None = self.login_collation_id
         self._connector = connector
         self._credentials = credentials
         endpoint.on_lost(lambda _: self.connection_lost())
@@ -132,34 +141,48 @@ class MySqlServerConnection(ServerConnection):
     def in_transaction(self) -> bool:
         return bool(self.status_flags & c.SERVER_STATUS_IN_TRANS)
 
-    async def command(self, payload: bytes) -> bytes:
-        """Send one command whose answer is a single OK or ERR packet; return that payload."""
-        data, _ = frame(payload, 0)
-        self.endpoint.write(data)
-        packet = await self.endpoint.receive(self.reader.next_packet)
-        answer = packet.payload
-        if answer[:1] == bytes([c.OK]):
-            self.status_flags = OkPacket.decode(answer, self.capabilities).status_flags
-        elif answer[:1] == bytes([c.ERR]):
-            error = ErrPacket.decode(answer)
-            raise PoolError(f"{error.message} ({error.code})")
-        else:
-            raise ProtocolViolation(f"expected OK or ERR, got packet type {answer[:1].hex()}")
-        return answer
+    async def commands(self, *payloads: bytes) -> list[ErrPacket]:
+        """Pipeline commands each answered by one OK or ERR; return the errors, in order."""
+        self.endpoint.write(b"".join(frame(payload, 0)[0] for payload in payloads))
+        errors = []
+        for _ in payloads:
+            packet = await self.endpoint.receive(self.reader.next_packet)
+            answer = packet.payload
+            if answer[:1] == bytes([c.OK]):
+                self.status_flags = OkPacket.decode(answer, self.capabilities).status_flags
+            elif answer[:1] == bytes([c.ERR]):
+                errors.append(ErrPacket.decode(answer))
+            else:
+                raise ProtocolViolation(f"expected OK or ERR, got packet type {answer[:1].hex()}")
+        return errors
 
     async def query(self, sql: str) -> None:
-        """A statement that returns no rows (SET, ROLLBACK, KILL ...)."""
-        await self.command(bytes([c.COM_QUERY]) + sql.encode())
+        """A statement that returns no rows (SET, ROLLBACK, KILL ...); raise on ERR."""
+        errors = await self.commands(bytes([c.COM_QUERY]) + sql.encode())
+        if errors:
+            raise PoolError(f"{errors[0].message} ({errors[0].code})")
+
+    async def set_collation(self, collation_id: int) -> None:
+        """SET NAMES by number (numeric values name a collation id, as in the handshake)."""
+        await self.query(collation_query(collation_id))
+        self.collation_id = collation_id
 
     async def reset(self) -> None:
-        if self.in_transaction:
-            await self.query("ROLLBACK")
-        await self.command(bytes([c.COM_RESET_CONNECTION]))
+        # One round trip: the server runs pipelined commands in order.
+        commands = [bytes([c.COM_QUERY]) + b"ROLLBACK"] if self.in_transaction else []
+        commands.append(bytes([c.COM_RESET_CONNECTION]))
+        commands.append(bytes([c.COM_QUERY]) + collation_query(self.login_collation_id).encode())
         if self.database:
-            await self.command(bytes([c.COM_INIT_DB]) + self.database.encode())
+            commands.append(bytes([c.COM_INIT_DB]) + self.database.encode())
+        errors = await self.commands(*commands)
+        if errors:
+            raise PoolError(f"reset failed: {errors[0].message} ({errors[0].code})")
+        self.collation_id = self.login_collation_id
 
     async def check_alive(self) -> None:
-        await self.command(bytes([c.COM_PING]))
+        errors = await self.commands(bytes([c.COM_PING]))
+        if errors:
+            raise PoolError(f"ping failed: {errors[0].message}")
 
     def close(self) -> None:
         if not self.endpoint.closed:
