@@ -463,3 +463,24 @@ def test_each_client_gets_its_own_character_set(my_proxy: MyProxy) -> None:
         assert one(second, "SELECT CONNECTION_ID()")[0] == upstream_id
         assert one(second, "SELECT @@character_set_client, @@collation_connection")[0] == "utf8mb4"
         assert one(second, "SELECT %s", "🐘") == ("🐘",)
+
+
+def test_change_user_is_refused_clearly_and_the_session_goes_on(my_proxy: MyProxy) -> None:
+    conn = mysql.connector.connect(
+        host="127.0.0.1",
+        port=my_proxy.port,
+        user="anyone",
+        database="appdb",
+        use_pure=True,
+        ssl_disabled=True,
+    )
+    try:
+        with pytest.raises(mysql.connector.Error) as info:
+            conn.cmd_change_user(username="someone_else")
+        assert info.value.errno == 1235
+        assert "COM_CHANGE_USER is not supported by rotaproxy" in info.value.msg
+        cursor = conn.cursor()
+        cursor.execute("SELECT CURRENT_USER()")
+        assert cursor.fetchall() == [("app@%",)]
+    finally:
+        conn.close()
