@@ -10,7 +10,7 @@ import asyncio
 import logging
 
 from proxy.config import Config, CredentialsConfig
-from proxy.credentials import CredentialSource, SecretsManagerClients, make_source
+from proxy.credentials import CredentialSource, SecretsManagerClients, SecretsManagerSource, make_source
 from proxy.engine import Engine
 from proxy.listener import Listener
 from proxy.mysql.engine import MYSQL
@@ -48,6 +48,15 @@ class Proxy:
                 pool = Pool(pool_config, self.sources[key], engine.connector(pool_config))
                 self.pools[pool_config.name] = pool
                 await pool.start()
+            for key, source in self.sources.items():
+                if isinstance(source, SecretsManagerSource):
+                    intervals = [
+                        p.credentials.poll_interval
+                        for p in self.config.pools
+                        if _source_key(p.credentials) == key
+                    ]
+                    source.poll_interval = min(intervals)
+                    source.start_polling()
             for address, pool_configs in self.config.listeners().items():
                 engine = ENGINES[pool_configs[0].engine]  # one listener, one engine (config checks)
                 listener = Listener(
@@ -62,6 +71,13 @@ class Proxy:
         except BaseException:
             await self.close()
             raise
+
+    def refresh_credentials(self) -> None:
+        """Re-read every secret now (SIGHUP); pools move to new versions make-before-break."""
+        log.info("re-reading secrets")
+        for source in self.sources.values():
+            if isinstance(source, SecretsManagerSource):
+                source.poll_soon()
 
     async def close(self) -> None:
         for listener in self.listeners:

@@ -105,6 +105,7 @@ async def _run(config: Config) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     proxy = Proxy(config)
+    loop.add_signal_handler(signal.SIGHUP, proxy.refresh_credentials)
     try:
         await proxy.run_until(stop)
     except OSError as exc:

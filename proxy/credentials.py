@@ -8,8 +8,10 @@ the secret and the problem but never any part of the secret's value.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import random
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -24,6 +26,11 @@ log = logging.getLogger(__name__)
 # request: a broken secret must not turn every client connection into an AWS call.
 ERROR_RETRY_INTERVAL = 1.0
 AWSCURRENT = "AWSCURRENT"
+AWSPENDING = "AWSPENDING"
+# After the upstream refuses our credentials, re-read the secret at most this often.
+AUTH_REFRESH_INTERVAL = 1.0
+POLL_JITTER = 0.1
+MAX_POLL_BACKOFF = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +161,36 @@ class CredentialSource:
         self._cached = credentials
         return credentials
 
+    @property
+    def cached(self) -> Credentials | None:
+        """The newest AWSCURRENT credentials known, without asking anyone."""
+        return self._cached
+
     async def _fetch(self) -> Credentials:
         raise NotImplementedError
 
+    async def after_auth_failure(self, failed: Credentials) -> Credentials | None:
+        """Credentials worth trying after the upstream refused ``failed``, or None.
+
+        A static source has nothing else to offer.
+        """
+        return None
+
+    def state(self) -> dict[str, object]:
+        """For health and /pools: how fresh the credentials are (never their values)."""
+        cached = self._cached
+        return {
+            "source": self.description,
+            "version_id": cached.version_id if cached else None,
+            "stage": cached.stage if cached else None,
+            "fetches": self.fetches,
+            "errors": self.errors,
+            "last_success_at": self.last_success_at,
+            "last_error": str(self._last_error) if self._last_error else None,
+        }
+
     async def close(self) -> None:
-        """Release what the source holds (clients, sessions)."""
+        """Release what the source holds (clients, sessions, the poller)."""
 
 
 class StaticCredentialSource(CredentialSource):
@@ -228,25 +260,37 @@ _AWS_PROBLEMS = {
 
 
 class SecretsManagerSource(CredentialSource):
+    """A secret in AWS Secrets Manager: AWSCURRENT cached, polled for new versions.
+
+    Polling asks DescribeSecret (cheap, no secret value) which version holds AWSCURRENT and
+    fetches that version by id only when it changed. While polls fail, the cached
+    credentials keep serving and the poller backs off exponentially (capped).
+    """
+
     def __init__(self, config: CredentialsConfig, clients: SecretsManagerClients) -> None:
         super().__init__()
         assert config.secret_id is not None
         self.secret_id = config.secret_id
         self.description = config.description
+        self.poll_interval = config.poll_interval
         self._clients = clients
+        self._poller: asyncio.Task[None] | None = None
+        self._poll_now = asyncio.Event()
+        self._auth_refresh: asyncio.Task[Credentials | None] | None = None
+        self._auth_refresh_at = -AUTH_REFRESH_INTERVAL
+        self._auth_refresh_result: Credentials | None = None
+        self.poll_failures = 0
+        self.last_poll_error: str | None = None
+        self.last_poll_at: float | None = None
 
-    async def _fetch(self) -> Credentials:
-        from botocore.exceptions import (
-            BotoCoreError,
-            ClientError,
-            NoCredentialsError,
-            NoRegionError,
-        )
+    async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        """One Secrets Manager call; every failure becomes a CredentialsError naming the secret."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
         try:
             client = await self._clients.client()
-            # Always name the stage: moto can answer an unstaged get with an old version.
-            response = await client.get_secret_value(SecretId=self.secret_id, VersionStage=AWSCURRENT)
+            response: dict[str, Any] = await getattr(client, operation)(SecretId=self.secret_id, **kwargs)
+            return response
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = error.get("Code", "")
@@ -266,9 +310,140 @@ class SecretsManagerSource(CredentialSource):
             raise CredentialsError(
                 self.description, f"Secrets Manager unreachable ({type(exc).__name__})"
             ) from None
+
+    async def _get(self, stage: str, **selector: str) -> Credentials:
+        # Always name the stage or the version: moto can answer an unstaged get with an old one.
+        response = await self._call("get_secret_value", **(selector or {"VersionStage": stage}))
         return credentials_from_secret_string(
-            self.secret_id, response.get("SecretString"), response.get("VersionId"), AWSCURRENT
+            self.secret_id, response.get("SecretString"), response.get("VersionId"), stage
         )
+
+    async def _fetch(self) -> Credentials:
+        return await self._get(AWSCURRENT)
+
+    # --- noticing new versions -------------------------------------------------------------
+    async def poll(self) -> bool:
+        """Load the AWSCURRENT version if it changed; True when it did."""
+        described = await self._call("describe_secret")
+        stages: dict[str, list[str]] = described.get("VersionIdsToStages") or {}
+        current_id = next((vid for vid, labels in stages.items() if AWSCURRENT in labels), None)
+        if current_id is None or (self._cached is not None and self._cached.version_id == current_id):
+            return False
+        credentials = await self._get(AWSCURRENT, VersionId=current_id)
+        previous = self._cached.version_id if self._cached else None
+        self._cached = credentials
+        self.fetches += 1
+        self.last_success_at = time.time()
+        log.info("%s: AWSCURRENT moved from version %s to %s", self.description, previous, current_id)
+        return True
+
+    def start_polling(self) -> None:
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll_loop(), name=f"poll {self.secret_id}")
+
+    def poll_soon(self) -> None:
+        """Poll now rather than at the next interval (SIGHUP, admin API)."""
+        self._poll_now.set()
+
+    async def _poll_loop(self) -> None:
+        while True:
+            if self.poll_failures:
+                delay = min(
+                    self.poll_interval * 2**self.poll_failures, max(self.poll_interval, MAX_POLL_BACKOFF)
+                )
+            else:
+                delay = self.poll_interval * random.uniform(1 - POLL_JITTER, 1 + POLL_JITTER)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._poll_now.wait()
+            self._poll_now.clear()
+            try:
+                await self.poll()
+            except CredentialsError as exc:
+                self.poll_failures += 1
+                self.errors += 1
+                self.last_poll_error = str(exc)
+                # Stale-while-revalidate: the cached credentials keep serving meanwhile.
+                log.warning(
+                    "%s (poll %d failed in a row; cached credentials keep serving)", exc, self.poll_failures
+                )
+            else:
+                if self.poll_failures:
+                    log.info(
+                        "%s: Secrets Manager answers again after %d failed polls",
+                        self.description,
+                        self.poll_failures,
+                    )
+                self.poll_failures = 0
+                self.last_poll_error = None
+                self.last_poll_at = time.time()
+
+    # --- the upstream refused our credentials ------------------------------------------------
+    async def after_auth_failure(self, failed: Credentials) -> Credentials | None:
+        """Re-read AWSCURRENT at once; if unchanged, try AWSPENDING.
+
+        In a single-user rotation, setSecret has already changed the password in the
+        database while AWSCURRENT still holds the old one until finishSecret: AWSPENDING
+        bridges that window. Rate-limited and shared, so a burst of refused logins costs
+        Secrets Manager one or two calls.
+        """
+        if self._auth_refresh is None:
+            if time.monotonic() - self._auth_refresh_at < AUTH_REFRESH_INTERVAL:
+                result = self._auth_refresh_result
+                return result if result is not None and result.version_id != failed.version_id else None
+            self._auth_refresh = asyncio.create_task(self._refresh_after_auth_failure(failed))
+        task = self._auth_refresh
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._auth_refresh = None
+
+    async def _refresh_after_auth_failure(self, failed: Credentials) -> Credentials | None:
+        self._auth_refresh_at = time.monotonic()
+        result: Credentials | None = None
+        try:
+            try:
+                await self.poll()
+            except CredentialsError as exc:
+                log.warning("after an authentication failure: %s", exc)
+            if self._cached is not None and self._cached.version_id != failed.version_id:
+                result = self._cached
+            else:
+                try:
+                    pending = await self._get(AWSPENDING)
+                except CredentialsError:
+                    pending = None  # no rotation under way (or unreadable): nothing to bridge with
+                if pending is not None and pending.version_id != failed.version_id:
+                    log.info(
+                        "%s: trying AWSPENDING version %s (rotation window)",
+                        self.description,
+                        pending.version_id,
+                    )
+                    result = pending
+        finally:
+            self._auth_refresh_result = result
+        return result
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        if self._auth_refresh is not None:
+            self._auth_refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._auth_refresh
+
+    def state(self) -> dict[str, object]:
+        return {
+            **super().state(),
+            "poll_interval": self.poll_interval,
+            "poll_failures": self.poll_failures,
+            "last_poll_at": self.last_poll_at,
+            "last_poll_error": self.last_poll_error,
+        }
 
 
 def make_source(config: CredentialsConfig, clients: SecretsManagerClients) -> CredentialSource:

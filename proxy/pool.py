@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 JANITOR_INTERVAL = 1.0
 RESET_TIMEOUT = 5.0
 RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
+ROTATION_RETRY_FIRST = 2.0
+ROTATION_RETRY_MAX = 60.0
 
 
 class ConnectionState(enum.Enum):
@@ -47,6 +49,14 @@ class BorrowTimeout(PoolError):
 
 class PoolClosed(PoolError):
     pass
+
+
+class UpstreamLoginError(PoolError):
+    """The upstream refused the login; engines say whether the credentials were the cause."""
+
+    @property
+    def is_auth_failure(self) -> bool:
+        return False
 
 
 class UpstreamUnavailable(PoolError):
@@ -107,6 +117,18 @@ class Pool:
         self.credentials = credentials
         self.connector = connector
         self.generation = 1
+        # The credentials new connections log in with; the generation moves with them.
+        self.generation_credentials: Credentials | None = None
+        self._retired_versions: set[str | None] = set()
+        self._rotation: asyncio.Task[None] | None = None
+        self._rotation_started_at: float | None = None
+        self._failed_version: str | None = None
+        self._rotation_retry_at = 0.0
+        self._rotation_failures_in_row = 0
+        self.rotations_total = 0
+        self.rotation_failures_total = 0
+        self.last_rotation: dict[str, Any] | None = None
+        self.rotation_error: str | None = None
         self._idle: deque[ServerConnection] = deque()
         self._connections: set[ServerConnection] = set()
         self._connecting = 0
@@ -147,6 +169,14 @@ class Pool:
             "failed_total": self.failed_total,
             "borrow_timeouts_total": self.borrow_timeouts_total,
             "last_error": self.last_error,
+            "credential_version": self.generation_credentials.version_id
+            if self.generation_credentials
+            else None,
+            "old_generation_connections": self.old_generation_count,
+            "rotations_total": self.rotations_total,
+            "rotation_failures_total": self.rotation_failures_total,
+            "rotation_error": self.rotation_error,
+            "last_rotation": self.last_rotation,
         }
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -155,10 +185,11 @@ class Pool:
 
     async def close(self) -> None:
         self._closing = True
-        if self._janitor is not None:
-            self._janitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
+        for task in (self._janitor, self._rotation):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         for _, waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(PoolClosed(f'pool "{self.name}" is shutting down'))
@@ -265,10 +296,8 @@ class Pool:
 
     async def _open(self, variant: Hashable, *, for_borrower: bool) -> ServerConnection:
         self._connecting += 1
-        generation = self.generation
         try:
-            credentials = await self.credentials.current()
-            connection = await self.connector(credentials, generation, variant)
+            connection = await self._login(variant)
         except BaseException as exc:
             self._connecting -= 1
             self._wake_one()  # the slot this attempt held is free again for a waiter
@@ -289,6 +318,136 @@ class Pool:
         if not for_borrower:
             self._make_available(connection)
         return connection
+
+    async def _login(self, variant: Hashable) -> ServerConnection:
+        credentials = self.generation_credentials or await self.credentials.current()
+        try:
+            connection = await self.connector(credentials, self.generation, variant)
+        except UpstreamLoginError as exc:
+            if not exc.is_auth_failure:
+                raise
+            # The password changed under us: a rotation's window (AWSPENDING already set in
+            # the database) or a secret updated by hand. Find what works, and move to it.
+            candidate = await self.credentials.after_auth_failure(credentials)
+            if candidate is None or candidate.version_id in self._retired_versions:
+                raise
+            connection = await self.connector(candidate, self.generation + 1, variant)
+            self._promote(candidate, f"version {credentials.version_id} was refused by the upstream")
+            connection.generation = self.generation
+            return connection
+        if self.generation_credentials is None:
+            self.generation_credentials = credentials
+        return connection
+
+    # --- rotation (make-before-break) ------------------------------------------------------
+    @property
+    def old_generation_count(self) -> int:
+        return sum(1 for connection in self._connections if connection.generation != self.generation)
+
+    def _check_for_new_version(self) -> None:
+        """Start moving to the source's newest version when it differs from ours."""
+        latest, ours = self.credentials.cached, self.generation_credentials
+        if latest is None or ours is None or self._rotation is not None or self._closing:
+            return
+        if latest.version_id == ours.version_id or latest.version_id in self._retired_versions:
+            return
+        if latest.version_id == self._failed_version and time.monotonic() < self._rotation_retry_at:
+            return
+        self._rotation = asyncio.create_task(self._rotate_to(latest), name=f"pool-{self.name}-rotation")
+        self._rotation.add_done_callback(self._rotation_done)
+
+    def _rotation_done(self, task: asyncio.Task[None]) -> None:
+        self._rotation = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error('pool "%s": rotation crashed', self.name, exc_info=task.exception())
+
+    async def _rotate_to(self, credentials: Credentials) -> None:
+        """Make before break: the new version is adopted only once a connection logs in with it."""
+        self._connecting += 1
+        try:
+            connection = await self.connector(
+                credentials, self.generation + 1, self.connector.default_variant
+            )
+        except Exception as exc:
+            self._connecting -= 1
+            self.rotation_failures_total += 1
+            self._rotation_failures_in_row = (
+                self._rotation_failures_in_row + 1 if self._failed_version == credentials.version_id else 1
+            )
+            self._failed_version = credentials.version_id
+            backoff = min(
+                ROTATION_RETRY_MAX, ROTATION_RETRY_FIRST * 2 ** (self._rotation_failures_in_row - 1)
+            )
+            self._rotation_retry_at = time.monotonic() + backoff
+            self.rotation_error = f"new version {credentials.version_id} does not log in: {exc}"
+            log.error(
+                'pool "%s": %s; keeping version %s and its connections, retrying in %gs',
+                self.name,
+                self.rotation_error,
+                self.generation_credentials.version_id if self.generation_credentials else None,
+                backoff,
+            )
+            return
+        self._connecting -= 1
+        self._promote(credentials, "Secrets Manager has a new AWSCURRENT version")
+        connection.generation = self.generation
+        connection.variant = self.connector.default_variant
+        connection.on_lost = self._on_connection_lost
+        self._connections.add(connection)
+        self._set_state(connection, ConnectionState.IDLE)
+        self.opened_total += 1
+        self._make_available(connection)
+
+    def _promote(self, credentials: Credentials, reason: str) -> None:
+        old = self.generation_credentials
+        if old is not None and old.version_id == credentials.version_id:
+            return  # another login got here first
+        self.generation += 1
+        self.generation_credentials = credentials
+        if old is not None:
+            self._retired_versions.add(old.version_id)
+        self._failed_version = None
+        self._rotation_failures_in_row = 0
+        self.rotation_error = None
+        self.rotations_total += 1
+        self._rotation_started_at = time.monotonic()
+        idle_old = [connection for connection in self._idle if connection.generation != self.generation]
+        for connection in idle_old:
+            self._discard(connection)
+        busy_old = self.old_generation_count
+        self.last_rotation = {
+            "from_version": old.version_id if old else None,
+            "to_version": credentials.version_id,
+            "at": time.time(),
+            "idle_closed": len(idle_old),
+            "busy_draining": busy_old,
+            "drained_after_seconds": None,
+        }
+        log.info(
+            'pool "%s": rotated from version %s to %s (generation %d; %s): %d idle old connections '
+            "closed, %d busy ones close when their clients release them",
+            self.name,
+            old.version_id if old else None,
+            credentials.version_id,
+            self.generation,
+            reason,
+            len(idle_old),
+            busy_old,
+        )
+        self._note_drained()
+
+    def _note_drained(self) -> None:
+        if self._rotation_started_at is None or self.old_generation_count:
+            return
+        elapsed = time.monotonic() - self._rotation_started_at
+        self._rotation_started_at = None
+        if self.last_rotation is not None:
+            self.last_rotation["drained_after_seconds"] = round(elapsed, 3)
+        log.info(
+            'pool "%s": rotation complete: the last old-generation connection closed %.3fs after the switch',
+            self.name,
+            elapsed,
+        )
 
     # --- returning -------------------------------------------------------------------------
     def release(self, connection: ServerConnection, *, reusable: bool) -> None:
@@ -340,6 +499,7 @@ class Pool:
         self._set_state(connection, ConnectionState.CLOSED)
         connection.on_lost = None
         connection.close()
+        self._note_drained()
         self._wake_one()
 
     def _on_connection_lost(self, connection: ServerConnection) -> None:
@@ -379,6 +539,7 @@ class Pool:
 
     async def _janitor_loop(self) -> None:
         while True:
+            self._check_for_new_version()
             self._expire_idle()
             await self._fill_to_minimum()
             await asyncio.sleep(JANITOR_INTERVAL)

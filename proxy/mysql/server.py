@@ -23,7 +23,7 @@ from protocols.mysql.packets import PacketReader, frame
 from proxy.config import PoolConfig
 from proxy.credentials import Credentials
 from proxy.endpoint import ConnectionClosed, Endpoint
-from proxy.pool import PoolError, ServerConnection, UpstreamUnavailable
+from proxy.pool import PoolError, ServerConnection, UpstreamLoginError, UpstreamUnavailable
 from proxy.tls import upstream_ssl_context
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def collation_query(collation_id: int) -> str:
     )
 
 
-class UpstreamError(PoolError):
+class UpstreamError(UpstreamLoginError):
     """The upstream answered with an ERR packet while we logged in."""
 
     def __init__(self, pool: str, error: ErrPacket) -> None:

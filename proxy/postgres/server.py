@@ -39,13 +39,13 @@ from protocols.postgres.messages import (
 from proxy.config import PoolConfig
 from proxy.credentials import Credentials
 from proxy.endpoint import ConnectionClosed, Endpoint
-from proxy.pool import PoolError, ServerConnection, UpstreamUnavailable
+from proxy.pool import PoolError, ServerConnection, UpstreamLoginError, UpstreamUnavailable
 from proxy.tls import upstream_ssl_context
 
 log = logging.getLogger(__name__)
 
 
-class UpstreamError(PoolError):
+class UpstreamError(UpstreamLoginError):
     """The upstream server answered with an ErrorResponse while we logged in."""
 
     def __init__(self, pool: str, error: ErrorResponse) -> None:
