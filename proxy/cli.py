@@ -1,4 +1,4 @@
-"""The ``rotaproxy`` command line: run, check-config, demo, bench."""
+"""The ``rotaproxy`` command line: run, check-config, demo, bench, rotate."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from proxy.config import Config, ConfigError, load_config, quick_config
+from proxy.config import Config, ConfigError, load_config, parse_duration, quick_config
 from proxy.logs import setup_logging
 
 log = logging.getLogger("rotaproxy")
@@ -58,7 +58,70 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="connection overhead: direct vs rotaproxy")
     bench.add_argument("--quick", action="store_true", help="a short run (about a minute)")
     bench.add_argument("--json", type=Path, dest="json_path", help="also write the results as JSON")
+    _add_rotate_parser(commands)
     return parser
+
+
+def _add_rotate_parser(commands: Any) -> None:
+    rotate = commands.add_parser(
+        "rotate", help="rotate a secret's database password now (the four Secrets Manager rotation steps)"
+    )
+    rotate.add_argument("--secret-id", required=True, help="Secrets Manager secret id or ARN")
+    rotate.add_argument("--strategy", default="single-user", choices=["single-user", "alternating-users"])
+    rotate.add_argument(
+        "--pause-after",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("STEP", "DURATION"),
+        help="sleep DURATION (e.g. 30s) after STEP (createSecret, setSecret, testSecret); repeatable",
+    )
+    rotate.add_argument("--token", help="ClientRequestToken: resume or repeat a rotation (default: new)")
+    rotate.add_argument("--endpoint-url", help="Secrets Manager endpoint (local testing)")
+    rotate.add_argument("--region", help="AWS region")
+    rotate.add_argument(
+        "--tls", default="verify-full", choices=["disable", "require", "verify-ca", "verify-full"]
+    )
+    rotate.add_argument("--tls-ca-file", type=Path, help="CA bundle for verify-ca / verify-full")
+    rotate.add_argument("--upstream-host", help="connect here instead of the secret's host")
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from proxy.rotation import STEPS, RotationError, RotationSettings, rotate_command
+
+    pauses: dict[str, float] = {}
+    try:
+        for step, text in args.pause_after:
+            if step not in STEPS:
+                raise ValueError(f"unknown step {step!r}; steps are {', '.join(STEPS)}")
+            pauses[step] = parse_duration(text)
+        settings = RotationSettings(
+            strategy=args.strategy,
+            tls=args.tls,
+            tls_ca_file=args.tls_ca_file,
+            upstream_host=args.upstream_host,
+        )
+    except ValueError as exc:
+        print(f"rotaproxy: rotate: {exc}", file=sys.stderr)
+        return 2
+
+    async def rotate() -> int:
+        await rotate_command(
+            args.secret_id,
+            settings,
+            endpoint_url=args.endpoint_url,
+            region=args.region,
+            token=args.token,
+            pause_after=pauses,
+            out=lambda line: print(line, flush=True),
+        )
+        return 0
+
+    try:
+        return run_async(rotate())
+    except RotationError as exc:
+        print(f"rotaproxy: rotate: {exc}", file=sys.stderr)
+        return 1
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -125,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from proxy.bench import run_bench
 
         return run_async(run_bench(quick=args.quick, json_path=args.json_path))
+    if args.command == "rotate":
+        return _rotate(args)
     try:
         config = config_from_args(args)
     except ConfigError as exc:

@@ -131,7 +131,7 @@ async def new_secret(client: Any, value: dict[str, object] | str, prefix: str = 
     return secret_id
 
 
-def pool_toml(name: str, secret_id: str, **settings: object) -> str:
+def pool_toml(name: str, secret_id: str, *, poll_interval: str = "30s", **settings: object) -> str:
     """One [[pool]] table for ProxyLauncher.start; listen defaults to the launcher's port."""
     settings.setdefault("listen", "127.0.0.1:{port}")
     lines = [f'[[pool]]\nname = "{name}"']
@@ -139,7 +139,7 @@ def pool_toml(name: str, secret_id: str, **settings: object) -> str:
         f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}"
         for key, value in settings.items()
     ]
-    lines.append(f'[pool.credentials]\nsecret_id = "{secret_id}"\n')
+    lines.append(f'[pool.credentials]\nsecret_id = "{secret_id}"\npoll_interval = "{poll_interval}"\n')
     return "\n".join(lines)
 
 

@@ -18,8 +18,22 @@ from typing import cast
 from protocols.errors import ProtocolViolation
 from protocols.mysql import constants as c
 from protocols.mysql.auth import AuthenticationFailed, UpstreamAuthenticator, UpstreamAuthError
-from protocols.mysql.messages import ErrPacket, HandshakeResponse41, HandshakeV10, OkPacket, SslRequest
-from protocols.mysql.packets import PacketReader, frame
+from protocols.mysql.messages import (
+    EofPacket,
+    ErrPacket,
+    HandshakeResponse41,
+    HandshakeV10,
+    OkPacket,
+    SslRequest,
+    is_eof_packet,
+)
+from protocols.mysql.packets import (
+    LENENC_NULL,
+    PacketReader,
+    decode_lenenc_int,
+    decode_lenenc_str,
+    frame,
+)
 from proxy.config import PoolConfig
 from proxy.credentials import Credentials
 from proxy.endpoint import ConnectionClosed, Endpoint
@@ -184,6 +198,42 @@ class MySqlServerConnection(ServerConnection):
         if errors:
             raise PoolError(f"ping failed: {errors[0].message}")
 
+    async def fetch_rows(self, sql: str) -> list[tuple[str | None, ...]]:
+        """Run one statement with the text protocol and return its rows (admin work, e.g. rotation).
+
+        Reads: column count, column definitions, EOF, rows (length-encoded strings, 0xFB =
+        NULL), EOF or ERR; a statement without a result set answers OK and gives no rows.
+        Raises PoolError carrying the server's message on ERR.
+        """
+        self.endpoint.write(frame(bytes([c.COM_QUERY]) + sql.encode(), 0)[0])
+        rows: list[tuple[str | None, ...]] = []
+        while True:
+            payload = (await self.endpoint.receive(self.reader.next_packet)).payload
+            if payload[:1] == bytes([c.ERR]):
+                error = ErrPacket.decode(payload)
+                raise PoolError(f"{error.message} ({error.code})")
+            if payload[:1] == bytes([c.OK]):
+                self.status_flags = OkPacket.decode(payload, self.capabilities).status_flags
+            else:
+                columns, _ = decode_lenenc_int(payload, 0)
+                if columns is None:  # 0xFB: the server asks for a LOCAL INFILE upload
+                    raise ProtocolViolation("fetch_rows got a LOCAL INFILE request")
+                for _ in range(columns):  # column definitions: not needed for text values
+                    await self.endpoint.receive(self.reader.next_packet)
+                if not is_eof_packet((await self.endpoint.receive(self.reader.next_packet)).payload):
+                    raise ProtocolViolation("expected EOF after the column definitions")
+                while True:
+                    payload = (await self.endpoint.receive(self.reader.next_packet)).payload
+                    if payload[:1] == bytes([c.ERR]):
+                        error = ErrPacket.decode(payload)
+                        raise PoolError(f"{error.message} ({error.code})")
+                    if is_eof_packet(payload):
+                        self.status_flags = EofPacket.decode(payload).status_flags
+                        break
+                    rows.append(_decode_text_row(payload, columns))
+            if not self.status_flags & c.SERVER_MORE_RESULTS_EXISTS:
+                return rows
+
     def close(self) -> None:
         if not self.endpoint.closed:
             data, _ = frame(bytes([c.COM_QUIT]), 0)
@@ -337,3 +387,19 @@ class MySqlConnector:
             endpoint, reader, target, self.config.name, generation, capabilities, greeting, self, credentials
         )
         return connection
+
+
+def _decode_text_row(payload: bytes, columns: int) -> tuple[str | None, ...]:
+    """One text-protocol row: a length-encoded string per column, 0xFB for NULL."""
+    values: list[str | None] = []
+    offset = 0
+    for _ in range(columns):
+        if offset < len(payload) and payload[offset] == LENENC_NULL:
+            values.append(None)
+            offset += 1
+            continue
+        value, offset = decode_lenenc_str(payload, offset)
+        values.append(value.decode("utf-8", errors="replace"))
+    if offset != len(payload):
+        raise ProtocolViolation("trailing bytes in a text row")
+    return tuple(values)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import struct
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import cast
@@ -31,6 +32,7 @@ from protocols.postgres.messages import (
     CancelRequest,
     ErrorResponse,
     ParameterStatus,
+    RawMessage,
     ReadyForQuery,
     StartupMessage,
     decode_backend,
@@ -43,6 +45,11 @@ from proxy.pool import PoolError, ServerConnection, UpstreamLoginError, Upstream
 from proxy.tls import upstream_ssl_context
 
 log = logging.getLogger(__name__)
+
+# Backend messages only fetch_rows reads (the relay never decodes rows).
+DATA_ROW = b"D"
+_DATA_ROW_COUNT = struct.Struct("!h")
+_DATA_ROW_LENGTH = struct.Struct("!i")
 
 
 class UpstreamError(UpstreamLoginError):
@@ -161,6 +168,29 @@ class PgServerConnection(ServerConnection):
         if errors:
             raise PoolError(f"liveness check failed: {errors[0].message}")
 
+    async def fetch_rows(self, sql: str) -> list[tuple[str | None, ...]]:
+        """Run one simple query and return its rows as text (admin work, e.g. rotation).
+
+        Raises PoolError carrying the server's message if the query fails.
+        """
+        self.endpoint.write(query_message(sql))
+        rows: list[tuple[str | None, ...]] = []
+        error: ErrorResponse | None = None
+        while True:
+            message = await self.read_message()
+            if isinstance(message, RawMessage) and message.type == DATA_ROW:
+                rows.append(_decode_data_row(message.payload))
+            elif isinstance(message, ReadyForQuery):
+                self.transaction_status = message.status
+                break
+            elif isinstance(message, ParameterStatus):
+                self.parameters[message.name] = message.value
+            elif isinstance(message, ErrorResponse) and not message.notice and error is None:
+                error = message
+        if error is not None:
+            raise PoolError(f"{error.message} ({error.code})")
+        return rows
+
     def close(self) -> None:
         if not self.endpoint.closed:
             self.endpoint.write(TERMINATE_MESSAGE)
@@ -270,3 +300,24 @@ class PgConnector:
                     raise ProtocolViolation("upstream sent ReadyForQuery before authentication")
                 connection.transaction_status = message.status
                 return
+
+
+def _decode_data_row(payload: bytes) -> tuple[str | None, ...]:
+    """A DataRow in text format: int16 column count, then per column int32 length (-1 = NULL) + bytes."""
+    try:
+        (count,) = _DATA_ROW_COUNT.unpack_from(payload)
+        offset = _DATA_ROW_COUNT.size
+        values: list[str | None] = []
+        for _ in range(count):
+            (length,) = _DATA_ROW_LENGTH.unpack_from(payload, offset)
+            offset += _DATA_ROW_LENGTH.size
+            if length < 0:
+                values.append(None)
+                continue
+            if offset + length > len(payload):
+                raise ProtocolViolation("DataRow column runs past the message")
+            values.append(payload[offset : offset + length].decode("utf-8", errors="replace"))
+            offset += length
+    except struct.error as exc:
+        raise ProtocolViolation("truncated DataRow") from exc
+    return tuple(values)
