@@ -37,6 +37,7 @@ from proxy.mysql.server import (
     MySqlServerConnection,
 )
 from proxy.pool import BorrowTimeout, Pool, PoolError
+from proxy.relay import CLIENT_CLOSED, SERVER_CLOSED, relay
 
 if TYPE_CHECKING:
     from proxy.listener import Listener
@@ -54,6 +55,7 @@ KILL_STATEMENT = re.compile(rb"^\s*KILL\s+(?:(QUERY)\s+|CONNECTION\s+)?(\d+)\s*;
 SQLSTATE_GENERAL = "HY000"
 KILL_TIMEOUT = 5.0
 HANDSHAKE_LIMIT = 64 * 1024
+CLIENT_QUIT = "client quit"
 
 
 def native_nonce() -> bytes:
@@ -206,21 +208,15 @@ class MySqlClientSession:
         """Relay until either side leaves; True if the server connection may be reused."""
         client, upstream = self.endpoint, server.endpoint
         tracker = ResponseTracker(server.capabilities, status_flags=server.status_flags)
-        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         reusable_variant = True
 
-        def finish(reason: str) -> None:
-            if not done.done():
-                done.set_result(reason)
-
-        def handle(packet: Packet) -> None:
+        def handle(packet: Packet) -> str | None:
             nonlocal reusable_variant
             payload = packet.payload
             if packet.sequence_id == 0 and payload:
                 command = payload[0]
                 if command == c.COM_QUIT:
-                    finish("client quit")
-                    return
+                    return CLIENT_QUIT
                 if command == c.COM_CHANGE_USER:
                     self._sequence = 1
                     self._send(
@@ -229,11 +225,11 @@ class MySqlClientSession:
                             "COM_CHANGE_USER is not supported by rotaproxy: connect again instead",
                         ).encode()
                     )
-                    return
+                    return None
                 target = self._kill_target(payload)
                 if target is not None:
                     self._spawn(self._kill(*target))
-                    return
+                    return None
                 if command == c.COM_SET_OPTION:
                     reusable_variant = False  # the connection no longer matches its variant
                 tracker.client_command(payload)
@@ -241,40 +237,29 @@ class MySqlClientSession:
                 tracker.client_data(payload)
             data, _ = frame(payload, packet.sequence_id)
             upstream.write(data)
+            return None
 
-        def to_server(data: bytes) -> None:
+        def from_client(data: bytes) -> str | None:
             self.reader.receive_data(data)
-            try:
-                while not done.done():
-                    packet = self.reader.next_packet()
-                    if not isinstance(packet, Packet):
-                        break
-                    handle(packet)
-            except ProtocolViolation as exc:
-                log.info("client %s broke the protocol: %s", self.peer, exc)
-                finish("client protocol violation")
+            while isinstance(packet := self.reader.next_packet(), Packet):
+                if (reason := handle(packet)) is not None:
+                    return reason
+            return None
 
-        def to_client(data: bytes) -> None:
-            client.write(data)
-            try:
-                tracker.feed_server(data)
-            except ProtocolViolation as exc:
-                log.warning("upstream %r broke the protocol: %s", server, exc)
-                finish("server protocol violation")
-
-        client.peer, upstream.peer = upstream, client
-        upstream.start_relay(to_client)
-        client.start_relay(to_server)
-        client.on_lost(lambda _: finish("client closed"))
-        upstream.on_lost(lambda _: finish("server closed"))
-        reason = await done
-        client.stop_relay()
-        upstream.stop_relay()
+        reason = await relay(
+            client,
+            upstream,
+            from_client,
+            tracker.feed_server,
+            client_name=self.peer,
+            server_name=repr(server),
+        )
         server.status_flags = tracker.status_flags
-        if reason == "server closed":
+        if reason == SERVER_CLOSED:
             return False
         safe = tracker.at_safe_point and len(self.reader) == 0
-        if not safe and reason in ("client closed", "client quit") and tracker.awaiting_response:
+        client_left = reason in (CLIENT_CLOSED, CLIENT_QUIT)
+        if not safe and client_left and tracker.awaiting_response:
             log.info('pool "%s": client %s left mid-query; killing it on %r', server.pool, self.peer, server)
             try:
                 async with asyncio.timeout(KILL_TIMEOUT):
@@ -282,7 +267,7 @@ class MySqlClientSession:
             except Exception as exc:
                 log.warning("could not kill the abandoned query on %r: %s", server, exc)
             return False
-        return safe and reusable_variant and reason in ("client closed", "client quit")
+        return safe and reusable_variant and client_left
 
     # --- KILL of a proxy connection id -------------------------------------------------------
     def _kill_target(self, payload: bytes) -> tuple[int, bool] | None:

@@ -8,9 +8,7 @@ the server sends are exactly what that client expects.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import ssl
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import cast
@@ -36,9 +34,9 @@ from protocols.mysql.packets import (
 )
 from proxy.config import PoolConfig
 from proxy.credentials import Credentials
-from proxy.endpoint import ConnectionClosed, Endpoint
-from proxy.pool import PoolError, ServerConnection, UpstreamLoginError, UpstreamUnavailable
-from proxy.tls import upstream_ssl_context
+from proxy.endpoint import Endpoint
+from proxy.pool import PoolError, ServerConnection, UpstreamLoginError
+from proxy.upstream import Target, dial, start_tls, upstream_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +93,6 @@ class UpstreamError(UpstreamLoginError):
 
 
 @dataclass(frozen=True, slots=True)
-class MySqlTarget:
-    host: str
-    port: int
-    database: str
-    ssl_context: ssl.SSLContext | None
-    connect_timeout: float
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}/{self.database}"
-
-
-@dataclass(frozen=True, slots=True)
 class Greeting:
     """What the proxy's own greeting repeats from the upstream's."""
 
@@ -121,7 +107,7 @@ class MySqlServerConnection(ServerConnection):
         self,
         endpoint: Endpoint,
         reader: PacketReader,
-        target: MySqlTarget,
+        target: Target,
         pool: str,
         generation: int,
         capabilities: int,
@@ -259,71 +245,25 @@ class MySqlConnector:
         self.ssl_context = upstream_ssl_context(config)
         self.greeting: Greeting | None = None
 
-    def target(self, credentials: Credentials) -> MySqlTarget:
-        config = self.config
-        if config.upstream is not None:
-            host, port = config.upstream.host, config.upstream.port
-        elif credentials.host:
-            host, port = credentials.host, credentials.port or 3306
-        else:
-            raise PoolError(f'pool "{config.name}": no upstream configured and the secret has no "host"')
-        database = config.database or credentials.dbname or config.name
-        return MySqlTarget(host, port, database, self.ssl_context, config.connect_timeout)
-
     async def __call__(
         self, credentials: Credentials, generation: int, variant: Hashable = DEFAULT_VARIANT
     ) -> MySqlServerConnection:
-        target = self.target(credentials)
-        pool = self.config.name
-        endpoint: Endpoint | None = None
-        try:
-            async with asyncio.timeout(target.connect_timeout):
-                reader = PacketReader(MAX_PACKET_SIZE)
-                endpoint = Endpoint(reader)
-                loop = asyncio.get_running_loop()
-                await loop.create_connection(lambda: endpoint, target.host, target.port)
-                return await self._login(endpoint, reader, target, credentials, generation, variant)
-        except ssl.SSLCertVerificationError as exc:
-            self._abort(endpoint)
-            raise PoolError(
-                f'pool "{pool}": TLS certificate of {target.host} rejected '
-                f"(tls = {self.config.tls}): {exc.verify_message}"
-            ) from None
-        except ssl.SSLError as exc:
-            self._abort(endpoint)
-            raise PoolError(f'pool "{pool}": TLS handshake with {target.host} failed: {exc.reason}') from None
-        except (OSError, ConnectionClosed) as exc:
-            self._abort(endpoint)
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "connection closed"
-            raise UpstreamUnavailable(
-                f'pool "{pool}": cannot reach upstream {target.host}:{target.port}: {reason}'
-            ) from None
-        except TimeoutError:
-            self._abort(endpoint)
-            raise UpstreamUnavailable(
-                f'pool "{pool}": upstream {target.host}:{target.port} did not complete login within '
-                f"connect_timeout {self.config.connect_timeout:g}s"
-            ) from None
-        except UpstreamAuthError as exc:
-            self._abort(endpoint)
-            raise UpstreamError(pool, exc.error) from None
-        except (ProtocolViolation, AuthenticationFailed) as exc:
-            self._abort(endpoint)
-            raise PoolError(f'pool "{pool}": upstream login failed: {exc}') from None
-        except BaseException:
-            self._abort(endpoint)
-            raise
+        target = Target.resolve(self.config, credentials, self.ssl_context, default_port=3306)
+        reader = PacketReader(MAX_PACKET_SIZE)
 
-    @staticmethod
-    def _abort(endpoint: Endpoint | None) -> None:
-        if endpoint is not None:
-            endpoint.abort()
+        async def login(endpoint: Endpoint) -> MySqlServerConnection:
+            try:
+                return await self._login(endpoint, reader, target, credentials, generation, variant)
+            except UpstreamAuthError as exc:
+                raise UpstreamError(self.config.name, exc.error) from None
+
+        return await dial(target, reader, login, (AuthenticationFailed,))
 
     async def _login(
         self,
         endpoint: Endpoint,
         reader: PacketReader,
-        target: MySqlTarget,
+        target: Target,
         credentials: Credentials,
         generation: int,
         variant: Hashable,
@@ -350,12 +290,7 @@ class MySqlConnector:
             request = SslRequest(capabilities, MAX_PACKET_SIZE, greeting.character_set)
             data, sequence = frame(request.encode(), sequence)
             endpoint.write(data)
-            assert endpoint.transport is not None
-            loop = asyncio.get_running_loop()
-            tls_transport = await loop.start_tls(
-                endpoint.transport, endpoint, target.ssl_context, server_hostname=target.host
-            )
-            endpoint.transport = cast(asyncio.Transport, tls_transport)
+            await start_tls(endpoint, target)
         authenticator = UpstreamAuthenticator(
             credentials.username, credentials.password, secure_transport=target.ssl_context is not None
         )

@@ -46,6 +46,7 @@ from protocols.postgres.tracker import BackendTracker, FrontendTracker, at_safe_
 from proxy.endpoint import ConnectionClosed, Endpoint
 from proxy.pool import BorrowTimeout, Pool, PoolError
 from proxy.postgres.server import PgServerConnection
+from proxy.relay import SERVER_CLOSED, relay
 
 if TYPE_CHECKING:
     from proxy.listener import Listener
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 # Startup parameters that are not session settings.
 _NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
 CANCEL_ON_EXIT_TIMEOUT = 2.0
+CLIENT_TERMINATED = "client terminated"
 
 
 class ClientError(Exception):
@@ -237,43 +239,19 @@ class PgClientSession:
         client, upstream = self.endpoint, server.endpoint
         frontend = FrontendTracker()
         backend = BackendTracker(server.parameters)
-        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-        def finish(reason: str) -> None:
-            if not done.done():
-                done.set_result(reason)
-
-        def to_server(data: bytes) -> None:
-            try:
-                count = frontend.feed(data)
-            except ProtocolViolation as exc:
-                log.info("client %s broke the protocol: %s", self.peer, exc)
-                finish("client protocol violation")
-                return
+        def from_client(data: bytes) -> str | None:
+            count = frontend.feed(data)
             upstream.write(data if count == len(data) else data[:count])
-            if frontend.terminated:
-                finish("client terminated")
+            return CLIENT_TERMINATED if frontend.terminated else None
 
-        def to_client(data: bytes) -> None:
-            client.write(data)
-            try:
-                backend.feed(data)
-            except ProtocolViolation as exc:
-                log.warning("upstream %r broke the protocol: %s", server, exc)
-                finish("server protocol violation")
-
-        client.peer, upstream.peer = upstream, client
-        upstream.start_relay(to_client)
-        client.start_relay(to_server)
-        client.on_lost(lambda _: finish("client closed"))
-        upstream.on_lost(lambda _: finish("server closed"))
-        reason = await done
-        client.stop_relay()
-        upstream.stop_relay()
+        reason = await relay(
+            client, upstream, from_client, backend.feed, client_name=self.peer, server_name=repr(server)
+        )
         server.transaction_status = backend.transaction_status
         server.parameters = backend.parameters
         safe = at_safe_point(frontend, backend)
-        if reason == "server closed":
+        if reason == SERVER_CLOSED:
             if backend.at_boundary and not client.closed:
                 self._fatal(
                     SQLSTATE_CONNECTION_FAILURE,

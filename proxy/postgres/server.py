@@ -7,14 +7,10 @@ the client session can tell an authentication failure from an outage.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import ssl
 import struct
 from collections.abc import Hashable
-from dataclasses import dataclass
-from typing import cast
 
 from protocols.errors import ProtocolViolation
 from protocols.postgres.auth import AuthenticationFailed, UpstreamAuthenticator
@@ -41,8 +37,8 @@ from protocols.postgres.messages import (
 from proxy.config import PoolConfig
 from proxy.credentials import Credentials
 from proxy.endpoint import ConnectionClosed, Endpoint
-from proxy.pool import PoolError, ServerConnection, UpstreamLoginError, UpstreamUnavailable
-from proxy.tls import upstream_ssl_context
+from proxy.pool import PoolError, ServerConnection, UpstreamLoginError
+from proxy.upstream import Target, dial, start_tls, upstream_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -64,41 +60,18 @@ class UpstreamError(UpstreamLoginError):
         return self.error.code in (SQLSTATE_INVALID_PASSWORD, SQLSTATE_INVALID_AUTHORIZATION)
 
 
-@dataclass(frozen=True, slots=True)
-class PgTarget:
-    host: str
-    port: int
-    database: str
-    ssl_context: ssl.SSLContext | None
-    connect_timeout: float
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}/{self.database}"
-
-
-async def _open_transport(target: PgTarget, pool: str) -> Endpoint:
-    """TCP connect and, unless tls = disable, the SSLRequest exchange and TLS handshake."""
-    loop = asyncio.get_running_loop()
-    reader = MessageReader()
-    endpoint = Endpoint(reader)
-    await loop.create_connection(lambda: endpoint, target.host, target.port)
+async def _negotiate_tls(endpoint: Endpoint, reader: MessageReader, target: Target) -> None:
+    """Unless tls = disable: the SSLRequest exchange, then the TLS handshake."""
     if target.ssl_context is None:
-        return endpoint
+        return
     endpoint.write(SSL_REQUEST_MESSAGE)
     answer = await endpoint.receive(lambda: reader.take_bytes(1))
     if answer != SSL_ACCEPTED:
-        endpoint.close()
-        raise PoolError(f'pool "{pool}": upstream {target.host}:{target.port} does not accept TLS')
+        raise PoolError(f'pool "{target.pool.name}": upstream {target} does not accept TLS')
     if len(reader):
         # Bytes sent before the handshake would be trusted as if encrypted (CVE-2021-23222).
-        endpoint.close()
         raise ProtocolViolation("upstream sent unencrypted data after accepting TLS")
-    assert endpoint.transport is not None
-    tls_transport = await loop.start_tls(
-        endpoint.transport, endpoint, target.ssl_context, server_hostname=target.host
-    )
-    endpoint.transport = cast(asyncio.Transport, tls_transport)
-    return endpoint
+    await start_tls(endpoint, target)
 
 
 class PgServerConnection(ServerConnection):
@@ -106,7 +79,7 @@ class PgServerConnection(ServerConnection):
         self,
         endpoint: Endpoint,
         reader: MessageReader,
-        target: PgTarget,
+        target: Target,
         pool: str,
         generation: int,
         username: str,
@@ -198,17 +171,19 @@ class PgServerConnection(ServerConnection):
 
     async def cancel_query(self) -> None:
         """Ask the server to cancel what this backend runs now (a new connection, as libpq)."""
-        if self.backend_key is None:
+        key = self.backend_key
+        if key is None:
             return
-        endpoint = await _open_transport(self.target, self.pool)
-        try:
-            endpoint.write(CancelRequest(self.backend_key.process_id, self.backend_key.secret_key).encode())
+
+        async def send_cancel(endpoint: Endpoint) -> None:
+            assert isinstance(endpoint.reader, MessageReader)
+            await _negotiate_tls(endpoint, endpoint.reader, self.target)
+            endpoint.write(CancelRequest(key.process_id, key.secret_key).encode())
             # The server answers a cancel by closing; waiting for that makes sure it was read.
-            with contextlib.suppress(ConnectionClosed, TimeoutError):
-                async with asyncio.timeout(self.target.connect_timeout):
-                    await endpoint.wait_closed()
-        finally:
-            endpoint.close()
+            with contextlib.suppress(ConnectionClosed):
+                await endpoint.wait_closed()
+
+        await dial(self.target, MessageReader(), send_cancel)
 
 
 class PgConnector:
@@ -220,64 +195,21 @@ class PgConnector:
         self.config = config
         self.ssl_context = upstream_ssl_context(config)
 
-    def target(self, credentials: Credentials) -> PgTarget:
-        config = self.config
-        if config.upstream is not None:
-            host, port = config.upstream.host, config.upstream.port
-        elif credentials.host:
-            host, port = credentials.host, credentials.port or 5432
-        else:
-            raise PoolError(f'pool "{config.name}": no upstream configured and the secret has no "host"')
-        database = config.database or credentials.dbname or config.name
-        return PgTarget(host, port, database, self.ssl_context, config.connect_timeout)
-
     async def __call__(
         self, credentials: Credentials, generation: int, variant: Hashable = None
     ) -> PgServerConnection:
-        target = self.target(credentials)
-        pool = self.config.name
-        endpoint: Endpoint | None = None
-        try:
-            async with asyncio.timeout(target.connect_timeout):
-                endpoint = await _open_transport(target, pool)
-                assert isinstance(endpoint.reader, MessageReader)
-                connection = PgServerConnection(
-                    endpoint, endpoint.reader, target, pool, generation, credentials.username
-                )
-                await self._login(connection, credentials)
-                return connection
-        except ssl.SSLCertVerificationError as exc:
-            self._abort(endpoint)
-            raise PoolError(
-                f'pool "{pool}": TLS certificate of {target.host} rejected '
-                f"(tls = {self.config.tls}): {exc.verify_message}"
-            ) from None
-        except ssl.SSLError as exc:
-            self._abort(endpoint)
-            raise PoolError(f'pool "{pool}": TLS handshake with {target.host} failed: {exc.reason}') from None
-        except (OSError, ConnectionClosed) as exc:
-            self._abort(endpoint)
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "connection closed"
-            raise UpstreamUnavailable(
-                f'pool "{pool}": cannot reach upstream {target.host}:{target.port}: {reason}'
-            ) from None
-        except TimeoutError:
-            self._abort(endpoint)
-            raise UpstreamUnavailable(
-                f'pool "{pool}": upstream {target.host}:{target.port} did not complete login within '
-                f"connect_timeout {self.config.connect_timeout:g}s"
-            ) from None
-        except (ProtocolViolation, AuthenticationFailed) as exc:
-            self._abort(endpoint)
-            raise PoolError(f'pool "{pool}": upstream login failed: {exc}') from None
-        except BaseException:
-            self._abort(endpoint)
-            raise
+        target = Target.resolve(self.config, credentials, self.ssl_context, default_port=5432)
 
-    @staticmethod
-    def _abort(endpoint: Endpoint | None) -> None:
-        if endpoint is not None:
-            endpoint.abort()
+        async def login(endpoint: Endpoint) -> PgServerConnection:
+            assert isinstance(endpoint.reader, MessageReader)
+            await _negotiate_tls(endpoint, endpoint.reader, target)
+            connection = PgServerConnection(
+                endpoint, endpoint.reader, target, self.config.name, generation, credentials.username
+            )
+            await self._login(connection, credentials)
+            return connection
+
+        return await dial(target, MessageReader(), login, (AuthenticationFailed,))
 
     async def _login(self, connection: PgServerConnection, credentials: Credentials) -> None:
         startup = StartupMessage({"user": credentials.username, "database": connection.target.database})
