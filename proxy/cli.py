@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and print the pools")
     check.add_argument("-c", "--config", type=Path, required=True)
     demo = commands.add_parser("demo", help="throwaway PostgreSQL + local Secrets Manager + proxy")
-    demo.add_argument("--clients", type=int, default=8, help="concurrent demo clients")
-    demo.add_argument("--queries", type=int, default=50, help="transactions per client")
+    demo.add_argument("--clients", type=int, default=10, help="concurrent clients per database")
+    demo.add_argument("--duration", type=parse_duration, default=20.0, help="how long the load runs (20s)")
+    demo.add_argument("--rotations", type=int, default=4, help="secret rotations during the load")
     bench = commands.add_parser("bench", help="connection overhead: direct vs rotaproxy")
     bench.add_argument("--quick", action="store_true", help="a short run (about a minute)")
     bench.add_argument("--json", type=Path, dest="json_path", help="also write the results as JSON")
@@ -183,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from proxy.demo import run_demo
 
-        return run_async(run_demo(clients=args.clients, queries=args.queries))
+        return run_async(run_demo(clients=args.clients, duration=args.duration, rotations=args.rotations))
     if args.command == "bench":
         from proxy.bench import run_bench
 

@@ -28,6 +28,7 @@ from proxy.throwaway import (
 
 DATABASE = "orders"
 USER = "app"
+ADMIN = "rotation_admin"  # the superuser alternating-users rotation works with
 PG_SECRET_ID = "local/orders/postgres"
 MYSQL_SECRET_ID = "local/orders/mariadb"
 
@@ -43,6 +44,7 @@ class Upstream:
     password: str
     secret_id: str
     secret_version: str
+    admin_password: str
 
     def direct_dsn(self) -> dict[str, Any]:
         """How an application would connect without rotaproxy: with the password."""
@@ -70,12 +72,17 @@ class LocalStack:
     mysql: Upstream | None = None
 
     @property
-    def passwords(self) -> list[str]:
-        return [upstream.password for upstream in (self.postgres, self.mysql) if upstream is not None]
+    def upstreams(self) -> list[Upstream]:
+        return [upstream for upstream in (self.postgres, self.mysql) if upstream is not None]
 
 
 def _pool_toml(
-    name: str, upstream: Upstream, tls: TlsFiles, max_server_connections: int, min_server_connections: int
+    name: str,
+    upstream: Upstream,
+    tls: TlsFiles,
+    max_server_connections: int,
+    min_server_connections: int,
+    poll_interval: str,
 ) -> str:
     return f"""
 [[pool]]
@@ -92,6 +99,7 @@ tls_ca_file = "{tls.ca_file}"
 [pool.credentials]
 source = "secretsmanager"
 secret_id = "{upstream.secret_id}"
+poll_interval = "{poll_interval}"
 """
 
 
@@ -103,9 +111,44 @@ def mariadb_available() -> bool:
     return True
 
 
+async def _seed(
+    client: Any, engine: str, server: ThrowawayPostgres | ThrowawayMariaDB, secret_id: str, proxy_port: int
+) -> Upstream:
+    """An app user and database, a superuser for alternating-users rotation, and the secrets
+    (RDS layout; the app's names the master's ARN in ``masterarn``)."""
+    password, admin_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    server.create_user(USER, password)
+    server.create_database(DATABASE, owner=USER)
+    if isinstance(server, ThrowawayPostgres):
+        server.create_user(ADMIN, admin_password, superuser=True)
+    else:
+        server.create_user(ADMIN, admin_password)
+        server.sql(f"GRANT ALL PRIVILEGES ON *.* TO '{ADMIN}'@'%' WITH GRANT OPTION")
+    base = {
+        "engine": "postgres" if engine == "postgres" else "mariadb",
+        "host": "localhost",
+        "port": server.port,
+        "dbname": DATABASE,
+    }
+    await create_secret(
+        client, f"{secret_id}/master", {**base, "username": ADMIN, "password": admin_password}
+    )
+    master_arn = (await client.describe_secret(SecretId=f"{secret_id}/master"))["ARN"]
+    version = await create_secret(
+        client, secret_id, {**base, "username": USER, "password": password, "masterarn": master_arn}
+    )
+    return Upstream(
+        engine, "127.0.0.1", server.port, proxy_port, password, secret_id, version, admin_password
+    )
+
+
 @asynccontextmanager
 async def local_stack(
-    *, mysql: bool = True, max_server_connections: int = 10, min_server_connections: int = 1
+    *,
+    mysql: bool = True,
+    max_server_connections: int = 10,
+    min_server_connections: int = 1,
+    poll_interval: str = "2s",
 ) -> AsyncIterator[LocalStack]:
     """Start everything (rotaproxy as its own process), yield it, stop everything.
 
@@ -119,55 +162,21 @@ async def local_stack(
         pg = servers.enter_context(ThrowawayPostgres(work, tls=tls))
         sm = servers.enter_context(LocalSecretsManager())
         os.environ.update(sm.environ())
-        pg_password = secrets.token_urlsafe(24)
-        pg.create_user(USER, pg_password)
-        pg.create_database(DATABASE, owner=USER)
         mariadb = None
         if mysql and mariadb_available():
             mariadb = servers.enter_context(ThrowawayMariaDB(work, tls=tls))
         async with aioboto3.Session().client("secretsmanager", **sm.client_kwargs()) as client:
-            pg_version = await create_secret(
-                client,
-                PG_SECRET_ID,
-                {
-                    "engine": "postgres",
-                    "host": "localhost",
-                    "port": pg.port,
-                    "username": USER,
-                    "password": pg_password,
-                    "dbname": DATABASE,
-                },
-            )
-            postgres = Upstream(
-                "postgres", "127.0.0.1", pg.port, free_port(), pg_password, PG_SECRET_ID, pg_version
-            )
+            postgres = await _seed(client, "postgres", pg, PG_SECRET_ID, free_port())
             upstream_mysql = None
             if mariadb is not None:
-                my_password = secrets.token_urlsafe(24)
-                mariadb.create_user(USER, my_password)
-                mariadb.create_database(DATABASE, owner=USER)
-                my_version = await create_secret(
-                    client,
-                    MYSQL_SECRET_ID,
-                    {
-                        "engine": "mariadb",
-                        "host": "localhost",
-                        "port": mariadb.port,
-                        "username": USER,
-                        "password": my_password,
-                        "dbname": DATABASE,
-                    },
-                )
-                upstream_mysql = Upstream(
-                    "mysql", "127.0.0.1", mariadb.port, free_port(), my_password, MYSQL_SECRET_ID, my_version
-                )
+                upstream_mysql = await _seed(client, "mysql", mariadb, MYSQL_SECRET_ID, free_port())
         stack = LocalStack(sm, tls, work / "rotaproxy.log", pg, postgres, mariadb, upstream_mysql)
         config = f'[aws]\nendpoint_url = "{sm.endpoint_url}"\nregion = "{sm.region}"\n'
-        config += _pool_toml(DATABASE, postgres, tls, max_server_connections, min_server_connections)
-        if upstream_mysql is not None:
-            config += _pool_toml(
-                f"{DATABASE}-mysql", upstream_mysql, tls, max_server_connections, min_server_connections
-            )
+        for name, upstream in ((DATABASE, postgres), (f"{DATABASE}-mysql", upstream_mysql)):
+            if upstream is not None:
+                config += _pool_toml(
+                    name, upstream, tls, max_server_connections, min_server_connections, poll_interval
+                )
         config_path = work / "rotaproxy.toml"
         config_path.write_text(config)
         # A separate process, as in production: it gets its own core and its own loop.
