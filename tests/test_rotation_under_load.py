@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,8 +18,8 @@ from typing import Any
 import aiomysql
 import asyncpg
 import pytest
-from proxy.rotation import RotationSettings, Rotator
 
+from proxy.rotation import RotationSettings, Rotator
 from proxy.throwaway import (
     LocalSecretsManager,
     ProxyProcess,
@@ -155,6 +156,7 @@ async def _setup(
     mariadb: ThrowawayMariaDB,
     sm_client: Any,
     known_secrets: Secrets,
+    poll_interval: str = "1s",
 ) -> Setup:
     suffix = secrets.token_hex(3)
     user, table = f"rot_{kind[:2]}_{suffix}", f"rot_rows_{suffix}"
@@ -193,7 +195,7 @@ async def _setup(
         pool_toml(
             f"rot_{kind}",
             secret_id,
-            poll_interval="1s",
+            poll_interval=poll_interval,
             engine="mysql" if kind == "mysql" else "postgres",
             database="appdb",
             tls="disable",
@@ -363,7 +365,7 @@ async def test_secrets_manager_outage_and_a_wrong_secret_cost_no_client_an_error
         await asyncio.sleep(1.0)
         # Fixing the secret recovers without a restart.
         fixed = await put_secret_json(sm_client, engine.secret_id, good)
-        await wait_until(logs_contain(running, f"to {fixed}"), 70.0)
+        await wait_until(logs_contain(running, f"to {fixed} (generation"), 70.0)
         await asyncio.sleep(0.5)
     finally:
         load.stop.set()
@@ -371,3 +373,35 @@ async def test_secrets_manager_outage_and_a_wrong_secret_cost_no_client_an_error
     assert load.errors == []
     assert load.acknowledged - await asyncio.to_thread(engine.stored_rows) == set()
     assert len(load.acknowledged) > 100
+
+
+async def test_sighup_rereads_the_secret_at_once(
+    launcher: ProxyLauncher,
+    pg: ThrowawayPostgres,
+    mariadb: ThrowawayMariaDB,
+    sm_client: Any,
+    known_secrets: Secrets,
+    users: Any,
+    mysql_users: Any,
+) -> None:
+    setup = await _setup("postgres", launcher, pg, mariadb, sm_client, known_secrets, poll_interval="1h")
+    engine, running = setup.engine, launcher.started[-1]
+    conn = await asyncpg.connect(host="127.0.0.1", port=engine.port, user="x", database="appdb")
+    await conn.close()
+    # Alternating users: the old credentials keep working, so only a re-read can move the pool.
+    setup.rotator.settings = RotationSettings(
+        strategy="alternating-users", tls="disable", upstream_host="127.0.0.1"
+    )
+    version = await setup.rotator.rotate(engine.secret_id)
+    for value in await all_passwords(sm_client, engine.secret_id):
+        known_secrets.values.add(value)
+    await asyncio.sleep(1.5)
+    assert f"to {version}" not in running.logs()  # an hour to the next poll
+    assert running.process is not None
+    running.process.send_signal(signal.SIGHUP)
+    await wait_until(logs_contain(running, f"to {version} (generation"), 5.0)
+    conn = await asyncpg.connect(host="127.0.0.1", port=engine.port, user="x", database="appdb")
+    try:
+        assert await conn.fetchval("SELECT current_user") == f"{engine.user}_clone"
+    finally:
+        await conn.close()
