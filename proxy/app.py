@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from proxy.admin import AdminServer
 from proxy.config import Config, CredentialsConfig
 from proxy.credentials import CredentialSource, SecretsManagerClients, SecretsManagerSource, make_source
 from proxy.engine import Engine
@@ -33,6 +34,7 @@ class Proxy:
         self.sources: dict[tuple[str, str | None, str | None], CredentialSource] = {}
         self.pools: dict[str, Pool] = {}
         self.listeners: list[Listener] = []
+        self.admin: AdminServer | None = None
 
     def __repr__(self) -> str:
         return f"Proxy(pools={list(self.pools)}, listeners={[str(item.address) for item in self.listeners]})"
@@ -57,6 +59,9 @@ class Proxy:
                     ]
                     source.poll_interval = min(intervals)
                     source.start_polling()
+            if self.config.admin.listen is not None:
+                self.admin = AdminServer(self, self.config.admin.listen)
+                await self.admin.start()
             for address, pool_configs in self.config.listeners().items():
                 engine = ENGINES[pool_configs[0].engine]  # one listener, one engine (config checks)
                 listener = Listener(
@@ -84,6 +89,8 @@ class Proxy:
             listener.stop_accepting()
         for listener in self.listeners:
             await listener.close()
+        if self.admin is not None:
+            await self.admin.close()
         for pool in self.pools.values():
             await pool.close()
         for source in self.sources.values():

@@ -157,7 +157,7 @@ def describe(config: Config) -> str:
             f"borrow_timeout {pool.borrow_timeout:g}s, credentials: {pool.credentials.description}"
         )
     if config.admin.listen:
-        lines.append(f"  admin listen {config.admin.listen} (admin API arrives with a later release)")
+        lines.append(f"  admin API on http://{config.admin.listen} (/healthz /readyz /pools)")
     return "\n".join(lines)
 
 

@@ -229,7 +229,12 @@ class Pool:
                     if self.size < self.config.max_server_connections and not resetting_spare:
                         try:
                             return await self._open(variant, for_borrower=True)
-                        except UpstreamUnavailable:
+                        except (UpstreamUnavailable, UpstreamLoginError) as exc:
+                            # Outages and refused credentials may pass (a restart, a rotation's
+                            # window): keep trying within this borrower's timeout. Other login
+                            # errors (unknown database, TLS) will not, and fail at once.
+                            if isinstance(exc, UpstreamLoginError) and not exc.is_auth_failure:
+                                raise
                             delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
                             attempt += 1
                             if loop.time() + delay >= deadline:

@@ -7,8 +7,11 @@ scanned and the run fails if any password appears in one.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +146,15 @@ def pool_toml(name: str, secret_id: str, *, poll_interval: str = "30s", **settin
     return "\n".join(lines)
 
 
+def get_json(port: int, path: str) -> Any:
+    """GET the admin API; 503 answers carry JSON too."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return json.loads(error.read())
+
+
 class ProxyLauncher:
     """Starts rotaproxy subprocesses on config snippets and remembers their logs."""
 
@@ -151,12 +163,16 @@ class ProxyLauncher:
         self.sm = sm
         self.started: list[ProxyProcess] = []
 
-    def start(self, pools_toml: str, *, port: int | None = None, wait: bool = True) -> ProxyProcess:
+    def start(
+        self, pools_toml: str, *, port: int | None = None, wait: bool = True, admin_port: int | None = None
+    ) -> ProxyProcess:
         port = port or free_port()
         index = len(self.started)
         config_path = self.workdir / f"proxy-{index}.toml"
+        admin = f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n\n' if admin_port else ""
         config_path.write_text(
             f'[aws]\nendpoint_url = "{self.sm.endpoint_url}"\nregion = "{self.sm.region}"\n\n'
+            + admin
             + pools_toml.replace("{port}", str(port))
         )
         running = ProxyProcess(config_path, self.workdir / f"proxy-{index}.log", port, env=self.sm.environ())

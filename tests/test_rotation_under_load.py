@@ -25,9 +25,10 @@ from proxy.throwaway import (
     ProxyProcess,
     ThrowawayMariaDB,
     ThrowawayPostgres,
+    free_port,
     put_secret_json,
 )
-from tests.conftest import ProxyLauncher, Secrets, new_secret, pool_toml
+from tests.conftest import ProxyLauncher, Secrets, get_json, new_secret, pool_toml
 
 CLIENTS = 20
 TRANSACTIONS_PER_SESSION = 5  # session mode: clients reconnect now and then, as real ones do
@@ -157,6 +158,7 @@ async def _setup(
     sm_client: Any,
     known_secrets: Secrets,
     poll_interval: str = "1s",
+    admin_port: int | None = None,
 ) -> Setup:
     suffix = secrets.token_hex(3)
     user, table = f"rot_{kind[:2]}_{suffix}", f"rot_rows_{suffix}"
@@ -201,8 +203,10 @@ async def _setup(
             tls="disable",
             max_server_connections=10,
             borrow_timeout="10s",
-        )
+        ),
+        admin_port=admin_port,
     )
+
     engine = Engine(kind, running.port, secret_id, user, server, table)
     rotator = Rotator(sm_client, RotationSettings(tls="disable", upstream_host="127.0.0.1"))
     return Setup(engine, rotator, master)
@@ -341,9 +345,16 @@ async def test_secrets_manager_outage_and_a_wrong_secret_cost_no_client_an_error
     users: Any,
     mysql_users: Any,
 ) -> None:
-    setup = await _setup(kind, launcher, pg, mariadb, sm_client, known_secrets)
+    admin_port = free_port()
+    setup = await _setup(kind, launcher, pg, mariadb, sm_client, known_secrets, admin_port=admin_port)
     engine, load = setup.engine, Load()
     running = launcher.started[-1]
+    pool_name = f"rot_{kind}"
+
+    async def pool_state() -> dict[str, Any]:
+        state: dict[str, Any] = (await asyncio.to_thread(get_json, admin_port, "/pools"))[pool_name]
+        return state
+
     runner = asyncio.create_task(run_load(engine, load))
     try:
         await asyncio.sleep(1.0)
@@ -351,9 +362,15 @@ async def test_secrets_manager_outage_and_a_wrong_secret_cost_no_client_an_error
         await asyncio.to_thread(sm.stop)
         try:
             await asyncio.sleep(10.0)
+            # The health API shows it; the pool stays ready on its cached credentials.
+            during = await pool_state()
+            assert during["credentials"]["poll_failures"] >= 2
+            assert "unreachable" in during["credentials"]["last_poll_error"]
+            assert (await asyncio.to_thread(get_json, admin_port, "/readyz"))["status"] == "ready"
         finally:
             await asyncio.to_thread(sm.start)
         await wait_until(logs_contain(running, "answers again"), 40.0)
+        assert (await pool_state())["credentials"]["poll_failures"] == 0
         # A wrong password as the new AWSCURRENT: reported, old connections keep serving.
         good = json.loads(
             (await sm_client.get_secret_value(SecretId=engine.secret_id, VersionStage="AWSCURRENT"))[
@@ -362,10 +379,14 @@ async def test_secrets_manager_outage_and_a_wrong_secret_cost_no_client_an_error
         )
         await put_secret_json(sm_client, engine.secret_id, {**good, "password": known_secrets.new_password()})
         await wait_until(logs_contain(running, "does not log in"), 10.0)
+        wrong = await pool_state()
+        assert "does not log in" in wrong["rotation_error"] and wrong["rotation_failures_total"] >= 1
         await asyncio.sleep(1.0)
         # Fixing the secret recovers without a restart.
         fixed = await put_secret_json(sm_client, engine.secret_id, good)
         await wait_until(logs_contain(running, f"to {fixed} (generation"), 70.0)
+        recovered = await pool_state()
+        assert recovered["rotation_error"] is None and recovered["credential_version"] == fixed
         await asyncio.sleep(0.5)
     finally:
         load.stop.set()
