@@ -25,7 +25,10 @@ UPSTREAM_DEFAULT_PORTS: dict[str, int] = {"postgres": 5432, "mysql": 3306}
 # Engines whose client and server sides are implemented; the parser knows the rest so the
 # error says "not supported yet" rather than "unknown".
 SUPPORTED_ENGINES: frozenset[str] = frozenset({"postgres", "mysql"})
-SUPPORTED_MODES: frozenset[str] = frozenset({"session"})
+SUPPORTED_MODES: dict[str, frozenset[str]] = {
+    "postgres": frozenset({"session", "transaction"}),
+    "mysql": frozenset({"session"}),
+}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -268,8 +271,8 @@ def _parse_pool(table: _Table) -> PoolConfig:
             "so rotaproxy only listens on 127.0.0.1, ::1 or localhost",
         )
     mode = table.choice("mode", get_args(PoolMode), "session")
-    if mode not in SUPPORTED_MODES:
-        raise table.error("mode", f"mode {mode!r} is not supported by this version yet")
+    if mode not in SUPPORTED_MODES[engine]:
+        raise table.error("mode", f"mode {mode!r} is not supported for {engine} by this version yet")
     tls = table.choice("tls", get_args(TlsMode), "verify-full")
     ca_text = table.string("tls_ca_file")
     tls_ca_file = Path(ca_text) if ca_text else None

@@ -144,6 +144,12 @@ class Endpoint(asyncio.Protocol):
     def relaying(self) -> bool:
         return self._forward is not None
 
+    def pause_reading(self) -> None:
+        self._pause_reading()
+
+    def resume_reading(self) -> None:
+        self._resume_reading()
+
     # --- internals -------------------------------------------------------------------------
     def _wake(self) -> None:
         waiter = self._data_waiter

@@ -140,6 +140,7 @@ class Pool:
         self.opened_total = 0
         self.failed_total = 0
         self.borrow_timeouts_total = 0
+        self.pins_total: dict[str, int] = {}  # transaction mode: clients pinned, by reason
         self.last_error: str | None = None
 
     def __repr__(self) -> str:
@@ -168,6 +169,7 @@ class Pool:
             "opened_total": self.opened_total,
             "failed_total": self.failed_total,
             "borrow_timeouts_total": self.borrow_timeouts_total,
+            "pins_total": dict(self.pins_total),
             "last_error": self.last_error,
             "credential_version": self.generation_credentials.version_id
             if self.generation_credentials

@@ -161,8 +161,7 @@ def ca_file(tmp_path: Path) -> Path:
 
 
 def design_example(ca_file: Path) -> str:
-    # DESIGN.md's example, adapted: a CA file that exists, and mode = "session" because this
-    # version rejects "transaction" as not supported yet (pinned separately below).
+    # DESIGN.md's example, adapted: a CA file that exists.
     return f"""\
         [admin]
         listen = "127.0.0.1:9631"          # /healthz /readyz /metrics /pools
@@ -341,7 +340,12 @@ def test_static_credentials_never_show_their_password(tmp_path: Path) -> None:
         ('borrow_timeout = "-1s"', None, "pool[0].borrow_timeout", "expected a duration"),
         ("borrow_timeout = 0", None, "pool[0].borrow_timeout", "must be greater than zero"),
         ('mode = "statement"', None, "pool[0].mode", "must be one of transaction, session; got 'statement'"),
-        ('mode = "transaction"', None, "pool[0].mode", "'transaction' is not supported by this version yet"),
+        (
+            'engine = "mysql"\nmode = "transaction"',
+            None,
+            "pool[0].mode",
+            "'transaction' is not supported for mysql by this version yet",
+        ),
         (
             'tls = "prefer"',
             None,

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from protocols.errors import ProtocolViolation
@@ -46,6 +45,8 @@ from protocols.postgres.tracker import BackendTracker, FrontendTracker, at_safe_
 from proxy.endpoint import ConnectionClosed, Endpoint
 from proxy.pool import BorrowTimeout, Pool, PoolError
 from proxy.postgres.server import PgServerConnection
+from proxy.postgres.settings import ClientError, session_settings, set_config_query
+from proxy.postgres.transaction import TransactionRelay
 from proxy.relay import SERVER_CLOSED, relay
 
 if TYPE_CHECKING:
@@ -53,77 +54,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Startup parameters that are not session settings.
-_NOT_SETTINGS = frozenset({"user", "database", "options", "replication"})
 CANCEL_ON_EXIT_TIMEOUT = 2.0
 CLIENT_TERMINATED = "client terminated"
-
-
-class ClientError(Exception):
-    """End the session with a FATAL ErrorResponse carrying this SQLSTATE and message."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def quote_literal(text: str) -> str:
-    """An escape-string literal, safe whatever standard_conforming_strings says."""
-    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def parse_options(options: str) -> dict[str, str]:
-    """The ``options`` startup parameter: ``-c name=value`` / ``--name=value``, backslash escapes."""
-    words: list[str] = []
-    current: list[str] = []
-    escaped = False
-    for char in options:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char.isspace():
-            if current:
-                words.append("".join(current))
-                current = []
-        else:
-            current.append(char)
-    if current:
-        words.append("".join(current))
-    settings: dict[str, str] = {}
-    index = 0
-    while index < len(words):
-        word = words[index]
-        if word == "-c" and index + 1 < len(words):
-            setting = words[index + 1]
-            index += 2
-        elif (word.startswith("-c") and len(word) > 2) or (word.startswith("--") and "=" in word):
-            setting, index = word[2:], index + 1
-        else:
-            raise ClientError(
-                SQLSTATE_FEATURE_NOT_SUPPORTED,
-                f"unsupported startup option {word!r}: only -c name=value settings pass through rotaproxy",
-            )
-        name, sep, value = setting.partition("=")
-        if not sep or not name:
-            raise ClientError(SQLSTATE_PROTOCOL_VIOLATION, f"invalid startup option {setting!r}")
-        settings[name.replace("-", "_")] = value
-    return settings
-
-
-def session_settings(parameters: Mapping[str, str]) -> dict[str, str]:
-    settings = {k: v for k, v in parameters.items() if k not in _NOT_SETTINGS and not k.startswith("_pq_.")}
-    settings.update(parse_options(parameters.get("options", "")))
-    return settings
-
-
-def set_config_query(settings: Mapping[str, str]) -> str:
-    calls = ", ".join(
-        f"pg_catalog.set_config({quote_literal(name)}, {quote_literal(value)}, false)"
-        for name, value in settings.items()
-    )
-    return f"SELECT {calls}"
 
 
 class PgClientSession:
@@ -208,26 +140,47 @@ class PgClientSession:
             log.warning("client %s refused: %s", self.peer, exc)
             raise ClientError(SQLSTATE_CANNOT_CONNECT, str(exc)) from None
         assert isinstance(server, PgServerConnection)
-        self.server = server
-        reusable = False
+        server.dirty = True  # the client's settings and whatever it does stay on it: reset later
         try:
-            if settings:
-                errors = await server.run_queries(set_config_query(settings))
-                if errors:
-                    reusable = True
-                    error = errors[0]
-                    raise ClientError(error.code, error.message)
+            parameters = await self._apply_settings(server, settings)
+        except BaseException:
+            pool.release(server, reusable=not server.is_closed)
+            raise
+        try:
+            if pool.config.mode == "transaction":
+                # The client's settings travel with the client from here on.
+                self._greet(server, process_id=secrets.randbits(31))
+                pool.release(server, reusable=True)
+                await TransactionRelay(self, pool, parameters).run()
+                return
+            self.server = server
             self._greet(server)
             log.debug('pool "%s": client %s (user %r) attached to %r', pool.name, self.peer, user, server)
-            reusable = await self._relay(server)
+            reusable = False
+            try:
+                reusable = await self._relay(server)
+            finally:
+                self.server = None
+                server.endpoint.stop_relay()
+                pool.release(server, reusable=reusable and not server.is_closed)
         finally:
             self.listener.forget_key(self.cancel_key)
-            self.server = None
-            server.endpoint.stop_relay()
-            pool.release(server, reusable=reusable and not server.is_closed)
 
-    def _greet(self, server: PgServerConnection) -> None:
-        self.cancel_key = self._claim_cancel_key(server.backend_pid)
+    async def _apply_settings(self, server: PgServerConnection, settings: dict[str, str]) -> dict[str, str]:
+        """The client's startup settings, normalised by the server; its ParameterStatus after."""
+        if settings:
+            errors = await server.run_queries(set_config_query(settings))
+            if errors:
+                raise ClientError(errors[0].code, errors[0].message)
+        return dict(server.parameters)
+
+    def _greet(self, server: PgServerConnection, process_id: int | None = None) -> None:
+        """AuthenticationOk, the server's settings, our cancel key, ReadyForQuery.
+
+        Session mode hands out the real backend PID; transaction mode, whose client moves
+        between backends, one of our own.
+        """
+        self.cancel_key = self._claim_cancel_key(server.backend_pid if process_id is None else process_id)
         greeting = [AUTH_OK_MESSAGE]
         greeting += [ParameterStatus(name, value).encode() for name, value in server.parameters.items()]
         greeting.append(BackendKeyData(*self.cancel_key).encode())

@@ -93,6 +93,8 @@ class PgServerConnection(ServerConnection):
         self.parameters: dict[str, str] = {}
         self.backend_key: BackendKeyData | None = None
         self.transaction_status = STATUS_IDLE
+        # Whether a client may have left session state here (settings, temp tables, ...).
+        self.dirty = False
         endpoint.on_lost(lambda _: self.connection_lost())
 
     def __repr__(self) -> str:
@@ -128,6 +130,9 @@ class PgServerConnection(ServerConnection):
         return errors
 
     async def reset(self) -> None:
+        if not self.dirty and self.transaction_status == STATUS_IDLE:
+            return  # transaction mode between unpinned clients: nothing session-scoped happened
+        self.dirty = False
         queries = ["DISCARD ALL"]
         if self.transaction_status != STATUS_IDLE:
             queries.insert(0, "ROLLBACK")

@@ -1,0 +1,394 @@
+"""PostgreSQL extended-query messages (Parse, Bind, Describe, Close, Execute, Sync, Flush,
+Query), decoded and re-encoded byte for byte, so transaction pooling can rename prepared
+statements on their way upstream and change nothing else.
+
+Text fields are decoded as UTF-8 with ``surrogateescape``: a client whose client_encoding
+is not UTF-8 (LATIN1, SQL_ASCII, ...) still round-trips exactly, because the proxy must not
+reject or alter bytes the server itself would accept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import TypeVar
+
+from protocols.errors import LocalProtocolError, ProtocolViolation
+from protocols.postgres.messages import (
+    BIND,
+    CLOSE,
+    DESCRIBE,
+    EXECUTE,
+    FLUSH,
+    INT32,
+    PARSE,
+    QUERY,
+    SYNC,
+    RawMessage,
+    frame,
+)
+
+# --- backend message types of the extended protocol ------------------------------------------
+# (COMMAND_COMPLETE lives in messages.py with the other simple-query backend types.)
+PARSE_COMPLETE = b"1"
+BIND_COMPLETE = b"2"
+CLOSE_COMPLETE = b"3"
+NO_DATA = b"n"
+PARAMETER_DESCRIPTION = b"t"
+ROW_DESCRIPTION = b"T"
+PORTAL_SUSPENDED = b"s"
+EMPTY_QUERY_RESPONSE = b"I"
+
+# --- what a Describe or Close names ---------------------------------------------------------
+TARGET_STATEMENT = b"S"
+TARGET_PORTAL = b"P"
+TARGET_KINDS = frozenset({TARGET_STATEMENT, TARGET_PORTAL})
+
+# --- parameter and result format codes ------------------------------------------------------
+FORMAT_TEXT = 0
+FORMAT_BINARY = 1
+
+NULL_PARAMETER_LENGTH = -1
+# Every count in these messages is an Int16 the server reads unsigned.
+MAX_COUNT = 0xFFFF
+
+COUNT = struct.Struct("!H")
+FORMAT_CODE = struct.Struct("!h")
+OID = struct.Struct("!I")  # type OIDs are unsigned 32-bit on the wire
+
+# The proxy's own server-side statement names: prefix + hex digits of a SHA-256.
+SERVER_STATEMENT_PREFIX = "rp_"
+SERVER_STATEMENT_DIGEST_CHARS = 16
+
+_TEXT_ENCODING = "utf-8"
+_TEXT_ERRORS = "surrogateescape"
+
+
+# --- field helpers ---------------------------------------------------------------------------
+
+
+def _text(text: str) -> bytes:
+    """A NUL-terminated protocol string, the inverse of ``_read_text``."""
+    try:
+        encoded = text.encode(_TEXT_ENCODING, _TEXT_ERRORS)
+    except UnicodeEncodeError as exc:
+        raise LocalProtocolError(f"cannot encode protocol string: {exc.reason}") from exc
+    if b"\x00" in encoded:
+        raise LocalProtocolError("a protocol string cannot contain NUL")
+    return encoded + b"\x00"
+
+
+def _read_text(payload: bytes, offset: int, what: str) -> tuple[str, int]:
+    end = payload.find(b"\x00", offset)
+    if end < 0:
+        raise ProtocolViolation(f"{what} is not NUL-terminated")
+    return payload[offset:end].decode(_TEXT_ENCODING, _TEXT_ERRORS), end + 1
+
+
+def _read_count(payload: bytes, offset: int, what: str) -> tuple[int, int]:
+    if offset + COUNT.size > len(payload):
+        raise ProtocolViolation(f"truncated {what} count")
+    return COUNT.unpack_from(payload, offset)[0], offset + COUNT.size
+
+
+def _read_array(
+    payload: bytes, offset: int, item: struct.Struct, count: int, what: str
+) -> tuple[tuple[int, ...], int]:
+    # The count is at most 65535, and the length is checked before anything is unpacked.
+    end = offset + count * item.size
+    if end > len(payload):
+        raise ProtocolViolation(f"truncated {what}")
+    return tuple(value for (value,) in item.iter_unpack(payload[offset:end])), end
+
+
+def _pack_count(count: int, what: str) -> bytes:
+    if count > MAX_COUNT:
+        raise LocalProtocolError(f"too many {what} ({count} > {MAX_COUNT})")
+    return COUNT.pack(count)
+
+
+def _pack_array(item: struct.Struct, values: Iterable[int], what: str) -> bytes:
+    try:
+        return b"".join(item.pack(value) for value in values)
+    except struct.error as exc:
+        raise LocalProtocolError(f"{what} out of range: {exc}") from exc
+
+
+def _expect_end(payload: bytes, offset: int, what: str) -> None:
+    if offset != len(payload):
+        raise ProtocolViolation(f"trailing bytes in {what}")
+
+
+def _read_target(payload: bytes, what: str) -> tuple[bytes, str]:
+    kind = payload[:1]
+    if kind not in TARGET_KINDS:
+        raise ProtocolViolation(f"{what} names neither a statement nor a portal: {kind!r}")
+    name, offset = _read_text(payload, 1, f"{what} name")
+    _expect_end(payload, offset, what)
+    return kind, name
+
+
+# --- frontend messages -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Parse:
+    statement: str
+    query: str
+    parameter_types: tuple[int, ...] = ()
+
+    def encode(self) -> bytes:
+        types = self.parameter_types
+        return frame(
+            PARSE,
+            _text(self.statement)
+            + _text(self.query)
+            + _pack_count(len(types), "parameter types")
+            + _pack_array(OID, types, "parameter type OID"),
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Parse:
+        """Decode a Parse payload (the bytes after type and length)."""
+        statement, offset = _read_text(payload, 0, "Parse statement name")
+        query, offset = _read_text(payload, offset, "Parse query")
+        count, offset = _read_count(payload, offset, "Parse parameter type")
+        types, offset = _read_array(payload, offset, OID, count, "Parse parameter types")
+        _expect_end(payload, offset, "Parse")
+        return cls(statement, query, types)
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    portal: str
+    statement: str
+    parameter_formats: tuple[int, ...] = ()
+    parameters: tuple[bytes | None, ...] = ()  # None is SQL NULL (length -1 on the wire)
+    result_formats: tuple[int, ...] = ()
+
+    def encode(self) -> bytes:
+        parts = [
+            _text(self.portal),
+            _text(self.statement),
+            _pack_count(len(self.parameter_formats), "parameter formats"),
+            _pack_array(FORMAT_CODE, self.parameter_formats, "parameter format code"),
+            _pack_count(len(self.parameters), "parameters"),
+        ]
+        for value in self.parameters:
+            if value is None:
+                parts.append(INT32.pack(NULL_PARAMETER_LENGTH))
+            else:
+                parts.append(INT32.pack(len(value)))
+                parts.append(value)
+        parts.append(_pack_count(len(self.result_formats), "result formats"))
+        parts.append(_pack_array(FORMAT_CODE, self.result_formats, "result format code"))
+        return frame(BIND, b"".join(parts))
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Bind:
+        """Decode a Bind payload (the bytes after type and length)."""
+        portal, offset = _read_text(payload, 0, "Bind portal name")
+        statement, offset = _read_text(payload, offset, "Bind statement name")
+        count, offset = _read_count(payload, offset, "Bind parameter format")
+        parameter_formats, offset = _read_array(payload, offset, FORMAT_CODE, count, "Bind parameter formats")
+        count, offset = _read_count(payload, offset, "Bind parameter")
+        parameters: list[bytes | None] = []
+        for _ in range(count):
+            if offset + INT32.size > len(payload):
+                raise ProtocolViolation("truncated Bind parameter length")
+            (length,) = INT32.unpack_from(payload, offset)
+            offset += INT32.size
+            if length == NULL_PARAMETER_LENGTH:
+                parameters.append(None)
+                continue
+            if length < 0:
+                raise ProtocolViolation(f"Bind parameter with negative length {length}")
+            if offset + length > len(payload):
+                raise ProtocolViolation("truncated Bind parameter value")
+            parameters.append(payload[offset : offset + length])
+            offset += length
+        count, offset = _read_count(payload, offset, "Bind result format")
+        result_formats, offset = _read_array(payload, offset, FORMAT_CODE, count, "Bind result formats")
+        _expect_end(payload, offset, "Bind")
+        return cls(portal, statement, parameter_formats, tuple(parameters), result_formats)
+
+
+@dataclass(frozen=True, slots=True)
+class Describe:
+    kind: bytes  # TARGET_STATEMENT or TARGET_PORTAL
+    name: str
+
+    def encode(self) -> bytes:
+        if self.kind not in TARGET_KINDS:
+            raise LocalProtocolError(f"Describe of unknown kind {self.kind!r}")
+        return frame(DESCRIBE, self.kind + _text(self.name))
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Describe:
+        return cls(*_read_target(payload, "Describe"))
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    kind: bytes  # TARGET_STATEMENT or TARGET_PORTAL
+    name: str
+
+    def encode(self) -> bytes:
+        if self.kind not in TARGET_KINDS:
+            raise LocalProtocolError(f"Close of unknown kind {self.kind!r}")
+        return frame(CLOSE, self.kind + _text(self.name))
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Close:
+        return cls(*_read_target(payload, "Close"))
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    portal: str
+    max_rows: int = 0  # 0 (or negative): no limit
+
+    def encode(self) -> bytes:
+        try:
+            limit = INT32.pack(self.max_rows)
+        except struct.error as exc:
+            raise LocalProtocolError(f"Execute row limit out of range: {self.max_rows}") from exc
+        return frame(EXECUTE, _text(self.portal) + limit)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Execute:
+        portal, offset = _read_text(payload, 0, "Execute portal name")
+        if offset + INT32.size > len(payload):
+            raise ProtocolViolation("truncated Execute row limit")
+        (max_rows,) = INT32.unpack_from(payload, offset)
+        _expect_end(payload, offset + INT32.size, "Execute")
+        return cls(portal, max_rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    def encode(self) -> bytes:
+        return SYNC_MESSAGE
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Sync:
+        _expect_end(payload, 0, "Sync")
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    def encode(self) -> bytes:
+        return FLUSH_MESSAGE
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Flush:
+        _expect_end(payload, 0, "Flush")
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    sql: str
+
+    def encode(self) -> bytes:
+        return frame(QUERY, _text(self.sql))
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Query:
+        sql, offset = _read_text(payload, 0, "Query text")
+        _expect_end(payload, offset, "Query")
+        return cls(sql)
+
+
+FrontendMessage = Parse | Bind | Describe | Close | Execute | Sync | Flush | Query | RawMessage
+
+_DECODERS: dict[bytes, Callable[[bytes], FrontendMessage]] = {
+    PARSE: Parse.decode,
+    BIND: Bind.decode,
+    DESCRIBE: Describe.decode,
+    CLOSE: Close.decode,
+    EXECUTE: Execute.decode,
+    SYNC: Sync.decode,
+    FLUSH: Flush.decode,
+    QUERY: Query.decode,
+}
+
+
+def decode_frontend(message: RawMessage) -> FrontendMessage:
+    """Type the client messages transaction pooling acts on; any other type stays raw."""
+    decoder = _DECODERS.get(message.type)
+    return message if decoder is None else decoder(message.payload)
+
+
+# --- fixed messages (built once) -------------------------------------------------------------
+SYNC_MESSAGE = frame(SYNC)
+FLUSH_MESSAGE = frame(FLUSH)
+PARSE_COMPLETE_MESSAGE = frame(PARSE_COMPLETE)
+BIND_COMPLETE_MESSAGE = frame(BIND_COMPLETE)
+CLOSE_COMPLETE_MESSAGE = frame(CLOSE_COMPLETE)
+NO_DATA_MESSAGE = frame(NO_DATA)
+PORTAL_SUSPENDED_MESSAGE = frame(PORTAL_SUSPENDED)
+EMPTY_QUERY_RESPONSE_MESSAGE = frame(EMPTY_QUERY_RESPONSE)
+
+
+# --- prepared-statement renaming -------------------------------------------------------------
+
+NamedMessage = TypeVar("NamedMessage", bound=Parse | Bind | Describe | Close)
+
+
+def with_statement_name(message: NamedMessage, name: str) -> NamedMessage:
+    """The same message naming statement ``name``; a portal's Describe/Close is unchanged."""
+    if isinstance(message, Parse | Bind):
+        return replace(message, statement=name)
+    if message.kind == TARGET_STATEMENT:
+        return replace(message, name=name)
+    return message
+
+
+class StatementNamer:
+    """One client's prepared statements: the client's names → the proxy's server-side names.
+
+    The server-side name depends only on the query text and parameter types, so every client
+    that prepares the same statement shares one server-side statement per server connection,
+    whatever it called its own. The unnamed statement ("") needs no renaming: it does not
+    outlive the next Parse, so callers leave it alone.
+    """
+
+    __slots__ = ("_names",)
+
+    def __init__(self) -> None:
+        self._names: dict[str, str] = {}
+
+    @staticmethod
+    def server_name(query: str, parameter_types: tuple[int, ...]) -> str:
+        key = (
+            query.encode(_TEXT_ENCODING, _TEXT_ERRORS)
+            + b"\x00"
+            + ",".join(str(oid) for oid in parameter_types).encode()
+        )
+        digest = hashlib.sha256(key).hexdigest()
+        return SERVER_STATEMENT_PREFIX + digest[:SERVER_STATEMENT_DIGEST_CHARS]
+
+    def prepare(self, client_name: str, query: str, parameter_types: tuple[int, ...]) -> str:
+        """Remember ``client_name`` (replacing an earlier one); return its server-side name."""
+        server_name = self.server_name(query, parameter_types)
+        self._names[client_name] = server_name
+        return server_name
+
+    def lookup(self, client_name: str) -> str | None:
+        return self._names.get(client_name)
+
+    def forget(self, client_name: str) -> None:
+        self._names.pop(client_name, None)
+
+    def clear(self) -> None:
+        self._names.clear()
+
+    def __contains__(self, client_name: object) -> bool:
+        return client_name in self._names
+
+    def __len__(self) -> int:
+        return len(self._names)

@@ -1,0 +1,273 @@
+"""PostgreSQL transaction pooling through a real rotaproxy process, with real clients:
+many clients share few server connections, settings travel with their client, session
+state pins, and nothing leaks between clients."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from proxy.throwaway import ProxyProcess, ThrowawayPostgres, free_port
+from tests.conftest import ProxyLauncher, Users, get_json, new_secret, pool_toml, rds_secret
+
+ADMIN_PORT = free_port()
+
+
+@pytest.fixture(scope="session")
+async def txn_proxy(
+    launcher: ProxyLauncher, pg: ThrowawayPostgres, users: Users, sm_client: Any
+) -> ProxyProcess:
+    secret = await new_secret(sm_client, rds_secret(pg, "app", users.app))
+    upstream = f"127.0.0.1:{pg.port}"
+    common = {
+        "engine": "postgres",
+        "mode": "transaction",
+        "upstream": upstream,
+        "database": "appdb",
+        "tls": "disable",
+    }
+    return launcher.start(
+        pool_toml("txn", secret, max_server_connections=3, borrow_timeout="10s", **common)
+        + pool_toml("txn1", secret, max_server_connections=1, borrow_timeout="10s", **common),
+        admin_port=ADMIN_PORT,
+    )
+
+
+def connect(proxy: ProxyProcess, database: str = "txn", **extra: Any) -> psycopg.Connection[Any]:
+    return psycopg.connect(
+        f"host=127.0.0.1 port={proxy.port} dbname={database} user=x connect_timeout=10",
+        autocommit=True,
+        **extra,
+    )
+
+
+def test_many_clients_share_a_few_server_connections(txn_proxy: ProxyProcess) -> None:
+    clients = [connect(txn_proxy) for _ in range(20)]
+    try:
+        pids = set()
+        for _ in range(3):
+            for conn in clients:
+                with conn.transaction():
+                    conn.execute("INSERT INTO items (note) VALUES ('txn')")
+                    pids.add(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        assert 1 <= len(pids) <= 3  # 20 clients, at most 3 server connections
+        # The client is told a process id of the proxy's own, not a backend's.
+        assert all(conn.info.backend_pid not in pids for conn in clients)
+    finally:
+        for conn in clients:
+            conn.close()
+
+
+def test_each_client_keeps_its_own_settings(txn_proxy: ProxyProcess) -> None:
+    with (
+        connect(txn_proxy, "txn1", application_name="alpha", options="-c DateStyle=German") as a,
+        connect(txn_proxy, "txn1", application_name="beta") as b,
+    ):
+        for _ in range(3):
+            assert a.execute(
+                "SELECT current_setting('application_name'), current_setting('DateStyle')"
+            ).fetchone() == ("alpha", "German, DMY")
+            assert b.execute(
+                "SELECT current_setting('application_name'), current_setting('DateStyle')"
+            ).fetchone() == ("beta", "ISO, MDY")
+        assert (
+            a.execute("SELECT pg_backend_pid()").fetchone() == b.execute("SELECT pg_backend_pid()").fetchone()
+        )
+
+
+def test_session_state_pins_and_never_leaks(txn_proxy: ProxyProcess) -> None:
+    a = connect(txn_proxy, "txn1")
+    a.execute("SET search_path TO pg_catalog")  # pins a to the only server connection
+    a.execute("CREATE TEMP TABLE scratch (x int)")
+    seen: dict[str, Any] = {}
+
+    def b_runs() -> None:
+        with connect(txn_proxy, "txn1") as b:
+            seen["at"] = time.monotonic()
+            seen["state"] = b.execute(
+                "SELECT current_setting('search_path'), to_regclass('pg_temp.scratch')"
+            ).fetchone()
+
+    thread = threading.Thread(target=b_runs)
+    thread.start()
+    time.sleep(1.0)
+    assert "state" not in seen  # b waits: the only connection is pinned to a
+    assert a.execute("SELECT current_setting('search_path')").fetchone() == ("pg_catalog",)
+    released = time.monotonic()
+    a.close()
+    thread.join(timeout=10)
+    assert seen["at"] >= released
+    assert seen["state"] == ('"$user", public', None)  # reset before b got it
+    assert get_json(ADMIN_PORT, "/pools")["txn1"]["pins_total"] == {"SET": 1}
+
+
+def test_listen_pins_and_notifications_arrive(txn_proxy: ProxyProcess) -> None:
+    with connect(txn_proxy) as listener, connect(txn_proxy) as notifier:
+        listener.execute("LISTEN rotaproxy_events")
+        for index in range(3):
+            notifier.execute(f"NOTIFY rotaproxy_events, 'hello {index}'")
+        received = [n.payload for n in listener.notifies(timeout=5, stop_after=3)]
+    assert received == ["hello 0", "hello 1", "hello 2"]
+    assert get_json(ADMIN_PORT, "/pools")["txn"]["pins_total"]["LISTEN"] >= 1  # counted by kind
+
+
+def test_cancel_reaches_exactly_the_right_query(txn_proxy: ProxyProcess) -> None:
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def bystander() -> None:
+        try:
+            # prepare_threshold=None: psycopg would otherwise name a statement after five runs,
+            # which pins (until statement renaming lands), and four pinned bystanders would
+            # leave the victim no connection in a pool of three.
+            with connect(txn_proxy, prepare_threshold=None) as conn:
+                while not stop.is_set():
+                    conn.execute("SELECT pg_sleep(0.01)")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bystander) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        with connect(txn_proxy) as victim:
+            timer = threading.Timer(0.7, victim.cancel_safe)
+            timer.start()
+            started = time.monotonic()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                victim.execute("SELECT pg_sleep(20)")
+            assert time.monotonic() - started < 5
+            timer.join()
+            assert victim.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+
+
+def test_copy_both_ways_and_errors_inside_transactions(txn_proxy: ProxyProcess) -> None:
+    with connect(txn_proxy) as conn:
+        with conn.cursor().copy("COPY items (note) FROM STDIN") as copy:
+            for index in range(1000):
+                copy.write_row((f"copied {index}",))
+        with conn.cursor().copy("COPY (SELECT note FROM items WHERE note LIKE 'copied %') TO STDOUT") as copy:
+            assert sum(1 for _ in copy) >= 1000
+        with pytest.raises(psycopg.errors.UndefinedTable), conn.transaction():
+            conn.execute("SELECT * FROM no_such_table")
+        with conn.pipeline():
+            conn.execute("SELECT 1")
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                conn.execute("SELECT 1 / 0").fetchone()
+        assert conn.execute("SELECT 'after errors'").fetchone() == ("after errors",)
+
+
+async def test_asyncpg_default_settings_work(txn_proxy: ProxyProcess) -> None:
+    connection = await asyncpg.connect(host="127.0.0.1", port=txn_proxy.port, user="x", database="txn")
+    try:  # named prepared statements pin the client (statement renaming is the next step)
+        for value in range(5):
+            assert await connection.fetchval("SELECT $1::int * 2", value) == value * 2
+        async with connection.transaction():
+            await connection.execute("INSERT INTO items (note) VALUES ($1)", "asyncpg txn")
+    finally:
+        await connection.close()
+
+
+PGBENCH_SCRIPT = textwrap.dedent(
+    """
+    \\set n random(1, 1000)
+    BEGIN;
+    INSERT INTO items (note) VALUES ('pgbench');
+    SELECT count(*) FROM items WHERE id < :n;
+    END;
+    """
+)
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_pgbench_many_clients_few_connections(txn_proxy: ProxyProcess, tmp_path: Path, protocol: str) -> None:
+    script = tmp_path / "txn.sql"
+    script.write_text(PGBENCH_SCRIPT)
+    pgbench = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    run = subprocess.run(
+        [
+            pgbench,
+            "-n",
+            "-M",
+            protocol,
+            "-f",
+            str(script),
+            "-T",
+            "4",
+            "-c",
+            "20",
+            "-j",
+            "2",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(txn_proxy.port),
+            "-U",
+            "x",
+            "txn",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    processed = int(re.search(r"number of transactions actually processed: (\d+)", run.stdout).group(1))
+    failed = re.search(r"number of failed transactions: (\d+)", run.stdout)
+    assert processed > 100, run.stdout
+    assert failed is None or failed.group(1) == "0", run.stdout
+
+
+CLIENT_THAT_DIES = textwrap.dedent(
+    """
+    import sys, psycopg
+    conn = psycopg.connect(sys.argv[1])
+    conn.execute("INSERT INTO items (note) VALUES (%s)", (sys.argv[2],))
+    print("inserted", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def test_client_killed_inside_a_transaction_commits_nothing(
+    txn_proxy: ProxyProcess, pg: ThrowawayPostgres
+) -> None:
+    marker = f"txn-killed-{time.monotonic_ns()}"
+    dsn = f"host=127.0.0.1 port={txn_proxy.port} dbname=txn1 user=x"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CLIENT_THAT_DIES, dsn, marker],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "inserted"
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    with connect(txn_proxy, "txn1") as conn:
+        assert conn.execute("SELECT count(*) FROM items WHERE note = %s", (marker,)).fetchone() == (0,)
+        assert conn.execute("SELECT txid_current_if_assigned()").fetchone() == (None,)
+    assert pg.sql(f"SELECT count(*) FROM items WHERE note = '{marker}'", database="appdb") == "0"
