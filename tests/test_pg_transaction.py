@@ -4,6 +4,7 @@ state pins, and nothing leaks between clients."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -41,7 +42,9 @@ async def txn_proxy(
     }
     return launcher.start(
         pool_toml("txn", secret, max_server_connections=3, borrow_timeout="10s", **common)
-        + pool_toml("txn1", secret, max_server_connections=1, borrow_timeout="10s", **common),
+        + pool_toml("txn1", secret, max_server_connections=1, borrow_timeout="10s", **common)
+        + pool_toml("txn5", secret, max_server_connections=5, borrow_timeout="10s", **common)
+        + pool_toml("txn10", secret, max_server_connections=10, borrow_timeout="10s", **common),
         admin_port=ADMIN_PORT,
     )
 
@@ -175,15 +178,83 @@ def test_copy_both_ways_and_errors_inside_transactions(txn_proxy: ProxyProcess) 
         assert conn.execute("SELECT 'after errors'").fetchone() == ("after errors",)
 
 
-async def test_asyncpg_default_settings_work(txn_proxy: ProxyProcess) -> None:
-    connection = await asyncpg.connect(host="127.0.0.1", port=txn_proxy.port, user="x", database="txn")
-    try:  # named prepared statements pin the client (statement renaming is the next step)
-        for value in range(5):
-            assert await connection.fetchval("SELECT $1::int * 2", value) == value * 2
-        async with connection.transaction():
-            await connection.execute("INSERT INTO items (note) VALUES ($1)", "asyncpg txn")
+async def _driver_load(client: Any, seconds: float, errors: list[str]) -> int:
+    """Run a mix of fetch, executemany, transactions and expected errors; count rounds."""
+    rounds = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            await client()
+            rounds += 1
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+    return rounds
+
+
+async def test_asyncpg_default_settings_40_clients_pool_of_5(txn_proxy: ProxyProcess) -> None:
+    errors: list[str] = []
+    connections = [
+        await asyncpg.connect(host="127.0.0.1", port=txn_proxy.port, user="x", database="txn5")
+        for _ in range(40)
+    ]
+
+    def client(connection: asyncpg.Connection) -> Any:
+        async def one_round() -> None:
+            rows = await connection.fetch("SELECT n, $1::text FROM generate_series(1, $2::int) AS n", "x", 5)
+            assert [row["n"] for row in rows] == [1, 2, 3, 4, 5]
+            await connection.executemany("INSERT INTO items (note) VALUES ($1)", [("asyncpg",), ("many",)])
+            async with connection.transaction():
+                await connection.execute("INSERT INTO items (note) VALUES ($1)", "in a transaction")
+                assert await connection.fetchval("SELECT $1::int * 2", 21) == 42
+            try:
+                await connection.fetchval("SELECT 1 / $1::int", 0)
+            except asyncpg.DivisionByZeroError:
+                pass  # errors are part of the mix; the session goes on
+            else:
+                raise AssertionError("division by zero did not fail")
+
+        return one_round
+
+    try:
+        rounds = await asyncio.gather(*(_driver_load(client(c), 6.0, errors) for c in connections))
     finally:
-        await connection.close()
+        for connection in connections:
+            await connection.close()
+    assert errors == []
+    assert min(rounds) > 0
+    pool = get_json(ADMIN_PORT, "/pools")["txn5"]
+    assert pool["opened_total"] <= 5 and "named prepared statement" not in pool["pins_total"]
+
+
+async def test_psycopg_server_side_prepares_40_clients_pool_of_5(txn_proxy: ProxyProcess) -> None:
+    errors: list[str] = []
+    dsn = f"host=127.0.0.1 port={txn_proxy.port} dbname=txn5 user=x"
+    connections = [
+        await psycopg.AsyncConnection.connect(dsn, autocommit=True, prepare_threshold=0) for _ in range(40)
+    ]
+
+    def client(connection: psycopg.AsyncConnection[Any]) -> Any:
+        async def one_round() -> None:
+            cursor = await connection.execute("SELECT n FROM generate_series(1, %s) AS n", (3,))
+            assert [row[0] for row in await cursor.fetchall()] == [1, 2, 3]
+            async with connection.transaction():
+                await connection.execute("INSERT INTO items (note) VALUES (%s)", ("psycopg",))
+            try:
+                await connection.execute("SELECT 1 / %s", (0,))
+            except psycopg.errors.DivisionByZero:
+                pass
+            else:
+                raise AssertionError("division by zero did not fail")
+
+        return one_round
+
+    try:
+        rounds = await asyncio.gather(*(_driver_load(client(c), 6.0, errors) for c in connections))
+    finally:
+        for connection in connections:
+            await connection.close()
+    assert errors == []
+    assert min(rounds) > 0
 
 
 PGBENCH_SCRIPT = textwrap.dedent(
@@ -197,8 +268,13 @@ PGBENCH_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("protocol", ["simple", "extended"])
-def test_pgbench_many_clients_few_connections(txn_proxy: ProxyProcess, tmp_path: Path, protocol: str) -> None:
+@pytest.mark.parametrize(
+    ("protocol", "clients", "pool"),
+    [("simple", 20, "txn"), ("extended", 20, "txn"), ("prepared", 50, "txn10")],
+)
+def test_pgbench_many_clients_few_connections(
+    txn_proxy: ProxyProcess, tmp_path: Path, protocol: str, clients: int, pool: str
+) -> None:
     script = tmp_path / "txn.sql"
     script.write_text(PGBENCH_SCRIPT)
     pgbench = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
@@ -214,16 +290,19 @@ def test_pgbench_many_clients_few_connections(txn_proxy: ProxyProcess, tmp_path:
             "-T",
             "4",
             "-c",
-            "20",
+            str(clients),
+            # One thread per client: pgbench prepares with a blocking PQprepare, so with several
+            # clients per thread, one waiting for a server connection stalls the others that
+            # hold one mid-transaction (any transaction pooler smaller than the client count).
             "-j",
-            "2",
+            str(clients if protocol == "prepared" else 2),
             "-h",
             "127.0.0.1",
             "-p",
             str(txn_proxy.port),
             "-U",
             "x",
-            "txn",
+            pool,
         ],
         capture_output=True,
         text=True,

@@ -70,6 +70,10 @@ class MessageReader(_Buffer):
         super().__init__()
         self.max_message_size = max_message_size
 
+    def peek_type(self) -> bytes | None:
+        """The type byte of the next message, if any byte has arrived."""
+        return bytes(self._data[:1]) or None
+
     def next_message(self) -> RawMessage | NeedData:
         if len(self._data) < HEADER.size:
             return NEED_DATA

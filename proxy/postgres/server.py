@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import struct
+from collections import OrderedDict
 from collections.abc import Hashable
 
 from protocols.errors import ProtocolViolation
@@ -95,6 +96,8 @@ class PgServerConnection(ServerConnection):
         self.transaction_status = STATUS_IDLE
         # Whether a client may have left session state here (settings, temp tables, ...).
         self.dirty = False
+        # Transaction mode: server-side prepared statements on this connection, LRU order.
+        self.prepared: OrderedDict[str, None] = OrderedDict()
         endpoint.on_lost(lambda _: self.connection_lost())
 
     def __repr__(self) -> str:
@@ -133,6 +136,7 @@ class PgServerConnection(ServerConnection):
         if not self.dirty and self.transaction_status == STATUS_IDLE:
             return  # transaction mode between unpinned clients: nothing session-scoped happened
         self.dirty = False
+        self.prepared.clear()  # DISCARD ALL drops them
         queries = ["DISCARD ALL"]
         if self.transaction_status != STATUS_IDLE:
             queries.insert(0, "ROLLBACK")

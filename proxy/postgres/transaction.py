@@ -20,16 +20,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from protocols.errors import ProtocolViolation
 from protocols.events import NeedData
-from protocols.postgres.extended import Parse, Query
+from protocols.postgres.extended import (
+    CLOSE_COMPLETE_MESSAGE,
+    PARSE_COMPLETE_MESSAGE,
+    TARGET_STATEMENT,
+    Bind,
+    Close,
+    Describe,
+    Parse,
+    Query,
+    StatementNamer,
+    with_statement_name,
+)
 from protocols.postgres.framing import MessageReader
 from protocols.postgres.messages import (
+    BIND,
+    CLOSE,
+    COMMAND_COMPLETE,
+    DESCRIBE,
+    EXECUTE,
     FUNCTION_CALL,
+    PARAMETER_STATUS,
     PARSE,
     QUERY,
+    READY_FOR_QUERY,
     SQLSTATE_CANNOT_CONNECT,
     SQLSTATE_CONNECTION_FAILURE,
     SQLSTATE_TOO_MANY_CONNECTIONS,
@@ -38,7 +57,12 @@ from protocols.postgres.messages import (
     TERMINATE,
     ErrorResponse,
     RawMessage,
+    ReadyForQuery,
+    cstring,
+    frame,
+    read_cstring,
 )
+from protocols.postgres.responses import Handling, Request, ResponsePlan
 from protocols.postgres.session_state import (
     REASON_ADVISORY_LOCK,
     REASON_DECLARE_WITH_HOLD,
@@ -52,7 +76,6 @@ from protocols.postgres.session_state import (
     REASON_TEMPORARY_TABLE,
     session_state_pins,
 )
-from protocols.postgres.tracker import BackendTracker
 from proxy.endpoint import CONTROL_BUFFER_LIMIT, Endpoint
 from proxy.pool import BorrowTimeout, Pool, PoolError
 from proxy.postgres.server import PgServerConnection
@@ -75,8 +98,10 @@ SYNCED_PARAMETERS = frozenset(
         "search_path",
     }
 )
-_EXTENDED = frozenset(b"PBEDC")
-_SYNC_POINTS = frozenset({QUERY, SYNC, FUNCTION_CALL})
+DEALLOCATE = re.compile(r'^\s*DEALLOCATE\s+(?:PREPARE\s+)?(ALL|"[^"]+"|[A-Za-z_][\w$]*)\s*;?\s*$', re.I)
+DISCARD_ALL = re.compile(r"^\s*DISCARD\s+ALL\s*;?\s*$", re.I)
+# Server-side statements kept per connection; the least recently used is closed beyond this.
+PREPARED_PER_CONNECTION = 500
 CLIENT_CLOSED = "client closed"
 CLIENT_TERMINATED = "client terminated"
 SERVER_CLOSED = "server closed"
@@ -110,9 +135,10 @@ class TransactionRelay:
         self.parameters = parameters  # what the client has been told, kept on every connection
         self.reader = MessageReader()
         self.server: PgServerConnection | None = None
-        self.backend = BackendTracker()
-        self.sync_points = 0
-        self.unsynced = False
+        self.server_reader = MessageReader()
+        self.plan = ResponsePlan()
+        self.status = STATUS_IDLE  # from the last ReadyForQuery the client got
+        self.statements: dict[str, Parse] = {}  # the client's names → Parse under server-side names
         self.pinned: str | None = None
         self._attaching: asyncio.Task[None] | None = None
         self._done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -149,6 +175,9 @@ class TransactionRelay:
     def _pump(self) -> None:
         while not self._done.done():
             if self.server is None:
+                if self.reader.peek_type() == TERMINATE:
+                    self._finish(CLIENT_TERMINATED)  # goodbye needs no server connection
+                    return
                 if len(self.reader) and self._attaching is None:
                     self._attaching = asyncio.create_task(self._attach())
                 if len(self.reader) > CONTROL_BUFFER_LIMIT:
@@ -161,24 +190,130 @@ class TransactionRelay:
 
     def _forward(self, message: RawMessage) -> None:
         kind = message.type
+        server = self.server
+        assert server is not None
+        out: bytes = b""
         if kind == TERMINATE:
             self._finish(CLIENT_TERMINATED)
             return
         if kind == QUERY:
-            self._check_pins(Query.decode(message.payload).sql)
+            sql = Query.decode(message.payload).sql
+            if self._deallocate(sql):
+                return
+            self._check_pins(sql)
+            self.plan.expect(Request.QUERY)
+            out = message.encode()
+        elif kind == FUNCTION_CALL:
+            self.plan.expect(Request.QUERY)
+            out = message.encode()
         elif kind == PARSE:
-            parse = Parse.decode(message.payload)
-            if parse.statement:
-                self._pin(PIN_NAMED_STATEMENT)
-            self._check_pins(parse.query)
-        if kind in _SYNC_POINTS:
-            self.sync_points += 1
-            if kind == SYNC:
-                self.unsynced = False
-        elif kind[0] in _EXTENDED:
-            self.unsynced = True
+            out = self._parse(Parse.decode(message.payload))
+        elif kind == BIND:
+            bind = Bind.decode(message.payload)
+            out = self._ensure_prepared(bind.statement)
+            if bind.statement in self.statements:
+                bind = with_statement_name(bind, self.statements[bind.statement].statement)
+            self.plan.expect(Request.BIND)
+            out += bind.encode()
+        elif kind == DESCRIBE:
+            describe = Describe.decode(message.payload)
+            if describe.kind == TARGET_STATEMENT:
+                out = self._ensure_prepared(describe.name)
+                if describe.name in self.statements:
+                    describe = with_statement_name(describe, self.statements[describe.name].statement)
+                self.plan.expect(Request.DESCRIBE_STATEMENT)
+            else:
+                self.plan.expect(Request.DESCRIBE_PORTAL)
+            out += describe.encode()
+        elif kind == CLOSE:
+            close = Close.decode(message.payload)
+            if close.kind == TARGET_STATEMENT and close.name in self.statements:
+                # Other clients may share the server-side statement: keep it, forget ours.
+                del self.statements[close.name]
+                self._to_client(self.plan.expect(Request.CLOSE, Handling.SYNTHETIC, CLOSE_COMPLETE_MESSAGE))
+                return
+            self.plan.expect(Request.CLOSE)
+            out = message.encode()
+        elif kind == EXECUTE:
+            self.plan.expect(Request.EXECUTE)
+            out = message.encode()
+        elif kind == SYNC:
+            self.plan.expect(Request.SYNC)
+            out = message.encode()
+        else:  # Flush, CopyData, CopyDone, CopyFail: no answer of their own
+            out = message.encode()
+        if out:
+            server.endpoint.write(out)
+
+    def _parse(self, parse: Parse) -> bytes:
+        self._check_pins(parse.query)
+        if not parse.statement:  # the unnamed statement dies with the next Parse: no renaming
+            self.plan.expect(Request.PARSE)
+            return parse.encode()
+        server_name = StatementNamer.server_name(parse.query, parse.parameter_types)
+        renamed = with_statement_name(parse, server_name)
+        self.statements[parse.statement] = renamed
         assert self.server is not None
-        self.server.endpoint.write(message.encode())
+        prepared = self.server.prepared
+        if server_name in prepared:
+            prepared.move_to_end(server_name)
+            self._to_client(self.plan.expect(Request.PARSE, Handling.SYNTHETIC, PARSE_COMPLETE_MESSAGE))
+            return b""
+        prepared[server_name] = None
+        self.plan.expect(Request.PARSE, statement=server_name)
+        return self._evict() + renamed.encode()
+
+    def _ensure_prepared(self, client_name: str) -> bytes:
+        """Prepare the client's statement on this connection first if it lacks it."""
+        parse = self.statements.get(client_name)
+        assert self.server is not None
+        if parse is None:
+            return b""  # unknown to us: the server will say it does not exist, as it should
+        prepared = self.server.prepared
+        if parse.statement in prepared:
+            prepared.move_to_end(parse.statement)
+            return b""
+        prepared[parse.statement] = None
+        self.plan.expect(Request.PARSE, Handling.SWALLOW, statement=parse.statement)
+        return self._evict() + parse.encode()
+
+    def _evict(self) -> bytes:
+        assert self.server is not None
+        prepared = self.server.prepared
+        out = []
+        while len(prepared) > PREPARED_PER_CONNECTION:
+            name, _ = prepared.popitem(last=False)
+            self.plan.expect(Request.CLOSE, Handling.SWALLOW)
+            out.append(Close(TARGET_STATEMENT, name).encode())
+        return b"".join(out)
+
+    def _deallocate(self, sql: str) -> bool:
+        """Answer DEALLOCATE of the client's own statements here; True if handled."""
+        if DISCARD_ALL.match(sql):
+            self.statements.clear()
+            assert self.server is not None
+            self.server.prepared.clear()  # the server drops them all; then it runs as usual
+            return False
+        match = DEALLOCATE.match(sql)
+        if match is None:
+            return False
+        target = match.group(1)
+        if target.upper() == "ALL":
+            self.statements.clear()
+            tag = "DEALLOCATE ALL"
+        else:
+            name = target[1:-1] if target.startswith('"') else target.lower()
+            if name not in self.statements:
+                return False  # an SQL-level PREPARE (that pinned): the server knows it
+            del self.statements[name]
+            tag = "DEALLOCATE"
+        answer = frame(COMMAND_COMPLETE, cstring(tag)) + ReadyForQuery(self.status).encode()
+        self._to_client(self.plan.expect(Request.QUERY, Handling.SYNTHETIC, answer))
+        return True
+
+    def _to_client(self, data: bytes) -> None:
+        if data:
+            self.client.write(data)
 
     def _check_pins(self, sql: str) -> None:
         if len(sql) > INSPECT_LIMIT:
@@ -238,9 +373,8 @@ class TransactionRelay:
             self.pool.release(server, reusable=True)
             return
         self.server = self.session.server = server
-        self.backend = BackendTracker(server.parameters)
-        self.sync_points = 0
-        self.unsynced = False
+        self.server_reader = MessageReader()
+        self.plan = ResponsePlan()
         self.client.peer, server.endpoint.peer = server.endpoint, self.client
         server.endpoint.start_relay(self._on_server_data)
         server.endpoint.on_lost(self._on_server_lost)
@@ -252,14 +386,9 @@ class TransactionRelay:
         self.client.write(ErrorResponse.build("FATAL", code, message).encode())
         self._finish("no server connection")
 
-    def _at_safe_point(self) -> bool:
-        backend = self.backend
-        return (
-            backend.at_boundary
-            and not self.unsynced
-            and backend.ready_count == self.sync_points
-            and backend.transaction_status == STATUS_IDLE
-        )
+    def _owes_nothing(self) -> bool:
+        """Every request answered and no half-received server message."""
+        return not len(self.plan) and not len(self.server_reader)
 
     def _detach(self) -> None:
         server = self.server
@@ -268,8 +397,7 @@ class TransactionRelay:
         server.endpoint.remove_on_lost(self._on_server_lost)
         server.endpoint.stop_relay()
         self.client.peer = None
-        server.parameters = dict(self.backend.parameters)
-        server.transaction_status = self.backend.transaction_status
+        server.transaction_status = self.status
         self.parameters.update(
             {name: value for name, value in server.parameters.items() if name in SYNCED_PARAMETERS}
         )
@@ -277,20 +405,36 @@ class TransactionRelay:
 
     # --- server → client -------------------------------------------------------------------
     def _on_server_data(self, data: bytes) -> None:
-        self.client.write(data)
+        server = self.server
+        assert server is not None
+        self.server_reader.receive_data(data)
+        out = []
         try:
-            self.backend.feed(data)
+            while not isinstance(message := self.server_reader.next_message(), NeedData):
+                kind = message.type
+                if kind == READY_FOR_QUERY:
+                    self.status = message.payload
+                elif kind == PARAMETER_STATUS:
+                    name, offset = read_cstring(message.payload, 0)
+                    server.parameters[name] = read_cstring(message.payload, offset)[0]
+                out.append(self.plan.server_message(kind, message.encode()))
         except ProtocolViolation as exc:
-            log.warning("upstream %r broke the protocol: %s", self.server, exc)
+            log.warning("upstream %r broke the protocol: %s", server, exc)
             self._finish("server protocol violation")
             return
-        if self.pinned is None and self._at_safe_point():
+        finally:
+            if out:
+                self.client.write(b"".join(out))
+        for name in self.plan.unprepared:  # a Parse failed or was skipped: it is not there
+            server.prepared.pop(name, None)
+        self.plan.unprepared.clear()
+        if self.pinned is None and self.status == STATUS_IDLE and self._owes_nothing():
             self._detach()
             if len(self.reader):
                 self._pump()
 
     def _on_server_lost(self, _: Endpoint) -> None:
-        if self.backend.at_boundary and not self.client.closed:
+        if not len(self.server_reader) and not self.client.closed:
             self.client.write(
                 ErrorResponse.build(
                     "FATAL",
@@ -309,13 +453,11 @@ class TransactionRelay:
         server.endpoint.remove_on_lost(self._on_server_lost)
         server.endpoint.stop_relay()
         self.client.peer = None
-        server.transaction_status = self.backend.transaction_status
-        server.parameters = dict(self.backend.parameters)
+        server.transaction_status = self.status
         if reason == SERVER_CLOSED or server.is_closed:
             self.pool.release(server, reusable=False)
             return
-        safe = self.backend.at_boundary and not self.unsynced and self.backend.ready_count == self.sync_points
-        if not safe:
+        if not self._owes_nothing():
             log.info(
                 'pool "%s": client %s left mid-query; cancelling it on %r',
                 self.pool.name,
