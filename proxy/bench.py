@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.localstack import LocalStack, local_stack
+from proxy.throughput import Run, throughput, throughput_markdown
 
 Cycle = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -141,28 +142,64 @@ def markdown(results: list[Series]) -> str:
     return "\n".join(lines)
 
 
-async def run_bench(*, quick: bool = False, json_path: Path | None = None) -> int:
+POOL_SIZE = 20
+
+
+async def run_bench(
+    *,
+    quick: bool = False,
+    json_path: Path | None = None,
+    scenarios: tuple[str, ...] = ("connections", "throughput"),
+) -> int:
     rounds, per_round = (3, 20) if quick else (6, 50)
     concurrencies = (1, 10) if quick else (1, 10, 50)
-    async with local_stack(max_server_connections=20, min_server_connections=2) as stack:
-        results = await connection_overhead(
-            stack, rounds=rounds, per_round=per_round, concurrencies=concurrencies
+    seconds, throughput_rounds = (3, 1) if quick else (10, 2)
+    results: list[Series] = []
+    runs: list[Run] = []
+    absent = ""
+    async with local_stack(max_server_connections=POOL_SIZE, min_server_connections=2) as stack:
+        if "connections" in scenarios:
+            results = await connection_overhead(
+                stack, rounds=rounds, per_round=per_round, concurrencies=concurrencies
+            )
+        if "throughput" in scenarios:
+            runs, absent = await throughput(
+                stack, seconds=seconds, rounds=throughput_rounds, pool_size=POOL_SIZE
+            )
+    if results:
+        print("## Connection overhead: connect + SELECT 1 + close")
+        print()
+        print("direct = the driver's defaults with the password (PostgreSQL: SCRAM + TLS; MariaDB:")
+        print("native password, no TLS); rotaproxy = no password, pooled server connection (TLS upstream)")
+        print(f"{rounds} interleaved rounds of {per_round}; median ± half the range of the per-round medians")
+        print()
+        print(markdown(results))
+        print()
+    if runs:
+        print(
+            f"## Throughput: pgbench -M extended, {seconds}s runs, {throughput_rounds} interleaved round(s)"
         )
-    print("## Connection overhead: connect + SELECT 1 + close")
-    print()
-    print("direct = the driver's defaults with the password (PostgreSQL: SCRAM + TLS; MariaDB:")
-    print("native password, no TLS); rotaproxy = no password, pooled server connection (TLS upstream)")
-    print(f"{rounds} interleaved rounds of {per_round}; median ± half the range of the per-round medians")
-    print()
-    print(markdown(results))
+        print()
+        print(f"rotaproxy and PgBouncer in transaction mode, {POOL_SIZE} server connections each, TLS")
+        print("(verify-full) upstream; direct = pgbench with the password, TLS; median ± half the range")
+        print()
+        print(throughput_markdown(runs, absent))
     if json_path is not None:
         payload = {
             "scenarios": {
                 "connection_overhead": [
                     {**asdict(s), "median_ms": s.median_ms, "p99_ms": s.p99_ms, "spread_ms": s.spread_ms}
                     for s in results
-                ]
+                ],
+                "throughput": [
+                    {**asdict(r), "median_tps": r.median_tps, "spread_tps": r.spread_tps} for r in runs
+                ],
+                "pgbouncer_absent": absent or None,
             }
         }
         await asyncio.to_thread(json_path.write_text, json.dumps(payload, indent=2))
-    return 1 if any(s.errors for s in results) else 0
+    failed = any(s.errors for s in results) or any(r.errors for r in runs)
+    for run in runs:
+        for problem in run.errors[:1]:
+            print(f"{run.target} {run.scenario} {run.clients} clients: {problem}")
+    return 1 if failed else 0

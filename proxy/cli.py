@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="connection overhead: direct vs rotaproxy")
     bench.add_argument("--quick", action="store_true", help="a short run (about a minute)")
     bench.add_argument("--json", type=Path, dest="json_path", help="also write the results as JSON")
+    bench.add_argument(
+        "--scenarios",
+        default="connections,throughput",
+        help="comma-separated: connections, throughput (default both)",
+    )
     _add_rotate_parser(commands)
     return parser
 
@@ -188,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         from proxy.bench import run_bench
 
-        return run_async(run_bench(quick=args.quick, json_path=args.json_path))
+        scenarios = tuple(name.strip() for name in args.scenarios.split(",") if name.strip())
+        return run_async(run_bench(quick=args.quick, json_path=args.json_path, scenarios=scenarios))
     if args.command == "rotate":
         return _rotate(args)
     try:

@@ -68,6 +68,7 @@ class LocalStack:
     log_path: Path
     pg: ThrowawayPostgres
     postgres: Upstream
+    txn_proxy_port: int  # a second PostgreSQL pool, in transaction mode
     mariadb: ThrowawayMariaDB | None = None
     mysql: Upstream | None = None
 
@@ -83,14 +84,17 @@ def _pool_toml(
     max_server_connections: int,
     min_server_connections: int,
     poll_interval: str,
+    *,
+    port: int | None = None,
+    mode: str = "session",
 ) -> str:
     return f"""
 [[pool]]
 name = "{name}"
 engine = "{upstream.engine}"
-listen = "127.0.0.1:{upstream.proxy_port}"
+listen = "127.0.0.1:{port or upstream.proxy_port}"
 database = "{DATABASE}"
-mode = "session"
+mode = "{mode}"
 max_server_connections = {max_server_connections}
 min_server_connections = {min_server_connections}
 tls = "verify-full"
@@ -170,17 +174,29 @@ async def local_stack(
             upstream_mysql = None
             if mariadb is not None:
                 upstream_mysql = await _seed(client, "mysql", mariadb, MYSQL_SECRET_ID, free_port())
-        stack = LocalStack(sm, tls, work / "rotaproxy.log", pg, postgres, mariadb, upstream_mysql)
+        stack = LocalStack(
+            sm, tls, work / "rotaproxy.log", pg, postgres, free_port(), mariadb, upstream_mysql
+        )
         config = f'[aws]\nendpoint_url = "{sm.endpoint_url}"\nregion = "{sm.region}"\n'
         for name, upstream in ((DATABASE, postgres), (f"{DATABASE}-mysql", upstream_mysql)):
             if upstream is not None:
                 config += _pool_toml(
                     name, upstream, tls, max_server_connections, min_server_connections, poll_interval
                 )
+        config += _pool_toml(
+            f"{DATABASE}-txn",
+            postgres,
+            tls,
+            max_server_connections,
+            min_server_connections,
+            poll_interval,
+            port=stack.txn_proxy_port,
+            mode="transaction",
+        )
         config_path = work / "rotaproxy.toml"
         config_path.write_text(config)
         # A separate process, as in production: it gets its own core and its own loop.
-        extra = (upstream_mysql.proxy_port,) if upstream_mysql is not None else ()
+        extra = (stack.txn_proxy_port,) + ((upstream_mysql.proxy_port,) if upstream_mysql is not None else ())
         with ProxyProcess(
             config_path,
             stack.log_path,

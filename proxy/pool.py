@@ -74,6 +74,11 @@ class ServerConnection(ABC):
         self.state: ConnectionState | None = None
         self.on_lost: Callable[[ServerConnection], None] | None = None
 
+    @property
+    def needs_reset(self) -> bool:
+        """False when nothing session-scoped can have happened since the last reset."""
+        return True
+
     @abstractmethod
     async def reset(self) -> None:
         """Bring the session back to its just-logged-in state; raise if that fails."""
@@ -263,6 +268,21 @@ class Pool:
                 del self._idle[index]
                 return connection
         return None
+
+    def borrow_now(self, variant: Hashable = None) -> ServerConnection | None:
+        """An idle connection at once if one needs no liveness check, else None (then borrow())."""
+        if self._closing or self._waiters:
+            return None  # do not jump the queue
+        connection = self._pop_idle(variant)
+        if connection is None:
+            return None
+        if self._must_retire(connection) or (
+            time.monotonic() - connection.idle_since >= self.config.liveness_check_after
+        ):
+            self._idle.append(connection)  # let borrow() retire or check it
+            return None
+        self._set_state(connection, ConnectionState.BUSY)
+        return connection
 
     async def _take_idle(self, variant: Hashable) -> ServerConnection | None:
         while (connection := self._pop_idle(variant)) is not None:
@@ -461,6 +481,9 @@ class Pool:
         """Give a borrowed connection back; it is reset before anyone else gets it."""
         if not reusable or self._closing or self._must_retire(connection) or connection.is_closed:
             self._discard(connection)
+            return
+        if not connection.needs_reset:
+            self._make_available(connection)  # transaction mode's hot path: no task, no round trip
             return
         self._set_state(connection, ConnectionState.RESETTING)
         self._spawn(self._reset_and_return(connection))

@@ -132,9 +132,14 @@ class PgServerConnection(ServerConnection):
                 errors.append(message)
         return errors
 
+    @property
+    def needs_reset(self) -> bool:
+        # Transaction mode between unpinned clients: nothing session-scoped happened.
+        return self.dirty or self.transaction_status != STATUS_IDLE
+
     async def reset(self) -> None:
-        if not self.dirty and self.transaction_status == STATUS_IDLE:
-            return  # transaction mode between unpinned clients: nothing session-scoped happened
+        if not self.needs_reset:
+            return
         self.dirty = False
         self.prepared.clear()  # DISCARD ALL drops them
         queries = ["DISCARD ALL"]

@@ -179,27 +179,42 @@ class TransactionRelay:
                     self._finish(CLIENT_TERMINATED)  # goodbye needs no server connection
                     return
                 if len(self.reader) and self._attaching is None:
+                    server = self.pool.borrow_now()
+                    assert server is None or isinstance(server, PgServerConnection)
+                    if server is not None and not self._differences(server):
+                        self._attached(server)  # the common case: no task, no wait
+                        continue
+                    if server is not None:
+                        self.pool.release(server, reusable=True)
                     self._attaching = asyncio.create_task(self._attach())
                 if len(self.reader) > CONTROL_BUFFER_LIMIT:
                     self.client.pause_reading()  # resumed once attached
                 return
-            message = self.reader.next_message()
-            if isinstance(message, NeedData):
+            # One write per batch of client messages: each write to a TLS upstream costs a
+            # record and a system call, and a query is five messages in the extended protocol.
+            server = self.server
+            batch: list[bytes] = []
+            while not isinstance(message := self.reader.next_message(), NeedData):
+                if not self._forward(message, batch) or self.server is not server:
+                    break
+            if batch:
+                server.endpoint.write(b"".join(batch))
+            if self.server is server or self._done.done():
                 return
-            self._forward(message)
 
-    def _forward(self, message: RawMessage) -> None:
+    def _forward(self, message: RawMessage, batch: list[bytes]) -> bool:
+        """Queue what the server must get for this client message; False to stop reading."""
         kind = message.type
         server = self.server
         assert server is not None
         out: bytes = b""
         if kind == TERMINATE:
             self._finish(CLIENT_TERMINATED)
-            return
+            return False
         if kind == QUERY:
             sql = Query.decode(message.payload).sql
             if self._deallocate(sql):
-                return
+                return True
             self._check_pins(sql)
             self.plan.expect(Request.QUERY)
             out = message.encode()
@@ -231,7 +246,7 @@ class TransactionRelay:
                 # Other clients may share the server-side statement: keep it, forget ours.
                 del self.statements[close.name]
                 self._to_client(self.plan.expect(Request.CLOSE, Handling.SYNTHETIC, CLOSE_COMPLETE_MESSAGE))
-                return
+                return True
             self.plan.expect(Request.CLOSE)
             out = message.encode()
         elif kind == EXECUTE:
@@ -243,7 +258,8 @@ class TransactionRelay:
         else:  # Flush, CopyData, CopyDone, CopyFail: no answer of their own
             out = message.encode()
         if out:
-            server.endpoint.write(out)
+            batch.append(out)
+        return True
 
     def _parse(self, parse: Parse) -> bytes:
         self._check_pins(parse.query)
@@ -351,11 +367,7 @@ class TransactionRelay:
             self._attaching = None
         assert isinstance(server, PgServerConnection)
         try:
-            differences = {
-                name: value
-                for name, value in self.parameters.items()
-                if name in SYNCED_PARAMETERS and server.parameters.get(name) != value
-            }
+            differences = self._differences(server)
             if differences:
                 errors = await server.run_queries(set_config_query(differences))
                 if errors:
@@ -372,6 +384,18 @@ class TransactionRelay:
         if self._done.done():
             self.pool.release(server, reusable=True)
             return
+        self._attached(server)
+        self._pump()
+
+    def _differences(self, server: PgServerConnection) -> dict[str, str]:
+        """The client's settings this connection does not have right now."""
+        return {
+            name: value
+            for name, value in self.parameters.items()
+            if name in SYNCED_PARAMETERS and server.parameters.get(name) != value
+        }
+
+    def _attached(self, server: PgServerConnection) -> None:
         self.server = self.session.server = server
         self.server_reader = MessageReader()
         self.plan = ResponsePlan()
@@ -379,7 +403,6 @@ class TransactionRelay:
         server.endpoint.start_relay(self._on_server_data)
         server.endpoint.on_lost(self._on_server_lost)
         self.client.resume_reading()
-        self._pump()
 
     def _fail(self, code: str, message: str) -> None:
         log.warning("client %s: %s", self.session.peer, message)

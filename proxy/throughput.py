@@ -1,0 +1,198 @@
+"""Throughput through the poolers: pgbench select-only and ``SELECT 1`` at 10 and 100 clients,
+direct vs rotaproxy (transaction mode) vs PgBouncer (transaction mode, same pool size).
+
+PgBouncer comes from Debian's package; when it is missing and we are root on Debian it is
+installed, otherwise its column says why it is absent. Runs are interleaved so that the
+ratios hold on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from proxy.localstack import DATABASE, USER, LocalStack
+from proxy.throwaway import free_port
+
+SELECT_ONE = "SELECT 1;\n"
+SCALE = 10
+
+
+@dataclass
+class Run:
+    scenario: str
+    clients: int
+    target: str
+    tps: list[float] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def median_tps(self) -> float:
+        return statistics.median(self.tps) if self.tps else float("nan")
+
+    @property
+    def spread_tps(self) -> float:
+        return (max(self.tps) - min(self.tps)) / 2 if len(self.tps) > 1 else 0.0
+
+
+def find_pgbouncer() -> tuple[str | None, str]:
+    """The pgbouncer binary, installing Debian's package when possible; or why it is absent."""
+    found = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
+    )
+    if found:
+        return found, ""
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "pgbouncer"], capture_output=True, env=env, check=False
+        )
+        if Path("/usr/sbin/pgbouncer").exists():
+            return "/usr/sbin/pgbouncer", ""
+        return None, "apt-get install pgbouncer failed"
+    return None, "pgbouncer is not installed (apt-get install pgbouncer)"
+
+
+class PgBouncer:
+    """A throwaway PgBouncer in transaction mode in front of the stack's PostgreSQL."""
+
+    def __init__(self, binary: str, stack: LocalStack, pool_size: int, workdir: Path) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.dir = workdir / "pgbouncer"
+        self.dir.mkdir(mode=0o755, exist_ok=True)
+        (self.dir / "userlist.txt").write_text(f'"{USER}" ""\n')
+        password = stack.postgres.password
+        (self.dir / "pgbouncer.ini").write_text(
+            f"[databases]\n{DATABASE} = host=localhost port={stack.pg.port} dbname={DATABASE} user={USER} "
+            f"password={password}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}\n"
+            f"unix_socket_dir =\nauth_type = trust\nauth_file = {self.dir / 'userlist.txt'}\n"
+            f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 2000\n"
+            f"server_tls_sslmode = verify-full\nserver_tls_ca_file = {stack.tls.ca_file}\n"
+            f"logfile = {self.dir / 'pgbouncer.log'}\npidfile = {self.dir / 'pgbouncer.pid'}\n"
+        )
+        for path in self.dir.iterdir():
+            path.chmod(0o644)
+        (self.dir / "pgbouncer.ini").chmod(0o600)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> PgBouncer:
+        command = [self.binary, str(self.dir / "pgbouncer.ini")]
+        if os.geteuid() == 0:  # it refuses to run as root
+            shutil.chown(self.dir, "postgres")
+            for path in self.dir.iterdir():
+                shutil.chown(path, "postgres")
+            command = ["runuser", "-u", "postgres", "--", *command]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log_text = (self.dir / "pgbouncer.log").read_text(errors="replace")[-500:]
+                    raise RuntimeError(f"pgbouncer did not start: {log_text}") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def pgbench(args: list[str], port: int, password: str | None = None) -> tuple[float, float, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    if password:
+        env["PGPASSWORD"] = password
+    result = subprocess.run(
+        ["pgbench", *args, "-h", "127.0.0.1", "-p", str(port), "-U", USER, DATABASE],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    tps = re.search(r"tps = ([\d.]+)", result.stdout)
+    latency = re.search(r"latency average = ([\d.]+) ms", result.stdout)
+    failed = re.search(r"number of failed transactions: (\d+)", result.stdout)
+    problem = ""
+    if result.returncode != 0 or not tps or (failed and failed.group(1) != "0"):
+        problem = (result.stderr.strip().splitlines() or ["pgbench failed"])[-1]
+    return (float(tps.group(1)) if tps else 0.0, float(latency.group(1)) if latency else 0.0, problem)
+
+
+async def throughput(
+    stack: LocalStack, *, seconds: int, rounds: int, pool_size: int, clients: tuple[int, ...] = (10, 100)
+) -> tuple[list[Run], str]:
+    """Interleaved pgbench runs; returns the runs and why PgBouncer is absent (or "")."""
+    password = stack.postgres.password
+    await asyncio.to_thread(pgbench, ["-i", "-q", "-s", str(SCALE)], stack.pg.port, password)
+    script = stack.log_path.parent / "select1.sql"
+    script.write_text(SELECT_ONE)
+    binary, absent = await asyncio.to_thread(find_pgbouncer)
+    scenarios = {"select-only": ["-S"], "SELECT 1": ["-f", str(script)]}
+    runs: list[Run] = []
+    bouncer = PgBouncer(binary, stack, pool_size, stack.log_path.parent) if binary else None
+    targets: dict[str, tuple[int, str | None]] = {
+        "direct": (stack.pg.port, password),
+        "rotaproxy": (stack.txn_proxy_port, None),
+    }
+    if bouncer is not None:
+        bouncer.__enter__()
+        targets["pgbouncer"] = (bouncer.port, None)
+    try:
+        for scenario, args in scenarios.items():
+            for count in clients:
+                series = {name: Run(scenario, count, name) for name in targets}
+                for _ in range(rounds):
+                    for name, (port, secret) in targets.items():
+                        tps, latency, problem = await asyncio.to_thread(
+                            pgbench,
+                            [*args, "-n", "-M", "extended", "-c", str(count), "-j", "2", "-T", str(seconds)],
+                            port,
+                            secret,
+                        )
+                        series[name].tps.append(tps)
+                        series[name].latency_ms.append(latency)
+                        if problem:
+                            series[name].errors.append(problem)
+                runs += series.values()
+    finally:
+        if bouncer is not None:
+            bouncer.__exit__()
+    return runs, absent
+
+
+def throughput_markdown(runs: list[Run], absent: str) -> str:
+    lines = [
+        "| scenario | clients | direct TPS | rotaproxy TPS | PgBouncer TPS | rotaproxy/direct "
+        "| rotaproxy/PgBouncer | latency ms (direct / rotaproxy / PgBouncer) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    keyed = {(r.scenario, r.clients, r.target): r for r in runs}
+    for scenario, clients in dict.fromkeys((r.scenario, r.clients) for r in runs):
+        direct = keyed[(scenario, clients, "direct")]
+        ours = keyed[(scenario, clients, "rotaproxy")]
+        bouncer = keyed.get((scenario, clients, "pgbouncer"))
+
+        def cell(run: Run | None) -> str:
+            return f"{run.median_tps:,.0f} ± {run.spread_tps:,.0f}" if run else f"absent: {absent}"
+
+        versus = f"{ours.median_tps / bouncer.median_tps:.2f}x" if bouncer and bouncer.median_tps else "-"
+        latencies = " / ".join(
+            f"{statistics.median(run.latency_ms):.2f}" if run else "-" for run in (direct, ours, bouncer)
+        )
+        lines.append(
+            f"| {scenario} | {clients} | {cell(direct)} | {cell(ours)} | {cell(bouncer)} | "
+            f"{ours.median_tps / direct.median_tps:.2f}x | {versus} | {latencies} |"
+        )
+    return "\n".join(lines)
