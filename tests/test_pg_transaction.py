@@ -270,7 +270,7 @@ PGBENCH_SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize(
     ("protocol", "clients", "pool"),
-    [("simple", 20, "txn"), ("extended", 20, "txn"), ("prepared", 50, "txn10")],
+    [("simple", 20, "txn"), ("extended", 50, "txn10"), ("prepared", 50, "txn10")],
 )
 def test_pgbench_many_clients_few_connections(
     txn_proxy: ProxyProcess, tmp_path: Path, protocol: str, clients: int, pool: str
