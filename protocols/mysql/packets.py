@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from protocols.buffer import ReceiveBuffer
 from protocols.errors import LocalProtocolError, ProtocolViolation
 from protocols.events import NEED_DATA, NeedData
 from protocols.mysql.constants import MAX_PACKET_PAYLOAD
@@ -128,15 +129,12 @@ def frame(payload: bytes, sequence_id: int) -> tuple[bytes, int]:
     return b"".join(parts), sequence_id
 
 
-class PacketReader:
+class PacketReader(ReceiveBuffer):
     """Reads logical packets in either direction, bounded by ``max_payload_size``."""
 
     def __init__(self, max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE) -> None:
+        super().__init__()
         self.max_payload_size = max_payload_size
-        self._data = bytearray()
-
-    def receive_data(self, data: bytes) -> None:
-        self._data += data
 
     def next_packet(self) -> Packet | NeedData:
         data = self._data
@@ -175,20 +173,3 @@ class PacketReader:
             payload = b"".join(data[start:end] for start, end in bodies)
         del data[:offset]
         return Packet(first_sequence_id, sequence_id, payload)
-
-    def take_bytes(self, count: int) -> bytes | NeedData:
-        """Exactly ``count`` raw bytes, outside the packet framing."""
-        if len(self._data) < count:
-            return NEED_DATA
-        data = bytes(self._data[:count])
-        del self._data[:count]
-        return data
-
-    def take_buffer(self) -> bytes:
-        """Hand over (and forget) every byte not yet consumed: used when switching to relay or TLS."""
-        data = bytes(self._data)
-        self._data.clear()
-        return data
-
-    def __len__(self) -> int:
-        return len(self._data)

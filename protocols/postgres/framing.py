@@ -9,6 +9,7 @@ buffering the body, so a hostile length never allocates memory.
 
 from __future__ import annotations
 
+from protocols.buffer import ReceiveBuffer
 from protocols.errors import ProtocolViolation
 from protocols.events import NEED_DATA, NeedData
 from protocols.postgres.messages import (
@@ -22,32 +23,7 @@ from protocols.postgres.messages import (
 )
 
 
-class _Buffer:
-    def __init__(self) -> None:
-        self._data = bytearray()
-
-    def receive_data(self, data: bytes) -> None:
-        self._data += data
-
-    def take_bytes(self, count: int) -> bytes | NeedData:
-        """Exactly ``count`` raw bytes (e.g. the one-byte answer to SSLRequest)."""
-        if len(self._data) < count:
-            return NEED_DATA
-        data = bytes(self._data[:count])
-        del self._data[:count]
-        return data
-
-    def take_buffer(self) -> bytes:
-        """Hand over (and forget) every byte not yet consumed: used when switching to relay."""
-        data = bytes(self._data)
-        self._data.clear()
-        return data
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
-class StartupReader(_Buffer):
+class StartupReader(ReceiveBuffer):
     """Reads the untyped startup-phase packets a client sends first."""
 
     def next_event(self) -> StartupEvent | NeedData:
@@ -63,7 +39,7 @@ class StartupReader(_Buffer):
         return decode_startup(packet)
 
 
-class MessageReader(_Buffer):
+class MessageReader(ReceiveBuffer):
     """Reads typed messages (after startup) in either direction."""
 
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
