@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -238,3 +242,20 @@ def rds_mysql_secret(server: ThrowawayMariaDB, username: str, password: str) -> 
         "password": password,
         "dbname": "appdb",
     }
+
+
+def kill_client_after_insert(script: str, *args: str, busy: bool = False) -> None:
+    """Run a client script until it prints "inserted" (its transaction open), then SIGKILL it;
+    when ``busy``, a moment later, so that its last query is running upstream."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "inserted"
+        time.sleep(0.3 if busy else 0)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()

@@ -8,11 +8,9 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import socket
 import struct
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -29,6 +27,7 @@ from tests.conftest import (
     MySqlUsers,
     ProxyLauncher,
     Secrets,
+    kill_client_after_insert,
     new_secret,
     pool_toml,
     rds_mysql_secret,
@@ -339,21 +338,7 @@ def test_client_killed_inside_a_transaction_commits_nothing(
     my_proxy: MyProxy, mariadb: ThrowawayMariaDB, mysql_users: MySqlUsers, state: str
 ) -> None:
     marker = f"killed-{state}-{time.monotonic_ns()}"
-    child = subprocess.Popen(
-        [sys.executable, "-c", CLIENT_THAT_DIES, str(my_proxy.port), marker, state],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "inserted"
-        time.sleep(0.3 if state == "busy" else 0)
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=10)
-    finally:
-        if child.poll() is None:
-            child.kill()
+    kill_client_after_insert(CLIENT_THAT_DIES, str(my_proxy.port), marker, state, busy=state == "busy")
     with connect(my_proxy, "tiny") as conn:  # promptly: the busy query was killed, not waited out
         assert one(conn, "SELECT @@in_transaction") == (0,)
         assert one(conn, "SELECT COUNT(*) FROM items WHERE note = %s", marker) == (0,)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -23,7 +22,15 @@ import psycopg
 import pytest
 
 from proxy.throwaway import ProxyProcess, ThrowawayPostgres, TlsFiles, free_port
-from tests.conftest import ProxyLauncher, Secrets, Users, new_secret, pool_toml, rds_secret
+from tests.conftest import (
+    ProxyLauncher,
+    Secrets,
+    Users,
+    kill_client_after_insert,
+    new_secret,
+    pool_toml,
+    rds_secret,
+)
 
 
 @dataclass
@@ -327,21 +334,7 @@ def test_client_killed_inside_a_transaction_commits_nothing(
     pg_proxy: PgProxy, pg: ThrowawayPostgres, users: Users, state: str
 ) -> None:
     marker = f"killed-{state}-{time.monotonic_ns()}"
-    child = subprocess.Popen(
-        [sys.executable, "-c", CLIENT_THAT_DIES, pg_proxy.dsn("tiny"), marker, state],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "inserted"
-        time.sleep(0.3 if state == "busy" else 0)
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=10)
-    finally:
-        if child.poll() is None:
-            child.kill()
+    kill_client_after_insert(CLIENT_THAT_DIES, pg_proxy.dsn("tiny"), marker, state, busy=state == "busy")
     # The next client gets a clean session, promptly (the busy one is cancelled, not waited out).
     with connect(pg_proxy, "tiny") as conn:
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

@@ -8,9 +8,7 @@ import asyncio
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -22,7 +20,15 @@ import psycopg
 import pytest
 
 from proxy.throwaway import ProxyProcess, ThrowawayPostgres, free_port
-from tests.conftest import ProxyLauncher, Users, get_json, new_secret, pool_toml, rds_secret
+from tests.conftest import (
+    ProxyLauncher,
+    Users,
+    get_json,
+    kill_client_after_insert,
+    new_secret,
+    pool_toml,
+    rds_secret,
+)
 
 ADMIN_PORT = free_port()
 
@@ -332,20 +338,7 @@ def test_client_killed_inside_a_transaction_commits_nothing(
 ) -> None:
     marker = f"txn-killed-{time.monotonic_ns()}"
     dsn = f"host=127.0.0.1 port={txn_proxy.port} dbname=txn1 user=x"
-    child = subprocess.Popen(
-        [sys.executable, "-c", CLIENT_THAT_DIES, dsn, marker],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "inserted"
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=10)
-    finally:
-        if child.poll() is None:
-            child.kill()
+    kill_client_after_insert(CLIENT_THAT_DIES, dsn, marker)
     with connect(txn_proxy, "txn1") as conn:
         assert conn.execute("SELECT count(*) FROM items WHERE note = %s", (marker,)).fetchone() == (0,)
         assert conn.execute("SELECT txid_current_if_assigned()").fetchone() == (None,)
