@@ -18,6 +18,7 @@ from proxy.endpoint import Endpoint
 log = logging.getLogger(__name__)
 
 CLIENT_CLOSED = "client closed"
+CLIENT_TERMINATED = "client terminated"  # PostgreSQL's Terminate message
 SERVER_CLOSED = "server closed"
 CLIENT_VIOLATION = "client protocol violation"
 SERVER_VIOLATION = "server protocol violation"

@@ -12,8 +12,6 @@ left half-done can reach the next one.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import secrets
 from typing import TYPE_CHECKING
@@ -47,15 +45,12 @@ from proxy.pool import BorrowTimeout, Pool, PoolError
 from proxy.postgres.server import PgServerConnection
 from proxy.postgres.settings import ClientError, session_settings, set_config_query
 from proxy.postgres.transaction import TransactionRelay
-from proxy.relay import SERVER_CLOSED, relay
+from proxy.relay import CLIENT_CLOSED, CLIENT_TERMINATED, SERVER_CLOSED, relay
 
 if TYPE_CHECKING:
     from proxy.listener import Listener
 
 log = logging.getLogger(__name__)
-
-CANCEL_ON_EXIT_TIMEOUT = 2.0
-CLIENT_TERMINATED = "client terminated"
 
 
 class PgClientSession:
@@ -211,22 +206,11 @@ class PgClientSession:
                     f'pool "{server.pool}": the server connection was lost',
                 )
             return False
-        if not safe and reason in ("client closed", "client terminated"):
-            await self._cancel_abandoned(server)
+        client_left = reason in (CLIENT_CLOSED, CLIENT_TERMINATED)
+        if not safe and client_left:
+            await server.cancel_abandoned(self.peer)
             return False
-        return (safe and reason == "client terminated") or (safe and reason == "client closed")
-
-    async def _cancel_abandoned(self, server: PgServerConnection) -> None:
-        """A client left with a query running: stop it before closing, so it cannot commit."""
-        log.info(
-            'pool "%s": client %s left mid-query; cancelling it on %r',
-            server.pool,
-            self.peer,
-            server,
-        )
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CANCEL_ON_EXIT_TIMEOUT):
-                await server.cancel_query()
+        return safe and client_left
 
     def _claim_cancel_key(self, process_id: int) -> tuple[int, int]:
         """The key the client will cancel with: the server's real PID and a secret of ours."""

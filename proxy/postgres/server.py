@@ -7,6 +7,7 @@ the client session can tell an authentication failure from an outage.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import struct
@@ -42,6 +43,8 @@ from proxy.pool import PoolError, ServerConnection, UpstreamLoginError
 from proxy.upstream import Target, dial, start_tls, upstream_ssl_context
 
 log = logging.getLogger(__name__)
+
+CANCEL_ON_EXIT_TIMEOUT = 2.0
 
 # Backend messages only fetch_rows reads (the relay never decodes rows).
 DATA_ROW = b"D"
@@ -182,6 +185,14 @@ class PgServerConnection(ServerConnection):
         if not self.endpoint.closed:
             self.endpoint.write(TERMINATE_MESSAGE)
             self.endpoint.close()
+
+    async def cancel_abandoned(self, client: str) -> None:
+        """A client left with a query running: stop it (best effort, bounded) before the
+        connection is closed, so that a transaction it left half-done cannot commit later."""
+        log.info('pool "%s": client %s left mid-query; cancelling it on %r', self.pool, client, self)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CANCEL_ON_EXIT_TIMEOUT):
+                await self.cancel_query()
 
     async def cancel_query(self) -> None:
         """Ask the server to cancel what this backend runs now (a new connection, as libpq)."""

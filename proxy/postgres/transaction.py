@@ -80,6 +80,7 @@ from proxy.endpoint import CONTROL_BUFFER_LIMIT, Endpoint
 from proxy.pool import BorrowTimeout, Pool, PoolError
 from proxy.postgres.server import PgServerConnection
 from proxy.postgres.settings import set_config_query
+from proxy.relay import CLIENT_CLOSED, CLIENT_TERMINATED, SERVER_CLOSED
 
 if TYPE_CHECKING:
     from proxy.postgres.client import PgClientSession
@@ -102,10 +103,6 @@ DEALLOCATE = re.compile(r'^\s*DEALLOCATE\s+(?:PREPARE\s+)?(ALL|"[^"]+"|[A-Za-z_]
 DISCARD_ALL = re.compile(r"^\s*DISCARD\s+ALL\s*;?\s*$", re.I)
 # Server-side statements kept per connection; the least recently used is closed beyond this.
 PREPARED_PER_CONNECTION = 500
-CLIENT_CLOSED = "client closed"
-CLIENT_TERMINATED = "client terminated"
-SERVER_CLOSED = "server closed"
-CANCEL_ON_EXIT_TIMEOUT = 2.0
 INSPECT_LIMIT = 128 * 1024
 PIN_NAMED_STATEMENT = "named prepared statement"
 PIN_TOO_LARGE = "statement too large to inspect"
@@ -413,7 +410,8 @@ class TransactionRelay:
         """Every request answered and no half-received server message."""
         return not len(self.plan) and not len(self.server_reader)
 
-    def _detach(self) -> None:
+    def _unhook(self) -> PgServerConnection:
+        """Undo what attaching did; the connection is the caller's to give back."""
         server = self.server
         assert server is not None
         self.server = self.session.server = None
@@ -421,6 +419,10 @@ class TransactionRelay:
         server.endpoint.stop_relay()
         self.client.peer = None
         server.transaction_status = self.status
+        return server
+
+    def _detach(self) -> None:
+        server = self._unhook()
         self.parameters.update(
             {name: value for name, value in server.parameters.items() if name in SYNCED_PARAMETERS}
         )
@@ -469,27 +471,14 @@ class TransactionRelay:
 
     # --- the client leaves -------------------------------------------------------------------
     async def _leave(self, reason: str) -> None:
-        server = self.server
-        if server is None:
+        if self.server is None:
             return
-        self.server = self.session.server = None
-        server.endpoint.remove_on_lost(self._on_server_lost)
-        server.endpoint.stop_relay()
-        self.client.peer = None
-        server.transaction_status = self.status
+        server = self._unhook()
         if reason == SERVER_CLOSED or server.is_closed:
             self.pool.release(server, reusable=False)
             return
         if not self._owes_nothing():
-            log.info(
-                'pool "%s": client %s left mid-query; cancelling it on %r',
-                self.pool.name,
-                self.session.peer,
-                server,
-            )
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(CANCEL_ON_EXIT_TIMEOUT):
-                    await server.cancel_query()
+            await server.cancel_abandoned(self.session.peer)
             self.pool.release(server, reusable=False)
             return
         # A pinned connection holds session state: reset it. An unpinned one left mid-
