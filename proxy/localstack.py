@@ -71,6 +71,7 @@ class LocalStack:
     txn_proxy_port: int  # a second PostgreSQL pool, in transaction mode
     mariadb: ThrowawayMariaDB | None = None
     mysql: Upstream | None = None
+    proxy_pid: int | None = None  # the rotaproxy process, once started
 
     @property
     def upstreams(self) -> list[Upstream]:
@@ -204,5 +205,7 @@ async def local_stack(
             extra_ports=extra,
             env=sm.environ(),
             log_level="info",
-        ):
+        ) as proxy:
+            assert proxy.process is not None
+            stack.proxy_pid = proxy.process.pid
             yield stack

@@ -1,9 +1,12 @@
-"""Throughput through the poolers: pgbench select-only and ``SELECT 1`` at 10 and 100 clients,
-direct vs rotaproxy (transaction mode) vs PgBouncer (transaction mode, same pool size).
+"""Throughput through the poolers: pgbench select-only, a ``SELECT 1`` script and the
+TPC-B-like default at 10 and 100 clients, direct vs rotaproxy (transaction mode) vs PgBouncer
+(transaction mode, same pool size).
 
 PgBouncer comes from Debian's package; when it is missing and we are root on Debian it is
 installed, otherwise its column says why it is absent. Runs are interleaved so that the
-ratios hold on a noisy machine.
+ratios hold on a noisy machine. Each pooler's CPU time per transaction (user + system, from
+/proc) is measured too: on a machine where the clients, the poolers and the database share
+the cores, that cost is what sets the ratios.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Run:
     tps: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)  # the pooler's CPU per transaction
 
     @property
     def median_tps(self) -> float:
@@ -42,6 +46,12 @@ class Run:
     @property
     def spread_tps(self) -> float:
         return (max(self.tps) - min(self.tps)) / 2 if len(self.tps) > 1 else 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def find_pgbouncer() -> tuple[str | None, str]:
@@ -84,6 +94,7 @@ class PgBouncer:
             path.chmod(0o644)
         (self.dir / "pgbouncer.ini").chmod(0o600)
         self.process: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None  # pgbouncer itself (the process may be runuser)
 
     def __enter__(self) -> PgBouncer:
         command = [self.binary, str(self.dir / "pgbouncer.ini")]
@@ -97,6 +108,7 @@ class PgBouncer:
         while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                self.pid = int((self.dir / "pgbouncer.pid").read_text())
                 return self
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
@@ -110,7 +122,8 @@ class PgBouncer:
             self.process.wait(timeout=10)
 
 
-def pgbench(args: list[str], port: int, password: str | None = None) -> tuple[float, float, str]:
+def pgbench(args: list[str], port: int, password: str | None = None) -> tuple[float, float, int, str]:
+    """Run pgbench; return its TPS, average latency (ms), transactions processed and any problem."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     if password:
         env["PGPASSWORD"] = password
@@ -124,10 +137,16 @@ def pgbench(args: list[str], port: int, password: str | None = None) -> tuple[fl
     tps = re.search(r"tps = ([\d.]+)", result.stdout)
     latency = re.search(r"latency average = ([\d.]+) ms", result.stdout)
     failed = re.search(r"number of failed transactions: (\d+)", result.stdout)
+    processed = re.search(r"number of transactions actually processed: (\d+)", result.stdout)
     problem = ""
     if result.returncode != 0 or not tps or (failed and failed.group(1) != "0"):
         problem = (result.stderr.strip().splitlines() or ["pgbench failed"])[-1]
-    return (float(tps.group(1)) if tps else 0.0, float(latency.group(1)) if latency else 0.0, problem)
+    return (
+        float(tps.group(1)) if tps else 0.0,
+        float(latency.group(1)) if latency else 0.0,
+        int(processed.group(1)) if processed else 0,
+        problem,
+    )
 
 
 async def throughput(
@@ -139,28 +158,34 @@ async def throughput(
     script = stack.log_path.parent / "select1.sql"
     script.write_text(SELECT_ONE)
     binary, absent = await asyncio.to_thread(find_pgbouncer)
-    scenarios = {"select-only": ["-S"], "SELECT 1": ["-f", str(script)]}
+    scenarios = {"select-only": ["-S"], "SELECT 1": ["-f", str(script)], "TPC-B-like": ["-b", "tpcb-like"]}
     runs: list[Run] = []
     bouncer = PgBouncer(binary, stack, pool_size, stack.log_path.parent) if binary else None
-    targets: dict[str, tuple[int, str | None]] = {
-        "direct": (stack.pg.port, password),
-        "rotaproxy": (stack.txn_proxy_port, None),
+    # name → (port, password, the pooler's pid)
+    targets: dict[str, tuple[int, str | None, int | None]] = {
+        "direct": (stack.pg.port, password, None),
+        "rotaproxy": (stack.txn_proxy_port, None, stack.proxy_pid),
     }
     if bouncer is not None:
         bouncer.__enter__()
-        targets["pgbouncer"] = (bouncer.port, None)
+        targets["pgbouncer"] = (bouncer.port, None, bouncer.pid)
     try:
         for scenario, args in scenarios.items():
             for count in clients:
                 series = {name: Run(scenario, count, name) for name in targets}
                 for _ in range(rounds):
-                    for name, (port, secret) in targets.items():
-                        tps, latency, problem = await asyncio.to_thread(
+                    for name, (port, secret, pid) in targets.items():
+                        cpu_before = cpu_seconds(pid) if pid else 0.0
+                        tps, latency, processed, problem = await asyncio.to_thread(
                             pgbench,
                             [*args, "-n", "-M", "extended", "-c", str(count), "-j", "2", "-T", str(seconds)],
                             port,
                             secret,
                         )
+                        if pid and processed:
+                            # Logins are in it too: a few per cent of a run, for both poolers.
+                            used = cpu_seconds(pid) - cpu_before
+                            series[name].cpu_us.append(used / processed * 1e6)
                         series[name].tps.append(tps)
                         series[name].latency_ms.append(latency)
                         if problem:
@@ -175,8 +200,9 @@ async def throughput(
 def throughput_markdown(runs: list[Run], absent: str) -> str:
     lines = [
         "| scenario | clients | direct TPS | rotaproxy TPS | PgBouncer TPS | rotaproxy/direct "
-        "| rotaproxy/PgBouncer | latency ms (direct / rotaproxy / PgBouncer) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| rotaproxy/PgBouncer | latency ms (direct / rotaproxy / PgBouncer) "
+        "| pooler CPU µs/transaction (rotaproxy / PgBouncer) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     keyed = {(r.scenario, r.clients, r.target): r for r in runs}
     for scenario, clients in dict.fromkeys((r.scenario, r.clients) for r in runs):
@@ -191,8 +217,11 @@ def throughput_markdown(runs: list[Run], absent: str) -> str:
         latencies = " / ".join(
             f"{statistics.median(run.latency_ms):.2f}" if run else "-" for run in (direct, ours, bouncer)
         )
+        cpu = " / ".join(
+            f"{statistics.median(run.cpu_us):.0f}" if run and run.cpu_us else "-" for run in (ours, bouncer)
+        )
         lines.append(
             f"| {scenario} | {clients} | {cell(direct)} | {cell(ours)} | {cell(bouncer)} | "
-            f"{ours.median_tps / direct.median_tps:.2f}x | {versus} | {latencies} |"
+            f"{ours.median_tps / direct.median_tps:.2f}x | {versus} | {latencies} | {cpu} |"
         )
     return "\n".join(lines)

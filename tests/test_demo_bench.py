@@ -112,10 +112,13 @@ def test_bench_throughput_compares_direct_rotaproxy_and_pgbouncer(tmp_path: Path
     runs = payload["throughput"]
     assert {(r["scenario"], r["clients"], r["target"]) for r in runs} == {
         (scenario, clients, target)
-        for scenario in ("select-only", "SELECT 1")
+        for scenario in ("select-only", "SELECT 1", "TPC-B-like")
         for clients in (10, 100)
         for target in ("direct", "rotaproxy", "pgbouncer")
     }
     for run in runs:
         assert run["errors"] == [] and run["median_tps"] > 0, run
+        # Each pooler's CPU per transaction is measured; direct has no pooler.
+        assert (len(run["cpu_us"]) > 0) == (run["target"] != "direct"), run
+        assert all(0 < value < 10_000 for value in run["cpu_us"]), run
     assert "| select-only | 100 |" in result.stdout

@@ -33,6 +33,9 @@ from protocols.postgres.extended import (
     StatementNamer,
     Sync,
     decode_frontend,
+    parse_query,
+    statement_field,
+    with_name,
     with_statement_name,
 )
 from protocols.postgres.messages import RawMessage
@@ -388,3 +391,45 @@ def test_property_renaming_changes_only_the_statement_name(message: FrontendMess
         assert renamed == type(message)(message.kind, name)
     else:
         assert renamed is message
+
+
+# --- renaming by splicing, as the transaction relay does on its hot path ----------------------
+
+
+@pytest.mark.parametrize(
+    ("wire", "name"),
+    [
+        (PARSE_S1, "s1"),
+        (PARSE_UNNAMED, ""),
+        (BIND_S1, "s1"),
+        (BIND_MINIMAL, ""),
+        (DESCRIBE_STATEMENT, "s1"),
+        (DESCRIBE_PORTAL, ""),
+        (CLOSE_STATEMENT, "s1"),
+        (CLOSE_PORTAL, "p1"),
+    ],
+)
+def test_splicing_a_name_equals_decoding_renaming_and_encoding(wire: bytes, name: str) -> None:
+    found, start, end = statement_field(wire)
+    assert found == name
+    spliced = with_name(wire, start, end, "rp_0123456789abcdef")
+    message = decode(wire)
+    assert isinstance(message, Parse | Bind | Describe | Close)
+    if isinstance(message, Parse | Bind) or message.kind == b"S":
+        assert spliced == with_statement_name(message, "rp_0123456789abcdef").encode()
+    else:  # a portal's name: the same splice renames it, the rest unchanged
+        assert decode(spliced) == type(message)(message.kind, "rp_0123456789abcdef")
+
+
+def test_the_query_of_a_parse_is_read_after_its_name() -> None:
+    _, _, end = statement_field(PARSE_S1)
+    assert parse_query(PARSE_S1, end) == "SELECT $1"
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [b"P\x00\x00\x00\x06s1", b"B\x00\x00\x00\x06p1", b"D\x00\x00\x00\x06Xs\x00", b"C\x00\x00\x00\x05S"],
+)
+def test_a_name_without_its_nul_or_kind_is_a_protocol_violation(wire: bytes) -> None:
+    with pytest.raises(ProtocolViolation):
+        statement_field(wire)

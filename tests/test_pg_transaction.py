@@ -25,12 +25,16 @@ from tests.conftest import (
     Users,
     get_json,
     kill_client_after_insert,
+    metric,
     new_secret,
     pool_toml,
     rds_secret,
+    scrape,
 )
 
 ADMIN_PORT = free_port()
+# The issue asks for 20 s of driver load; the two drivers' runs take 40 s of the suite.
+LOAD_SECONDS = 20.0
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +54,16 @@ async def txn_proxy(
         pool_toml("txn", secret, max_server_connections=3, borrow_timeout="10s", **common)
         + pool_toml("txn1", secret, max_server_connections=1, borrow_timeout="10s", **common)
         + pool_toml("txn5", secret, max_server_connections=5, borrow_timeout="10s", **common)
-        + pool_toml("txn10", secret, max_server_connections=10, borrow_timeout="10s", **common),
+        + pool_toml("txn10", secret, max_server_connections=10, borrow_timeout="10s", **common)
+        + pool_toml("txn_metrics", secret, max_server_connections=2, **common)
+        + pool_toml(
+            "txn_idle",
+            secret,
+            max_server_connections=1,
+            borrow_timeout="10s",
+            idle_transaction_timeout="1s",
+            **common,
+        ),
         admin_port=ADMIN_PORT,
     )
 
@@ -222,7 +235,7 @@ async def test_asyncpg_default_settings_40_clients_pool_of_5(txn_proxy: ProxyPro
         return one_round
 
     try:
-        rounds = await asyncio.gather(*(_driver_load(client(c), 6.0, errors) for c in connections))
+        rounds = await asyncio.gather(*(_driver_load(client(c), LOAD_SECONDS, errors) for c in connections))
     finally:
         for connection in connections:
             await connection.close()
@@ -255,7 +268,7 @@ async def test_psycopg_server_side_prepares_40_clients_pool_of_5(txn_proxy: Prox
         return one_round
 
     try:
-        rounds = await asyncio.gather(*(_driver_load(client(c), 6.0, errors) for c in connections))
+        rounds = await asyncio.gather(*(_driver_load(client(c), LOAD_SECONDS, errors) for c in connections))
     finally:
         for connection in connections:
             await connection.close()
@@ -343,3 +356,51 @@ def test_client_killed_inside_a_transaction_commits_nothing(
         assert conn.execute("SELECT count(*) FROM items WHERE note = %s", (marker,)).fetchone() == (0,)
         assert conn.execute("SELECT txid_current_if_assigned()").fetchone() == (None,)
     assert pg.sql(f"SELECT count(*) FROM items WHERE note = '{marker}'", database="appdb") == "0"
+
+
+def test_idle_in_transaction_timeout_ends_the_client_and_rolls_back(txn_proxy: ProxyProcess) -> None:
+    marker = f"idle-{time.monotonic_ns()}"
+    idler = connect(txn_proxy, "txn_idle")
+    idler.execute("BEGIN")
+    idler.execute("INSERT INTO items (note) VALUES (%s)", (marker,))
+    started = time.monotonic()
+    # The only server connection is the idler's: the second client waits for it (its login
+    # needs one too) until the idler is thrown out after 1 s.
+    waiting = connect(txn_proxy, "txn_idle")
+    assert waiting.execute("SELECT count(*) FROM items WHERE note = %s", (marker,)).fetchone() == (0,)
+    assert 0.8 < time.monotonic() - started < 8
+    with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout, match="idle in a transaction for 1s"):
+        idler.execute("SELECT 1")
+    idler.close()
+    # Idle outside a transaction is not idle in one: that client stays.
+    time.sleep(1.5)
+    assert waiting.execute("SELECT 1").fetchone() == (1,)
+    waiting.close()
+
+
+def test_transactions_queries_bytes_and_pins_are_counted(txn_proxy: ProxyProcess) -> None:
+    labels = {"pool": "txn_metrics", "engine": "postgres"}
+
+    def value(name: str, **extra: str) -> float:
+        return metric(scrape(ADMIN_PORT)[1], name, **labels, **extra)
+
+    with connect(txn_proxy, "txn_metrics") as conn:
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1")
+        assert value("rotaproxy_server_connections_in_transaction") == 1
+        conn.execute("COMMIT")
+        assert value("rotaproxy_server_connections_in_transaction") == 0
+        for _ in range(3):
+            conn.execute("SELECT 1")  # autocommit: a transaction each
+        assert value("rotaproxy_queries_total") == 6
+        assert value("rotaproxy_transactions_total") == 4
+        assert value("rotaproxy_client_bytes_total", direction="in") > 0
+        assert value("rotaproxy_client_bytes_total", direction="out") > 0
+        assert value("rotaproxy_server_connections_pinned") == 0
+        conn.execute("SET work_mem = '8MB'")
+        assert value("rotaproxy_server_connections_pinned") == 1
+        assert value("rotaproxy_pins_total", reason="SET") == 1
+    deadline = time.monotonic() + 5
+    while value("rotaproxy_server_connections_pinned") != 0:  # the client left
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

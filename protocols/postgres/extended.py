@@ -336,6 +336,46 @@ EMPTY_QUERY_RESPONSE_MESSAGE = frame(EMPTY_QUERY_RESPONSE)
 
 # --- prepared-statement renaming -------------------------------------------------------------
 
+_HEADER_SIZE = 5  # type byte + int32 length
+
+
+def statement_field(message: bytes) -> tuple[str, int, int]:
+    """The name in a whole Parse, Bind (its statement), Describe or Close message.
+
+    Returns the name and the (start, end) offsets of its bytes, without the NUL; an empty name
+    is the unnamed statement (or portal). Nothing else is decoded: the hot path renames by
+    splicing (``with_name``).
+    """
+    kind = message[:1]
+    if kind == PARSE:
+        start = _HEADER_SIZE
+    elif kind == BIND:
+        start = message.find(b"\x00", _HEADER_SIZE) + 1
+        if start == 0:
+            raise ProtocolViolation("Bind portal name is not NUL-terminated")
+    elif kind in (DESCRIBE, CLOSE):
+        if message[_HEADER_SIZE : _HEADER_SIZE + 1] not in TARGET_KINDS:
+            raise ProtocolViolation(f"{kind!r} names neither a statement nor a portal")
+        start = _HEADER_SIZE + 1
+    else:
+        raise LocalProtocolError(f"message {kind!r} names no statement")
+    end = message.find(b"\x00", start)
+    if end < 0:
+        raise ProtocolViolation(f"{kind!r} name is not NUL-terminated")
+    return (message[start:end].decode(_TEXT_ENCODING, _TEXT_ERRORS) if end > start else ""), start, end
+
+
+def parse_query(message: bytes, name_end: int) -> str:
+    """The query text of a whole Parse message whose name ends at ``name_end``."""
+    text, _ = _read_text(message, name_end + 1, "Parse query")
+    return text
+
+
+def with_name(message: bytes, start: int, end: int, name: str) -> bytes:
+    """The same whole message with the name at ``start:end`` replaced by ``name``."""
+    return frame(message[:1], message[_HEADER_SIZE:start] + _text(name)[:-1] + message[end:])
+
+
 NamedMessage = TypeVar("NamedMessage", bound=Parse | Bind | Describe | Close)
 
 

@@ -51,6 +51,13 @@ class MessageReader(ReceiveBuffer):
         return bytes(self._data[:1]) or None
 
     def next_message(self) -> RawMessage | NeedData:
+        message = self.next_frame()
+        if isinstance(message, NeedData):
+            return message
+        return RawMessage(message[:1], message[HEADER.size :])
+
+    def next_frame(self) -> bytes | NeedData:
+        """The next whole message as it came (type byte, length, payload)."""
         if len(self._data) < HEADER.size:
             return NEED_DATA
         kind, length = HEADER.unpack_from(self._data)
@@ -63,6 +70,6 @@ class MessageReader(ReceiveBuffer):
         total = length + 1
         if len(self._data) < total:
             return NEED_DATA
-        payload = bytes(self._data[HEADER.size : total])
+        message = bytes(self._data[:total])
         del self._data[:total]
-        return RawMessage(kind, payload)
+        return message

@@ -13,6 +13,16 @@ Execute → … CommandComplete/EmptyQueryResponse/PortalSuspended, Sync and Que
 Sync, so their entries are dropped: skipped PASS and SWALLOW requests get no answer and
 SYNTHETIC answers for them are not sent, exactly as if the server had handled them.
 Asynchronous messages (NoticeResponse, ParameterStatus, NotificationResponse) pass.
+
+The fast path: most groups of requests (everything up to a Sync or Query) are *plain*:
+every answer passes and no Parse is tracked. A plain group needs no per-request entry, since
+a PASS Sync or Query entry at the head already passes everything up to its ReadyForQuery.
+Plain requests wait in ``_open`` and are dropped when their group's Sync or Query arrives;
+they become entries only when something that needs matching follows them in the same group,
+or when the server starts answering before the group is complete. While the head entry is a
+PASS Sync or Query, ``feed`` forwards server bytes as they come and walks only the message
+headers (looking inside ReadyForQuery and ParameterStatus); otherwise it reads whole messages
+and matches each one.
 """
 
 from __future__ import annotations
@@ -22,10 +32,26 @@ from collections import deque
 from dataclasses import dataclass
 
 from protocols.errors import ProtocolViolation
-from protocols.postgres.messages import ERROR_RESPONSE, NOTICE_RESPONSE, PARAMETER_STATUS, READY_FOR_QUERY
+from protocols.events import NeedData
+from protocols.postgres.framing import MessageReader
+from protocols.postgres.messages import (
+    ERROR_RESPONSE,
+    HEADER,
+    NOTICE_RESPONSE,
+    PARAMETER_STATUS,
+    READY_FOR_QUERY,
+    STATUS_IDLE,
+    TRANSACTION_STATUSES,
+    UINT32,
+    read_cstring,
+)
 
 NOTIFICATION_RESPONSE = b"A"
 _ASYNC = frozenset({NOTICE_RESPONSE, PARAMETER_STATUS, NOTIFICATION_RESPONSE})
+_READY_FOR_QUERY = READY_FOR_QUERY[0]
+_PARAMETER_STATUS = PARAMETER_STATUS[0]
+# Bodies the header walk must see whole; a ParameterStatus is a name and a short value.
+_OBSERVED_BODY_LIMIT = 64 * 1024
 
 
 class Request(enum.Enum):
@@ -44,6 +70,9 @@ class Handling(enum.Enum):
     SWALLOW = "swallow"
     SYNTHETIC = "synthetic"
 
+
+# Requests answered by ReadyForQuery: they end a group.
+_GROUP_END = frozenset({Request.SYNC, Request.QUERY})
 
 # The message that ends each request's answer (an ErrorResponse ends any of them).
 _LAST: dict[Request, frozenset[bytes]] = {
@@ -67,21 +96,48 @@ class _Entry:
 
 
 class ResponsePlan:
-    """The queue of requests awaiting answers on one server connection."""
+    """The queue of requests awaiting answers on one server connection, and its server stream.
 
-    def __init__(self) -> None:
+    ``parameters`` (the connection's reported settings) is updated in place from
+    ParameterStatus; ``status`` is the transaction status of the last ReadyForQuery.
+    """
+
+    def __init__(self, parameters: dict[str, str] | None = None) -> None:
         self._entries: deque[_Entry] = deque()
+        self._open: list[Request] = []  # plain requests of the group being sent (see above)
         # Server-side statements whose Parse failed or was skipped: they do not exist.
         self.unprepared: list[str] = []
+        self.parameters: dict[str, str] = {} if parameters is None else parameters
+        self.parameters_changed = False  # a ParameterStatus arrived since ``follow``
+        self.ready_count = 0  # ReadyForQuery messages seen (requests answered)
+        self.idle_count = 0  # of them, with status idle (transactions ended)
+        self.status = STATUS_IDLE
+        self._reader = MessageReader()
+        self._skip = 0  # body bytes of a passed message still to come (header walk)
+        self._partial = b""  # an incomplete header, or an observed message not yet whole
+
+    def follow(self, parameters: dict[str, str]) -> None:
+        """Start on another server connection (this plan must be at rest), following its settings."""
+        if not self.at_rest:
+            raise ProtocolViolation("internal: moving a response plan that is owed answers")
+        self.parameters = parameters
+        self.parameters_changed = False
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """Requests still awaiting their answer."""
+        return len(self._entries) + len(self._open)
 
     @property
-    def rewriting(self) -> bool:
-        """True while some answer must be added or removed (the stream needs message-level care)."""
-        return any(entry.handling is not Handling.PASS for entry in self._entries)
+    def at_rest(self) -> bool:
+        """Every request answered and no server message half-received."""
+        return not (self._entries or self._open or len(self._reader) or self._skip or self._partial)
 
+    @property
+    def mid_message(self) -> bool:
+        """Whether the client has been sent part of a server message (so nothing may be added)."""
+        return self._skip > 0
+
+    # --- client side -------------------------------------------------------------------------
     def expect(
         self,
         request: Request,
@@ -90,21 +146,119 @@ class ResponsePlan:
         statement: str | None = None,
     ) -> bytes:
         """Queue a request; return bytes due to the client now (a synthetic answer at the head)."""
+        if handling is Handling.PASS and statement is None:
+            if request is Request.SYNC or request is Request.QUERY:  # (enum hashing is slow)
+                self._open.clear()  # the PASS Sync/Query entry passes their answers too
+                self._entries.append(_Entry(request, handling))
+            else:
+                self._open.append(request)
+            return b""
+        self._open_to_entries()
         self._entries.append(_Entry(request, handling, answer, statement))
         return self._release_synthetic()
+
+    def _open_to_entries(self) -> None:
+        self._entries.extend(_Entry(request, Handling.PASS) for request in self._open)
+        self._open.clear()
+
+    # --- server side -------------------------------------------------------------------------
+    def feed(self, data: bytes) -> bytes:
+        """Server bytes in; the bytes the client gets for them out."""
+        out: list[bytes] = []
+        while data:
+            if self._walking:
+                data = self._walk(data, out)
+                continue
+            self._reader.receive_data(data)
+            data = b""
+            while not isinstance(message := self._reader.next_message(), NeedData):
+                kind, payload = message.type, message.payload
+                if kind in (READY_FOR_QUERY, PARAMETER_STATUS):
+                    self._observe(kind[0], payload)
+                out.append(self.server_message(kind, message.encode()))
+                if self._group_passes():
+                    data = self._reader.take_buffer()
+                    break
+        return b"".join(out)
+
+    @property
+    def _walking(self) -> bool:
+        """Whether the header walk applies: inside a passed message, or a PASS group at the head."""
+        return bool(self._skip or self._partial) or (not len(self._reader) and self._group_passes())
+
+    def _group_passes(self) -> bool:
+        """Whether the head entry is a PASS Sync or Query: all up to its ReadyForQuery passes."""
+        if not self._entries:
+            return False
+        head = self._entries[0]
+        request = head.request
+        return head.handling is Handling.PASS and (request is Request.SYNC or request is Request.QUERY)
+
+    def _walk(self, data: bytes, out: list[bytes]) -> bytes:
+        """Pass whole groups' answers by their headers; return what the walk leaves to match."""
+        if self._partial:
+            data, self._partial = self._partial + data, b""
+        size = len(data)
+        pos = min(self._skip, size)
+        self._skip -= pos
+        while pos < size:
+            if size - pos < HEADER.size:
+                self._partial = data[pos:]
+                break
+            kind = data[pos]
+            (length,) = UINT32.unpack_from(data, pos + 1)
+            if length < 4:
+                raise ProtocolViolation(f"server message declares length {length} (< 4)")
+            end = pos + 1 + length
+            if kind != _READY_FOR_QUERY and kind != _PARAMETER_STATUS:
+                if end > size:
+                    self._skip = end - size
+                    pos = size
+                    break
+                pos = end
+                continue
+            if end > size:
+                if length > _OBSERVED_BODY_LIMIT:
+                    raise ProtocolViolation(f"server message {chr(kind)!r} is too long")
+                self._partial = data[pos:]
+                break
+            self._observe(kind, data[pos + HEADER.size : end])
+            pos = end
+            if kind == _READY_FOR_QUERY:
+                self._entries.popleft()
+                if not self._group_passes():
+                    out.append(data[:pos])
+                    return data[pos:]
+        out.append(data[:pos])
+        return b""
+
+    def _observe(self, kind: int, body: bytes) -> None:
+        if kind == _READY_FOR_QUERY:
+            if body not in TRANSACTION_STATUSES:
+                raise ProtocolViolation("ReadyForQuery with an invalid status")
+            self.status = body
+            self.ready_count += 1
+            if body == STATUS_IDLE:
+                self.idle_count += 1
+        else:
+            name, offset = read_cstring(body, 0)
+            self.parameters[name] = read_cstring(body, offset)[0]
+            self.parameters_changed = True
 
     def server_message(self, kind: bytes, message: bytes) -> bytes:
         """One whole server message; return what the client gets for it (maybe nothing, maybe more)."""
         if kind in _ASYNC:
             return message
         if not self._entries:
-            raise ProtocolViolation(f"server message {kind!r} answers no request")
+            if not self._open:
+                raise ProtocolViolation(f"server message {kind!r} answers no request")
+            self._open_to_entries()  # answers arrive before the group's Sync: match them one by one
         entry = self._entries[0]
         if entry.handling is Handling.SYNTHETIC:  # cannot be at the head: released eagerly
             raise ProtocolViolation("internal: synthetic answer not released")
         # An error always reaches the client: a request made on its behalf failed for it.
         out = b"" if entry.handling is Handling.SWALLOW and kind != ERROR_RESPONSE else message
-        if kind == ERROR_RESPONSE and entry.request not in (Request.QUERY, Request.SYNC):
+        if kind == ERROR_RESPONSE and entry.request not in _GROUP_END:
             self._drop(self._entries.popleft())
             self._skip_to_sync()
             return out + self._release_synthetic()
@@ -114,8 +268,13 @@ class ResponsePlan:
         return out
 
     def _skip_to_sync(self) -> None:
-        while self._entries and self._entries[0].request not in (Request.SYNC, Request.QUERY):
+        if not self._entries:
+            self._open.clear()  # plain requests the server skips: nothing to match
+            return
+        while self._entries and self._entries[0].request not in _GROUP_END:
             self._drop(self._entries.popleft())
+        if not self._entries:
+            self._open.clear()
 
     def _drop(self, entry: _Entry) -> None:
         if (

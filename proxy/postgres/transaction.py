@@ -3,16 +3,20 @@
 Theory of operation: client messages are read whole. The first message after an idle
 point attaches a server connection from the pool (waiting up to borrow_timeout); the
 client's reported settings are brought onto it with one ``set_config`` query if they
-differ; then messages are forwarded. Server bytes are relayed as they come while a
-``BackendTracker`` counts ReadyForQuery: when the server reports idle (``I``) and owes the
-client nothing, the connection goes back to the pool, unreset (nothing session-scoped
-happened on it) and usable by the next client at once.
+differ; then messages are forwarded as they came, in one write per batch. Server bytes go
+through the connection's ``ResponsePlan``, which relays them as they come while it only has
+to count ReadyForQuery, and matches message by message where the proxy answers or hides
+something. When the server reports idle (``I``) and owes the client nothing, the
+connection goes back to the pool, unreset (nothing session-scoped happened on it) and usable
+by the next client at once.
 
-Statements whose effect outlives the transaction (session SET, LISTEN, temporary tables,
-session advisory locks, SQL PREPARE, DECLARE WITH HOLD, LOAD) and named prepared
-statements *pin* the client to its connection until it leaves, like RDS Proxy; the
-connection is then reset before reuse. Renaming prepared statements so that they move with
-their client (instead of pinning) is the next step: see docs/architecture.md.
+Named prepared statements move with their client: a client's Parse is sent under a
+server-side name derived from the query and parameter types (shared by every client that
+prepares the same statement), and a Bind or Describe naming a statement the connection lacks
+is preceded by a Parse whose answer is hidden. Statements whose effect outlives the
+transaction (session SET, LISTEN, temporary tables, session advisory locks, SQL PREPARE,
+DECLARE WITH HOLD, LOAD) *pin* the client to its connection until it leaves, like RDS
+Proxy; the connection is then reset before reuse.
 """
 
 from __future__ import annotations
@@ -29,12 +33,13 @@ from protocols.postgres.extended import (
     CLOSE_COMPLETE_MESSAGE,
     PARSE_COMPLETE_MESSAGE,
     TARGET_STATEMENT,
-    Bind,
     Close,
-    Describe,
     Parse,
     Query,
     StatementNamer,
+    parse_query,
+    statement_field,
+    with_name,
     with_statement_name,
 )
 from protocols.postgres.framing import MessageReader
@@ -45,22 +50,20 @@ from protocols.postgres.messages import (
     DESCRIBE,
     EXECUTE,
     FUNCTION_CALL,
-    PARAMETER_STATUS,
+    HEADER,
     PARSE,
     QUERY,
-    READY_FOR_QUERY,
     SQLSTATE_CANNOT_CONNECT,
     SQLSTATE_CONNECTION_FAILURE,
+    SQLSTATE_IDLE_IN_TRANSACTION_TIMEOUT,
     SQLSTATE_TOO_MANY_CONNECTIONS,
     STATUS_IDLE,
     SYNC,
     TERMINATE,
     ErrorResponse,
-    RawMessage,
     ReadyForQuery,
     cstring,
     frame,
-    read_cstring,
 )
 from protocols.postgres.responses import Handling, Request, ResponsePlan
 from protocols.postgres.session_state import (
@@ -77,7 +80,7 @@ from protocols.postgres.session_state import (
     session_state_pins,
 )
 from proxy.endpoint import CONTROL_BUFFER_LIMIT, Endpoint
-from proxy.pool import BorrowTimeout, Pool, PoolError
+from proxy.pool import BorrowTimeout, Pool, PoolError, format_seconds
 from proxy.postgres.server import PgServerConnection
 from proxy.postgres.settings import set_config_query
 from proxy.relay import CLIENT_CLOSED, CLIENT_TERMINATED, SERVER_CLOSED
@@ -129,15 +132,18 @@ class TransactionRelay:
         self.session = session
         self.client = session.endpoint
         self.pool = pool
-        self.parameters = parameters  # what the client has been told, kept on every connection
+        # What the client has been told of the settings that travel with it.
+        self.parameters = {name: value for name, value in parameters.items() if name in SYNCED_PARAMETERS}
         self.reader = MessageReader()
         self.server: PgServerConnection | None = None
-        self.server_reader = MessageReader()
-        self.plan = ResponsePlan()
-        self.status = STATUS_IDLE  # from the last ReadyForQuery the client got
+        self.plan = ResponsePlan()  # of the attached connection; its status is the client's
+        self.metrics = pool.metrics
+        assert session.meter is not None
+        self.meter = session.meter
         self.statements: dict[str, Parse] = {}  # the client's names → Parse under server-side names
         self.pinned: str | None = None
         self._attaching: asyncio.Task[None] | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None  # armed while idle in a transaction
         self._done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     def __repr__(self) -> str:
@@ -150,6 +156,7 @@ class TransactionRelay:
             reason = await self._done
         finally:
             self.client.stop_relay()
+            self._disarm_idle_timer()
             if self._attaching is not None:
                 self._attaching.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -162,6 +169,9 @@ class TransactionRelay:
 
     # --- client → server -------------------------------------------------------------------
     def _on_client_data(self, data: bytes) -> None:
+        if self._idle_timer is not None:
+            self._disarm_idle_timer()
+        self.metrics.bytes_in += len(data)
         self.reader.receive_data(data)
         try:
             self._pump()
@@ -191,81 +201,93 @@ class TransactionRelay:
             # record and a system call, and a query is five messages in the extended protocol.
             server = self.server
             batch: list[bytes] = []
-            while not isinstance(message := self.reader.next_message(), NeedData):
-                if not self._forward(message, batch) or self.server is not server:
+            while not isinstance(message := self.reader.next_frame(), NeedData):
+                if not self._forward(message, batch):
                     break
             if batch:
                 server.endpoint.write(b"".join(batch))
-            if self.server is server or self._done.done():
-                return
+            elif not self._done.done():
+                self._detach_if_idle()  # everything was answered here (DEALLOCATE, Close)
+            return
 
-    def _forward(self, message: RawMessage, batch: list[bytes]) -> bool:
-        """Queue what the server must get for this client message; False to stop reading."""
-        kind = message.type
-        server = self.server
-        assert server is not None
-        out: bytes = b""
-        if kind == TERMINATE:
-            self._finish(CLIENT_TERMINATED)
-            return False
+    def _forward(self, message: bytes, batch: list[bytes]) -> bool:
+        """Queue what the server must get for this client message; False to stop reading.
+
+        Messages pass as they came unless a statement name must change (see ``_renamed``).
+        """
+        kind = message[:1]
+        plan = self.plan
         if kind == QUERY:
-            sql = Query.decode(message.payload).sql
+            sql = Query.decode(message[HEADER.size :]).sql
             if self._deallocate(sql):
                 return True
             self._check_pins(sql)
-            self.plan.expect(Request.QUERY)
-            out = message.encode()
-        elif kind == FUNCTION_CALL:
-            self.plan.expect(Request.QUERY)
-            out = message.encode()
+            plan.expect(Request.QUERY)
         elif kind == PARSE:
-            out = self._parse(Parse.decode(message.payload))
+            message = self._parse(message)
         elif kind == BIND:
-            bind = Bind.decode(message.payload)
-            out = self._ensure_prepared(bind.statement)
-            if bind.statement in self.statements:
-                bind = with_statement_name(bind, self.statements[bind.statement].statement)
-            self.plan.expect(Request.BIND)
-            out += bind.encode()
-        elif kind == DESCRIBE:
-            describe = Describe.decode(message.payload)
-            if describe.kind == TARGET_STATEMENT:
-                out = self._ensure_prepared(describe.name)
-                if describe.name in self.statements:
-                    describe = with_statement_name(describe, self.statements[describe.name].statement)
-                self.plan.expect(Request.DESCRIBE_STATEMENT)
-            else:
-                self.plan.expect(Request.DESCRIBE_PORTAL)
-            out += describe.encode()
-        elif kind == CLOSE:
-            close = Close.decode(message.payload)
-            if close.kind == TARGET_STATEMENT and close.name in self.statements:
-                # Other clients may share the server-side statement: keep it, forget ours.
-                del self.statements[close.name]
-                self._to_client(self.plan.expect(Request.CLOSE, Handling.SYNTHETIC, CLOSE_COMPLETE_MESSAGE))
-                return True
-            self.plan.expect(Request.CLOSE)
-            out = message.encode()
+            name, start, end = statement_field(message)
+            if name:
+                message = self._renamed(message, name, start, end, batch)
+            plan.expect(Request.BIND)
         elif kind == EXECUTE:
-            self.plan.expect(Request.EXECUTE)
-            out = message.encode()
+            plan.expect(Request.EXECUTE)
         elif kind == SYNC:
-            self.plan.expect(Request.SYNC)
-            out = message.encode()
-        else:  # Flush, CopyData, CopyDone, CopyFail: no answer of their own
-            out = message.encode()
-        if out:
-            batch.append(out)
+            plan.expect(Request.SYNC)
+        elif kind == DESCRIBE:
+            name, start, end = statement_field(message)
+            if message[HEADER.size : HEADER.size + 1] == TARGET_STATEMENT:
+                if name:
+                    message = self._renamed(message, name, start, end, batch)
+                plan.expect(Request.DESCRIBE_STATEMENT)
+            else:
+                plan.expect(Request.DESCRIBE_PORTAL)
+        elif kind == CLOSE:
+            name, _, _ = statement_field(message)
+            if message[HEADER.size : HEADER.size + 1] == TARGET_STATEMENT and name in self.statements:
+                # Other clients may share the server-side statement: keep it, forget ours.
+                del self.statements[name]
+                self._to_client(plan.expect(Request.CLOSE, Handling.SYNTHETIC, CLOSE_COMPLETE_MESSAGE))
+                return True
+            plan.expect(Request.CLOSE)
+        elif kind == FUNCTION_CALL:
+            plan.expect(Request.QUERY)
+        elif kind == TERMINATE:
+            self._finish(CLIENT_TERMINATED)
+            return False
+        # Flush, CopyData, CopyDone, CopyFail: no answer of their own
+        if message:
+            batch.append(message)
         return True
 
-    def _parse(self, parse: Parse) -> bytes:
-        self._check_pins(parse.query)
-        if not parse.statement:  # the unnamed statement dies with the next Parse: no renaming
+    def _renamed(self, message: bytes, name: str, start: int, end: int, batch: list[bytes]) -> bytes:
+        """``message`` naming the client's statement by its server-side name, prepared here first
+        if this connection lacks it. A name we do not know passes: the server says it does not
+        exist, as it should."""
+        parse = self.statements.get(name)
+        if parse is None:
+            return message
+        assert self.server is not None
+        prepared = self.server.prepared
+        if parse.statement in prepared:
+            prepared.move_to_end(parse.statement)
+        else:
+            prepared[parse.statement] = None
+            self.plan.expect(Request.PARSE, Handling.SWALLOW, statement=parse.statement)
+            batch.append(self._evict() + parse.encode())
+        return with_name(message, start, end, parse.statement)
+
+    def _parse(self, message: bytes) -> bytes:
+        """What the server gets for a Parse: the same, renamed, or nothing (it has it already)."""
+        name, _, end = statement_field(message)
+        self._check_pins(parse_query(message, end))
+        if not name:  # the unnamed statement dies with the next Parse: no renaming
             self.plan.expect(Request.PARSE)
-            return parse.encode()
+            return message
+        parse = Parse.decode(message[HEADER.size :])
         server_name = StatementNamer.server_name(parse.query, parse.parameter_types)
         renamed = with_statement_name(parse, server_name)
-        self.statements[parse.statement] = renamed
+        self.statements[name] = renamed
         assert self.server is not None
         prepared = self.server.prepared
         if server_name in prepared:
@@ -275,20 +297,6 @@ class TransactionRelay:
         prepared[server_name] = None
         self.plan.expect(Request.PARSE, statement=server_name)
         return self._evict() + renamed.encode()
-
-    def _ensure_prepared(self, client_name: str) -> bytes:
-        """Prepare the client's statement on this connection first if it lacks it."""
-        parse = self.statements.get(client_name)
-        assert self.server is not None
-        if parse is None:
-            return b""  # unknown to us: the server will say it does not exist, as it should
-        prepared = self.server.prepared
-        if parse.statement in prepared:
-            prepared.move_to_end(parse.statement)
-            return b""
-        prepared[parse.statement] = None
-        self.plan.expect(Request.PARSE, Handling.SWALLOW, statement=parse.statement)
-        return self._evict() + parse.encode()
 
     def _evict(self) -> bytes:
         assert self.server is not None
@@ -320,12 +328,13 @@ class TransactionRelay:
                 return False  # an SQL-level PREPARE (that pinned): the server knows it
             del self.statements[name]
             tag = "DEALLOCATE"
-        answer = frame(COMMAND_COMPLETE, cstring(tag)) + ReadyForQuery(self.status).encode()
+        answer = frame(COMMAND_COMPLETE, cstring(tag)) + ReadyForQuery(self.plan.status).encode()
         self._to_client(self.plan.expect(Request.QUERY, Handling.SYNTHETIC, answer))
         return True
 
     def _to_client(self, data: bytes) -> None:
         if data:
+            self.metrics.bytes_out += len(data)
             self.client.write(data)
 
     def _check_pins(self, sql: str) -> None:
@@ -339,6 +348,7 @@ class TransactionRelay:
     def _pin(self, reason: str) -> None:
         if self.pinned is None:
             self.pinned = reason
+            self.meter.pinned = True
             # Counted by kind ("SET", not "SET my_setting"): client-chosen names stay out.
             kind = next((k for k in PIN_KINDS if reason == k or reason.startswith(k + " ")), reason)
             self.pool.pins_total[kind] = self.pool.pins_total.get(kind, 0) + 1
@@ -387,15 +397,12 @@ class TransactionRelay:
     def _differences(self, server: PgServerConnection) -> dict[str, str]:
         """The client's settings this connection does not have right now."""
         return {
-            name: value
-            for name, value in self.parameters.items()
-            if name in SYNCED_PARAMETERS and server.parameters.get(name) != value
+            name: value for name, value in self.parameters.items() if server.parameters.get(name) != value
         }
 
     def _attached(self, server: PgServerConnection) -> None:
         self.server = self.session.server = server
-        self.server_reader = MessageReader()
-        self.plan = ResponsePlan()
+        self.plan.follow(server.parameters)
         self.client.peer, server.endpoint.peer = server.endpoint, self.client
         server.endpoint.start_relay(self._on_server_data)
         server.endpoint.on_lost(self._on_server_lost)
@@ -406,10 +413,6 @@ class TransactionRelay:
         self.client.write(ErrorResponse.build("FATAL", code, message).encode())
         self._finish("no server connection")
 
-    def _owes_nothing(self) -> bool:
-        """Every request answered and no half-received server message."""
-        return not len(self.plan) and not len(self.server_reader)
-
     def _unhook(self) -> PgServerConnection:
         """Undo what attaching did; the connection is the caller's to give back."""
         server = self.server
@@ -418,52 +421,75 @@ class TransactionRelay:
         server.endpoint.remove_on_lost(self._on_server_lost)
         server.endpoint.stop_relay()
         self.client.peer = None
-        server.transaction_status = self.status
+        server.transaction_status = self.plan.status
         return server
 
-    def _detach(self) -> None:
-        server = self._unhook()
-        self.parameters.update(
-            {name: value for name, value in server.parameters.items() if name in SYNCED_PARAMETERS}
-        )
-        self.pool.release(server, reusable=True)
+    def _detach_if_idle(self) -> bool:
+        """Give the connection back when the client is idle, unpinned and owed nothing."""
+        if self.pinned is not None or self.plan.status != STATUS_IDLE or not self.plan.at_rest:
+            return False
+        if self.plan.parameters_changed:  # the client was told: the new value travels with it
+            self.parameters.update(
+                {name: value for name, value in self.plan.parameters.items() if name in SYNCED_PARAMETERS}
+            )
+        self.pool.release(self._unhook(), reusable=True)
+        return True
 
     # --- server → client -------------------------------------------------------------------
     def _on_server_data(self, data: bytes) -> None:
-        server = self.server
-        assert server is not None
-        self.server_reader.receive_data(data)
-        out = []
+        plan = self.plan
+        ready, idle = plan.ready_count, plan.idle_count
         try:
-            while not isinstance(message := self.server_reader.next_message(), NeedData):
-                kind = message.type
-                if kind == READY_FOR_QUERY:
-                    self.status = message.payload
-                elif kind == PARAMETER_STATUS:
-                    name, offset = read_cstring(message.payload, 0)
-                    server.parameters[name] = read_cstring(message.payload, offset)[0]
-                out.append(self.plan.server_message(kind, message.encode()))
+            out = plan.feed(data)
         except ProtocolViolation as exc:
-            log.warning("upstream %r broke the protocol: %s", server, exc)
+            log.warning("upstream %r broke the protocol: %s", self.server, exc)
             self._finish("server protocol violation")
             return
-        finally:
-            if out:
-                self.client.write(b"".join(out))
-        for name in self.plan.unprepared:  # a Parse failed or was skipped: it is not there
-            server.prepared.pop(name, None)
-        self.plan.unprepared.clear()
-        if self.pinned is None and self.status == STATUS_IDLE and self._owes_nothing():
-            self._detach()
+        self._to_client(out)
+        if plan.ready_count != ready:
+            self.metrics.queries += plan.ready_count - ready
+            self.metrics.transactions += plan.idle_count - idle
+            self.meter.in_transaction = plan.status != STATUS_IDLE
+        if self.plan.unprepared:  # a Parse failed or was skipped: it is not there
+            assert self.server is not None
+            for name in self.plan.unprepared:
+                self.server.prepared.pop(name, None)
+            self.plan.unprepared.clear()
+        if self._detach_if_idle():
             if len(self.reader):
                 self._pump()
+        elif self._idle_timer is None and self.plan.status != STATUS_IDLE and self.plan.at_rest:
+            timeout = self.pool.config.idle_transaction_timeout
+            if timeout:
+                self._idle_timer = asyncio.get_running_loop().call_later(timeout, self._idle_too_long)
+
+    def _idle_too_long(self) -> None:
+        self._idle_timer = None
+        timeout = format_seconds(self.pool.config.idle_transaction_timeout)
+        log.warning(
+            'pool "%s": client %s idle in a transaction for %s: disconnected',
+            self.pool.name,
+            self.session.peer,
+            timeout,
+        )
+        message = f'pool "{self.pool.name}": terminating connection: idle in a transaction for {timeout}'
+        self.client.write(
+            ErrorResponse.build("FATAL", SQLSTATE_IDLE_IN_TRANSACTION_TIMEOUT, message).encode()
+        )
+        self._finish("idle in transaction")
+
+    def _disarm_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
 
     def _on_server_lost(self, _: Endpoint) -> None:
-        if not len(self.server_reader) and not self.client.closed:
+        if not self.plan.mid_message and not self.client.closed:
             self.client.write(
                 ErrorResponse.build(
                     "FATAL",
                     SQLSTATE_CONNECTION_FAILURE,
+                    SQLSTATE_IDLE_IN_TRANSACTION_TIMEOUT,
                     f'pool "{self.pool.name}": the server connection was lost',
                 ).encode()
             )
@@ -477,7 +503,7 @@ class TransactionRelay:
         if reason == SERVER_CLOSED or server.is_closed:
             self.pool.release(server, reusable=False)
             return
-        if not self._owes_nothing():
+        if not self.plan.at_rest:
             await server.cancel_abandoned(self.session.peer)
             self.pool.release(server, reusable=False)
             return
