@@ -14,6 +14,7 @@ from proxy.config import Config, CredentialsConfig
 from proxy.credentials import CredentialSource, SecretsManagerClients, SecretsManagerSource, make_source
 from proxy.engine import Engine
 from proxy.listener import Listener
+from proxy.metrics import build_registry
 from proxy.mysql.engine import MYSQL
 from proxy.pool import Pool
 from proxy.postgres.engine import POSTGRES
@@ -35,6 +36,7 @@ class Proxy:
         self.pools: dict[str, Pool] = {}
         self.listeners: list[Listener] = []
         self.admin: AdminServer | None = None
+        self.registry = build_registry(self)  # this proxy's own: tests run several in one process
 
     def __repr__(self) -> str:
         return f"Proxy(pools={list(self.pools)}, listeners={[str(item.address) for item in self.listeners]})"

@@ -1,20 +1,27 @@
-"""The ``rotaproxy`` command line: run, check-config, demo, bench, rotate."""
+"""The ``rotaproxy`` command line: run, check-config, status, demo, bench, rotate."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 from proxy.config import Config, ConfigError, load_config, parse_duration, quick_config
-from proxy.logs import setup_logging
+from proxy.logs import LOG_FORMATS, setup_logging
 
 log = logging.getLogger("rotaproxy")
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:9631"
+STATUS_TIMEOUT = 5.0
 
 
 def run_async(main: Coroutine[Any, Any, int]) -> int:
@@ -43,15 +50,27 @@ def _add_run_parser(commands: Any) -> None:
     run.add_argument("--endpoint-url", help="quick form: Secrets Manager endpoint (local testing)")
     run.add_argument("--region", help="quick form: AWS region")
     run.add_argument("--admin-listen", help="quick form: admin HTTP address")
+    run.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="text or json lines (default: [logging] format, else text)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rotaproxy", description=__doc__)
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="default: [logging] level in the config, else info",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(commands)
     check = commands.add_parser("check-config", help="validate a config file and print the pools")
     check.add_argument("-c", "--config", type=Path, required=True)
+    status = commands.add_parser("status", help="the pools of a running rotaproxy, from its admin API")
+    status.add_argument(
+        "--admin", help=f"admin API URL (default: [admin] listen of -c, else {DEFAULT_ADMIN_URL})"
+    )
+    status.add_argument("-c", "--config", type=Path, help="take the admin address from this config file")
     demo = commands.add_parser("demo", help="throwaway PostgreSQL + local Secrets Manager + proxy")
     demo.add_argument("--clients", type=int, default=10, help="concurrent clients per database")
     demo.add_argument("--duration", type=parse_duration, default=20.0, help="how long the load runs (20s)")
@@ -162,8 +181,106 @@ def describe(config: Config) -> str:
             f"borrow_timeout {pool.borrow_timeout:g}s, credentials: {pool.credentials.description}"
         )
     if config.admin.listen:
-        lines.append(f"  admin API on http://{config.admin.listen} (/healthz /readyz /pools)")
+        lines.append(f"  admin API on http://{config.admin.listen} (/healthz /readyz /metrics /pools)")
     return "\n".join(lines)
+
+
+# --- rotaproxy status --------------------------------------------------------------------------
+class StatusError(Exception):
+    """The admin API could not be asked; the message says where and why."""
+
+
+def fetch_pools(admin_url: str) -> dict[str, Any]:
+    """``GET /pools`` of a running rotaproxy."""
+    url = admin_url.rstrip("/") + "/pools"
+    try:
+        with urllib.request.urlopen(url, timeout=STATUS_TIMEOUT) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise StatusError(f"{url} answered {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise StatusError(f"cannot reach the admin API at {url}: {reason}") from None
+    except ValueError:
+        raise StatusError(f"{url} did not answer JSON: is this rotaproxy's admin API?") from None
+    if not isinstance(body, dict):
+        raise StatusError(f"{url} answered JSON that is not an object of pools")
+    return body
+
+
+def _age(timestamp: object, now: float) -> str:
+    if not isinstance(timestamp, int | float):
+        return "never"
+    seconds = max(0.0, now - timestamp)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def status_table(pools: dict[str, Any], now: float | None = None) -> Any:
+    """One row per pool: readiness, clients, server connections, credentials, rotation."""
+    from rich.table import Table
+
+    now = time.time() if now is None else now
+    table = Table(title="rotaproxy pools", title_justify="left")
+    table.add_column("pool", no_wrap=True, style="bold")
+    table.add_column("engine/mode", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("clients\nact/wait/pin", justify="right", no_wrap=True)
+    table.add_column("server\nidle/busy/max", justify="right", no_wrap=True)
+    table.add_column("gen", justify="right")
+    table.add_column("credential version", overflow="fold")
+    table.add_column("refreshed", no_wrap=True)
+    table.add_column("rotated", no_wrap=True)
+    table.add_column("problem", overflow="fold")
+    for name, pool in pools.items():
+        clients = pool.get("clients", {})
+        credentials = pool.get("credentials", {})
+        state = "[green]ready[/]" if pool.get("ready") else "[red]not ready[/]"
+        if pool.get("paused"):
+            state += " [yellow]paused[/]"
+        problem = pool.get("rotation_error") or pool.get("last_error") or credentials.get("last_poll_error")
+        version = credentials.get("version_id") or "-"
+        if credentials.get("stage"):
+            version += f" ({credentials['stage']})"
+        table.add_row(
+            name,
+            f"{pool.get('engine')}/{pool.get('mode')}",
+            state,
+            f"{clients.get('active', 0)}/{clients.get('waiting', 0)}/{clients.get('pinned', 0)}",
+            f"{pool.get('idle', 0)}/{pool.get('busy', 0)}/{pool.get('max_server_connections', '?')}",
+            str(pool.get("generation", "")),
+            version,
+            _age(pool.get("last_refresh_at"), now),
+            _age(pool.get("last_rotation_at"), now),
+            str(problem or ""),
+        )
+    return table
+
+
+def _status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    admin_url = args.admin
+    if admin_url is None and args.config is not None:
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(f"rotaproxy: {exc}", file=sys.stderr)
+            return 2
+        if config.admin.listen is None:
+            print(f"rotaproxy: status: {args.config} has no [admin] listen", file=sys.stderr)
+            return 2
+        admin_url = f"http://{config.admin.listen}"
+    try:
+        pools = fetch_pools(admin_url or DEFAULT_ADMIN_URL)
+    except StatusError as exc:
+        print(f"rotaproxy: status: {exc}", file=sys.stderr)
+        return 1
+    Console(width=200 if not sys.stdout.isatty() else None).print(status_table(pools))
+    return 0
 
 
 async def _run(config: Config) -> int:
@@ -185,7 +302,9 @@ async def _run(config: Config) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or "info")
+    if args.command == "status":
+        return _status(args)
     if args.command == "demo":
         from proxy.demo import run_demo
 
@@ -205,4 +324,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print(describe(config))
         return 0
+    setup_logging(args.log_level or config.logging.level or "info", args.log_format or config.logging.format)
     return run_async(_run(config))

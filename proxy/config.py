@@ -19,6 +19,8 @@ Engine = Literal["postgres", "mysql"]
 PoolMode = Literal["transaction", "session"]
 TlsMode = Literal["disable", "require", "verify-ca", "verify-full"]
 CredentialSourceKind = Literal["secretsmanager", "static"]
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 DEFAULT_PORTS: dict[str, int] = {"postgres": 6432, "mysql": 6033}
 UPSTREAM_DEFAULT_PORTS: dict[str, int] = {"postgres": 5432, "mysql": 3306}
@@ -89,6 +91,7 @@ class PoolConfig:
     max_server_connections: int = 20
     min_server_connections: int = 0
     borrow_timeout: float = 5.0
+    idle_transaction_timeout: float = 0.0  # 0: off
     connect_timeout: float = 5.0
     idle_timeout: float = 600.0
     server_lifetime: float = 3600.0
@@ -109,10 +112,17 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    format: LogFormat = "text"  # json: one object per line (time, level, logger, message)
+    level: LogLevel | None = None  # None: --log-level, else info
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     pools: tuple[PoolConfig, ...]
     aws: AwsConfig = AwsConfig()
     admin: AdminConfig = AdminConfig()
+    logging: LoggingConfig = LoggingConfig()
     source: str = "<command line>"
 
     def listeners(self) -> dict[Address, tuple[PoolConfig, ...]]:
@@ -290,6 +300,7 @@ def _parse_pool(table: _Table) -> PoolConfig:
         max_server_connections=table.get("max_server_connections", int, 20),
         min_server_connections=table.get("min_server_connections", int, 0),
         borrow_timeout=table.duration("borrow_timeout", 5.0),
+        idle_transaction_timeout=table.duration("idle_transaction_timeout", 0.0),
         connect_timeout=table.duration("connect_timeout", 5.0),
         idle_timeout=table.duration("idle_timeout", 600.0),
         server_lifetime=table.duration("server_lifetime", 3600.0),
@@ -305,6 +316,10 @@ def _parse_pool(table: _Table) -> PoolConfig:
         raise table.error("min_server_connections", "must be between 0 and max_server_connections")
     if pool.borrow_timeout <= 0:
         raise table.error("borrow_timeout", "must be greater than zero")
+    if pool.idle_transaction_timeout and (pool.engine, pool.mode) != ("postgres", "transaction"):
+        raise table.error(
+            "idle_transaction_timeout", "is supported for PostgreSQL pools in transaction mode only"
+        )
     return pool
 
 
@@ -337,6 +352,16 @@ def parse_config(data: Mapping[str, Any], source: str, base_dir: Path | None = N
         raise admin_table.error(
             "listen", f"{admin.listen} is not a loopback address; the admin API is local only"
         )
+    logging_table = root.table("logging")
+    logging_config = LoggingConfig(
+        format=cast(LogFormat, logging_table.choice("format", get_args(LogFormat), "text")),
+        level=cast(LogLevel | None, logging_table.string("level")),
+    )
+    if logging_config.level is not None and logging_config.level not in get_args(LogLevel):
+        raise logging_table.error(
+            "level", f"must be one of {', '.join(get_args(LogLevel))}; got {logging_config.level!r}"
+        )
+    logging_table.check_unknown()
     root.used.add("pool")
     raw_pools = data.get("pool", [])
     if not isinstance(raw_pools, list) or not raw_pools:
@@ -348,7 +373,7 @@ def parse_config(data: Mapping[str, Any], source: str, base_dir: Path | None = N
         _parse_pool(_Table(source, f"pool[{index}]", raw, base_dir)) for index, raw in enumerate(raw_pools)
     )
     root.check_unknown()
-    config = Config(pools=pools, aws=aws, admin=admin, source=source)
+    config = Config(pools=pools, aws=aws, admin=admin, logging=logging_config, source=source)
     _check_listeners(config)
     return config
 

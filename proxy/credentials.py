@@ -115,9 +115,11 @@ class CredentialSource:
         self._inflight: asyncio.Future[Credentials] | None = None
         self._last_error: CredentialsError | None = None
         self._last_error_at = 0.0
-        self.fetches = 0
+        self.fetches = 0  # secret values loaded
+        self.refreshes = 0  # successful reads: fetches, and polls that found AWSCURRENT unchanged
         self.errors = 0
-        self.last_success_at: float | None = None
+        self.last_success_at: float | None = None  # wall clock of the last value loaded
+        self.last_refresh_at: float | None = None  # wall clock of the last successful read
 
     async def current(self) -> Credentials:
         if self._cached is not None:
@@ -151,7 +153,8 @@ class CredentialSource:
             self._inflight = None
         self.fetches += 1
         self._last_error = None
-        self.last_success_at = time.time()
+        self._refreshed()
+        self.last_success_at = self.last_refresh_at
         if self._cached is None or self._cached.version_id != credentials.version_id:
             log.info(
                 "credentials loaded from %s (version %s)",
@@ -160,6 +163,21 @@ class CredentialSource:
             )
         self._cached = credentials
         return credentials
+
+    def _refreshed(self) -> None:
+        self.refreshes += 1
+        self.last_refresh_at = time.time()
+
+    async def check_now(self) -> bool:
+        """Read the credentials now (admin API); True when a new version turned up."""
+        before = self._cached.version_id if self._cached else None
+        credentials = await self.refresh()
+        return self._cached is not None and before != credentials.version_id
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last fetch failed, if it did (safe to show: never the secret's value)."""
+        return str(self._last_error) if self._last_error else None
 
     @property
     def cached(self) -> Credentials | None:
@@ -184,9 +202,11 @@ class CredentialSource:
             "version_id": cached.version_id if cached else None,
             "stage": cached.stage if cached else None,
             "fetches": self.fetches,
+            "refreshes": self.refreshes,
             "errors": self.errors,
             "last_success_at": self.last_success_at,
-            "last_error": str(self._last_error) if self._last_error else None,
+            "last_refresh_at": self.last_refresh_at,
+            "last_error": self.last_error,
         }
 
     async def close(self) -> None:
@@ -328,18 +348,30 @@ class SecretsManagerSource(CredentialSource):
         stages: dict[str, list[str]] = described.get("VersionIdsToStages") or {}
         current_id = next((vid for vid, labels in stages.items() if AWSCURRENT in labels), None)
         if current_id is None or (self._cached is not None and self._cached.version_id == current_id):
+            self._refreshed()  # what we hold is still AWSCURRENT: as fresh as a new fetch
             return False
         credentials = await self._get(AWSCURRENT, VersionId=current_id)
         previous = self._cached.version_id if self._cached else None
         self._cached = credentials
         self.fetches += 1
-        self.last_success_at = time.time()
+        self._refreshed()
+        self.last_success_at = self.last_refresh_at
         log.info("%s: AWSCURRENT moved from version %s to %s", self.description, previous, current_id)
         return True
 
     def start_polling(self) -> None:
         if self._poller is None:
             self._poller = asyncio.create_task(self._poll_loop(), name=f"poll {self.secret_id}")
+
+    async def check_now(self) -> bool:
+        """Ask Secrets Manager now (admin API), as a poll would; True when AWSCURRENT moved."""
+        if self._cached is None:
+            return await super().check_now()
+        try:
+            return await self.poll()
+        except CredentialsError:
+            self.errors += 1
+            raise
 
     def poll_soon(self) -> None:
         """Poll now rather than at the next interval (SIGHUP, admin API)."""
@@ -406,6 +438,7 @@ class SecretsManagerSource(CredentialSource):
             try:
                 await self.poll()
             except CredentialsError as exc:
+                self.errors += 1
                 log.warning("after an authentication failure: %s", exc)
             if self._cached is not None and self._cached.version_id != failed.version_id:
                 result = self._cached

@@ -60,6 +60,7 @@ class Listener:
         self._sessions: set[asyncio.Task[None]] = set()
         self._keys: dict[Hashable, Any] = {}
         self.accepted_total = 0
+        self.rejected_total: dict[str, int] = {}  # clients refused before a pool was chosen, by reason
 
     def __repr__(self) -> str:
         return f"Listener({self.engine} {self.address}, pools={[pool.name for pool in self.pools]})"
@@ -104,6 +105,10 @@ class Listener:
 
     def pool_for(self, database: str) -> Pool | None:
         return self._by_database.get(database)
+
+    def reject(self, reason: str) -> None:
+        """Count a client refused before it reached a pool (e.g. an unknown database)."""
+        self.rejected_total[reason] = self.rejected_total.get(reason, 0) + 1
 
     # --- keys handed to clients (cancel keys, connection ids) -------------------------------
     def register_key(self, key: Hashable, session: Any) -> bool:

@@ -5,7 +5,9 @@ with given credentials) and its ``ServerConnection`` subclass (reset, liveness c
 A *variant* is an opaque, hashable flavour of connection an engine may ask for (MySQL's
 per-connection capability flags); a borrower only ever gets a connection of its variant.
 Every state change goes through ``_set_state`` so the counts that metrics and the admin
-API read are the very numbers the pool decides with.
+API read are the very numbers the pool decides with. An operator can pause a pool (new
+borrows wait, work in flight goes on) and drain it (``reconnect``: a new generation with the
+same credentials).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Protocol
 
 from proxy.config import PoolConfig
 from proxy.credentials import Credentials, CredentialsError, CredentialSource
+from proxy.metrics import PoolMetrics
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +149,17 @@ class Pool:
         self.failed_total = 0
         self.borrow_timeouts_total = 0
         self.pins_total: dict[str, int] = {}  # transaction mode: clients pinned, by reason
-        self.last_error: str | None = None
+        self.auth_failures_total = 0
+        self.last_error: str | None = None  # of the last attempt to open a connection; None if it worked
+        self.last_open_at: float | None = None  # wall clock of the last connection opened
+        self.reconnects_total = 0
+        self.last_reconnect_at: float | None = None
+        self._borrowers = 0  # borrow() calls not yet served
+        # Paused (admin API): new borrows wait for resume; what is borrowed carries on.
+        self.paused = False
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self.metrics = PoolMetrics()  # what the relays report, read by /metrics and /pools
 
     def __repr__(self) -> str:
         return f"Pool({self.name!r}, size={self.size}, waiting={len(self._waiters)})"
@@ -158,11 +171,46 @@ class Pool:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        """Borrowers not served yet: queued, opening a connection, or held by a pause."""
+        return self._borrowers
+
+    @property
+    def borrowed(self) -> int:
+        return self.counts[ConnectionState.BUSY]
+
+    @property
+    def open_connections(self) -> int:
+        """Connections whose transport is still open, whatever their state."""
+        return sum(1 for connection in self._connections if not connection.is_closed)
+
+    def connections_by_state_and_generation(self) -> dict[tuple[str, int], int]:
+        counts: dict[tuple[str, int], int] = {}
+        for connection in self._connections:
+            state = connection.state.value if connection.state else "opening"
+            key = (state, connection.generation)
+            counts[key] = counts.get(key, 0) + 1
+        if self._connecting:
+            counts[("connecting", self.generation)] = self._connecting
+        return counts
 
     def stats(self) -> dict[str, Any]:
+        by_state: dict[str, int] = {}
+        by_generation: dict[str, int] = {}
+        for (state, generation), count in self.connections_by_state_and_generation().items():
+            by_state[state] = by_state.get(state, 0) + count
+            by_generation[str(generation)] = by_generation.get(str(generation), 0) + count
+        clients = self.metrics.clients
         return {
             "name": self.name,
+            "paused": self.paused,
+            "clients": {
+                "connected": clients,
+                "active": max(clients - self.waiting, 0),
+                "waiting": self.waiting,
+                "in_transaction": self.metrics.clients_in_transaction,
+                "pinned": self.metrics.clients_pinned,
+            },
+            "server_connections": {"by_state": by_state, "by_generation": by_generation},
             "connecting": self._connecting,
             **{
                 state.value: count
@@ -173,6 +221,8 @@ class Pool:
             "generation": self.generation,
             "opened_total": self.opened_total,
             "failed_total": self.failed_total,
+            "auth_failures_total": self.auth_failures_total,
+            "last_open_at": self.last_open_at,
             "borrow_timeouts_total": self.borrow_timeouts_total,
             "pins_total": dict(self.pins_total),
             "last_error": self.last_error,
@@ -184,6 +234,8 @@ class Pool:
             "rotation_failures_total": self.rotation_failures_total,
             "rotation_error": self.rotation_error,
             "last_rotation": self.last_rotation,
+            "reconnects_total": self.reconnects_total,
+            "last_reconnect_at": self.last_reconnect_at,
         }
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -192,6 +244,7 @@ class Pool:
 
     async def close(self) -> None:
         self._closing = True
+        self._resumed.set()  # borrowers held by a pause wake up to PoolClosed
         for task in (self._janitor, self._rotation):
             if task is not None:
                 task.cancel()
@@ -214,51 +267,65 @@ class Pool:
         if self._closing:
             raise PoolClosed(f'pool "{self.name}" is shutting down')
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.borrow_timeout
-        attempt = 0
+        started = loop.time()
+        deadline = started + self.config.borrow_timeout
+        self._borrowers += 1
         try:
             async with asyncio.timeout_at(deadline):
-                while True:
-                    connection = await self._take_idle(variant)
-                    if connection is not None:
-                        return connection
-                    if self.size >= self.config.max_server_connections and self._idle:
-                        # Full, but idle connections of another variant: make room for ours.
-                        self._discard(self._idle[0])
-                    # A connection being reset is ready within a round trip; opening a new
-                    # one costs a TCP, TLS and SCRAM handshake. Wait for it when one is free.
-                    resetting = sum(
-                        1
-                        for connection in self._connections
-                        if connection.state is ConnectionState.RESETTING and connection.variant == variant
-                    )
-                    resetting_spare = resetting > len(self._waiters)
-                    if self.size < self.config.max_server_connections and not resetting_spare:
-                        try:
-                            return await self._open(variant, for_borrower=True)
-                        except (UpstreamUnavailable, UpstreamLoginError) as exc:
-                            # Outages and refused credentials may pass (a restart, a rotation's
-                            # window): keep trying within this borrower's timeout. Other login
-                            # errors (unknown database, TLS) will not, and fail at once.
-                            if isinstance(exc, UpstreamLoginError) and not exc.is_auth_failure:
-                                raise
-                            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-                            attempt += 1
-                            if loop.time() + delay >= deadline:
-                                raise
-                            await asyncio.sleep(delay)
-                            continue
-                    connection = await self._wait_for_connection(variant)
-                    if connection is not None:
-                        return connection
+                connection = await self._borrow(variant, deadline)
         except TimeoutError:
             self.borrow_timeouts_total += 1
             raise BorrowTimeout(
                 f'pool "{self.name}": no server connection became available within '
                 f"borrow_timeout {format_seconds(self.config.borrow_timeout)} "
                 f"({self.size} of max_server_connections {self.config.max_server_connections} "
-                "in use)"
+                f"in use{'; the pool is paused' if self.paused else ''})"
             ) from None
+        finally:
+            self._borrowers -= 1
+        self.metrics.borrow_wait.observe(loop.time() - started)
+        return connection
+
+    async def _borrow(self, variant: Hashable, deadline: float) -> ServerConnection:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            if self.paused:
+                await self._resumed.wait()
+            if self._closing:
+                raise PoolClosed(f'pool "{self.name}" is shutting down')
+            connection = await self._take_idle(variant)
+            if connection is not None:
+                return connection
+            if self.size >= self.config.max_server_connections and self._idle:
+                # Full, but idle connections of another variant: make room for ours.
+                self._discard(self._idle[0])
+            # A connection being reset is ready within a round trip; opening a new
+            # one costs a TCP, TLS and SCRAM handshake. Wait for it when one is free.
+            resetting = sum(
+                1
+                for connection in self._connections
+                if connection.state is ConnectionState.RESETTING and connection.variant == variant
+            )
+            resetting_spare = resetting > len(self._waiters)
+            if self.size < self.config.max_server_connections and not resetting_spare:
+                try:
+                    return await self._open(variant, for_borrower=True)
+                except (UpstreamUnavailable, UpstreamLoginError) as exc:
+                    # Outages and refused credentials may pass (a restart, a rotation's
+                    # window): keep trying within this borrower's timeout. Other login
+                    # errors (unknown database, TLS) will not, and fail at once.
+                    if isinstance(exc, UpstreamLoginError) and not exc.is_auth_failure:
+                        raise
+                    delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                    attempt += 1
+                    if loop.time() + delay >= deadline:
+                        raise
+                    await asyncio.sleep(delay)
+                    continue
+            connection = await self._wait_for_connection(variant)
+            if connection is not None:
+                return connection
 
     def _pop_idle(self, variant: Hashable) -> ServerConnection | None:
         # Most recently used first: warm caches, and the surplus ages out at the other end.
@@ -271,8 +338,8 @@ class Pool:
 
     def borrow_now(self, variant: Hashable = None) -> ServerConnection | None:
         """An idle connection at once if one needs no liveness check, else None (then borrow())."""
-        if self._closing or self._waiters:
-            return None  # do not jump the queue
+        if self._closing or self.paused or self._waiters:
+            return None  # do not jump the queue; a paused pool makes borrow() wait
         connection = self._pop_idle(variant)
         if connection is None:
             return None
@@ -282,6 +349,7 @@ class Pool:
             self._idle.append(connection)  # let borrow() retire or check it
             return None
         self._set_state(connection, ConnectionState.BUSY)
+        self.metrics.borrow_wait.observe(0.0)
         return connection
 
     async def _take_idle(self, variant: Hashable) -> ServerConnection | None:
@@ -318,8 +386,11 @@ class Pool:
                     self._wake_one()
             raise
         finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(entry)
+            # Whoever hands a waiter its result takes it off the queue first: only a cancelled
+            # one is still queued. (A failed deque.remove formats the entry's repr: slow.)
+            if waiter.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
 
     async def _open(self, variant: Hashable, *, for_borrower: bool) -> ServerConnection:
         self._connecting += 1
@@ -338,6 +409,7 @@ class Pool:
         self._connecting -= 1
         self.opened_total += 1
         self.last_error = None
+        self.last_open_at = time.time()
         connection.variant = variant
         connection.on_lost = self._on_connection_lost
         self._connections.add(connection)
@@ -353,12 +425,18 @@ class Pool:
         except UpstreamLoginError as exc:
             if not exc.is_auth_failure:
                 raise
+            self.auth_failures_total += 1
             # The password changed under us: a rotation's window (AWSPENDING already set in
             # the database) or a secret updated by hand. Find what works, and move to it.
             candidate = await self.credentials.after_auth_failure(credentials)
             if candidate is None or candidate.version_id in self._retired_versions:
                 raise
-            connection = await self.connector(candidate, self.generation + 1, variant)
+            try:
+                connection = await self.connector(candidate, self.generation + 1, variant)
+            except UpstreamLoginError as candidate_exc:
+                if candidate_exc.is_auth_failure:
+                    self.auth_failures_total += 1
+                raise
             self._promote(candidate, f"version {credentials.version_id} was refused by the upstream")
             connection.generation = self.generation
             return connection
@@ -398,6 +476,8 @@ class Pool:
         except Exception as exc:
             self._connecting -= 1
             self.rotation_failures_total += 1
+            if isinstance(exc, UpstreamLoginError) and exc.is_auth_failure:
+                self.auth_failures_total += 1
             self._rotation_failures_in_row = (
                 self._rotation_failures_in_row + 1 if self._failed_version == credentials.version_id else 1
             )
@@ -423,6 +503,7 @@ class Pool:
         self._connections.add(connection)
         self._set_state(connection, ConnectionState.IDLE)
         self.opened_total += 1
+        self.last_open_at = time.time()
         self._make_available(connection)
 
     def _promote(self, credentials: Credentials, reason: str) -> None:
@@ -470,6 +551,7 @@ class Pool:
         self._rotation_started_at = None
         if self.last_rotation is not None:
             self.last_rotation["drained_after_seconds"] = round(elapsed, 3)
+        self.metrics.rotation_duration.observe(elapsed)
         log.info(
             'pool "%s": rotation complete: the last old-generation connection closed %.3fs after the switch',
             self.name,
@@ -495,13 +577,18 @@ class Pool:
             log.info('pool "%s": closing a server connection whose reset failed: %s', self.name, exc)
             self._discard(connection)
             return
-        if connection.is_closed or self._closing:
+        if self._closing or self._must_retire(connection):  # closed, or drained while resetting
             self._discard(connection)
             return
         self._make_available(connection)
 
     def _make_available(self, connection: ServerConnection) -> None:
         connection.idle_since = time.monotonic()
+        if self.paused:
+            # Nobody gets new work while paused: the waiters retry on resume.
+            self._set_state(connection, ConnectionState.IDLE)
+            self._idle.append(connection)
+            return
         for entry in self._waiters:
             variant, waiter = entry
             if variant == connection.variant and not waiter.done():
@@ -561,6 +648,58 @@ class Pool:
             or time.monotonic() - connection.created_at >= self.config.server_lifetime
         )
 
+    # --- operator actions (admin API) -------------------------------------------------------
+    def pause(self) -> None:
+        """New borrows wait (within borrow_timeout) until ``resume``; borrowed connections carry on."""
+        if not self.paused:
+            self.paused = True
+            self._resumed.clear()
+            log.info('pool "%s": paused: new borrows wait for resume', self.name)
+
+    def resume(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        self._resumed.set()
+        # Waiters queued before the pause were passed over by releases since: let each retry.
+        while self._waiters:
+            _, waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+        log.info('pool "%s": resumed', self.name)
+
+    def reconnect(self) -> dict[str, int]:
+        """Drain: idle connections close now, busy ones when released; new ones log in afresh.
+
+        A new generation with the same credentials: the machinery that retires connections
+        of an old credential version retires these too.
+        """
+        self.generation += 1
+        self.reconnects_total += 1
+        self.last_reconnect_at = time.time()
+        idle_old = [connection for connection in self._idle if connection.generation != self.generation]
+        for connection in idle_old:
+            self._discard(connection)
+        busy_old = self.old_generation_count
+        log.info(
+            'pool "%s": reconnect requested: %d idle connections closed, %d busy ones close when '
+            "their clients release them (generation %d)",
+            self.name,
+            len(idle_old),
+            busy_old,
+            self.generation,
+        )
+        return {"generation": self.generation, "idle_closed": len(idle_old), "busy_draining": busy_old}
+
+    async def refresh_credentials(self) -> bool:
+        """Re-read the credentials now; True when a new version turned up.
+
+        The pool moves to it make-before-break, as when the poller finds it.
+        """
+        changed = await self.credentials.check_now()
+        self._check_for_new_version()
+        return changed
+
     # --- upkeep ----------------------------------------------------------------------------
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
@@ -577,17 +716,14 @@ class Pool:
     def _expire_idle(self) -> None:
         now = time.monotonic()
         for connection in list(self._idle):
-            too_old = now - connection.created_at >= self.config.server_lifetime
             idle_too_long = now - connection.idle_since >= self.config.idle_timeout
-            if (
-                connection.is_closed
-                or too_old
-                or (idle_too_long and self.size > self.config.min_server_connections)
+            if self._must_retire(connection) or (
+                idle_too_long and self.size > self.config.min_server_connections
             ):
                 self._discard(connection)
 
     async def _fill_to_minimum(self) -> None:
-        while self.size < self.config.min_server_connections and not self._closing:
+        while self.size < self.config.min_server_connections and not self._closing and not self.paused:
             try:
                 await self._open(self.connector.default_variant, for_borrower=False)
             except (PoolError, OSError, Exception) as exc:

@@ -23,6 +23,8 @@ from typing import Any
 
 import aioboto3
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.throwaway import (
     LocalSecretsManager,
@@ -148,6 +150,25 @@ def pool_toml(name: str, secret_id: str, *, poll_interval: str = "30s", **settin
     ]
     lines.append(f'[pool.credentials]\nsecret_id = "{secret_id}"\npoll_interval = "{poll_interval}"\n')
     return "\n".join(lines)
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(admin_port: int) -> tuple[str, Samples]:
+    """GET /metrics, parsed by prometheus_client's own parser (so the format is checked too)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as response:
+        assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
+        text = response.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return text, samples
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def get_json(port: int, path: str) -> Any:

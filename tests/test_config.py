@@ -18,6 +18,7 @@ from proxy.config import (
     Config,
     ConfigError,
     CredentialsConfig,
+    LoggingConfig,
     PoolConfig,
     load_config,
     parse_address,
@@ -339,6 +340,12 @@ def test_static_credentials_never_show_their_password(tmp_path: Path) -> None:
         ('borrow_timeout = "soon"', None, "pool[0].borrow_timeout", "expected a duration like '5s'"),
         ('borrow_timeout = "-1s"', None, "pool[0].borrow_timeout", "expected a duration"),
         ("borrow_timeout = 0", None, "pool[0].borrow_timeout", "must be greater than zero"),
+        (
+            'idle_transaction_timeout = "30s"',  # the pool is in session mode
+            None,
+            "pool[0].idle_transaction_timeout",
+            "PostgreSQL pools in transaction mode only",
+        ),
         ('mode = "statement"', None, "pool[0].mode", "must be one of transaction, session; got 'statement'"),
         (
             'engine = "mysql"\nmode = "transaction"',
@@ -479,6 +486,30 @@ def test_top_level_errors_name_the_key(tmp_path: Path, text: str, key: str, why:
     error = config_error(write(tmp_path, text + one_pool()))
 
     assert error.key == key
+    assert why in error.why
+
+
+def test_logging_table_chooses_json_lines_and_a_level(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[logging]\nformat = "json"\nlevel = "warning"\n' + one_pool()))
+
+    assert config.logging == LoggingConfig(format="json", level="warning")
+    assert load_config(write(tmp_path, one_pool(), "plain.toml")).logging == LoggingConfig("text", None)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "why"),
+    [
+        ('[logging]\nformat = "xml"\n', "logging.format", "must be one of text, json; got 'xml'"),
+        ('[logging]\nlevel = "loud"\n', "logging.level", "must be one of debug, info, warning, error"),
+        ("[logging]\ncolour = true\n", "logging.colour", "unknown key"),
+        ("[logging]\nformat = 1\n", "logging.format", "expected str, got int"),
+    ],
+)
+def test_logging_errors_read_file_key_why(tmp_path: Path, text: str, key: str, why: str) -> None:
+    path = write(tmp_path, text + one_pool())
+    error = config_error(path)
+
+    assert (error.key, str(error)) == (key, f"{path}: {key}: {error.why}")
     assert why in error.why
 
 

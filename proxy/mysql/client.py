@@ -28,6 +28,12 @@ from protocols.mysql.messages import ErrPacket, HandshakeResponse41, HandshakeV1
 from protocols.mysql.packets import Packet, PacketReader, frame
 from protocols.mysql.tracker import ResponseTracker
 from proxy.endpoint import ConnectionClosed, Endpoint
+from proxy.metrics import (
+    REJECTED_BORROW_TIMEOUT,
+    REJECTED_UNKNOWN_DATABASE,
+    REJECTED_UPSTREAM,
+    ClientMeter,
+)
 from proxy.mysql.server import (
     MAX_PACKET_SIZE,
     OFFERED_CAPABILITIES,
@@ -78,6 +84,7 @@ class MySqlClientSession:
         self.connection_id = next(_connection_ids)
         self.server: MySqlServerConnection | None = None
         self.pool: Pool | None = None
+        self.meter: ClientMeter | None = None  # set once the pool is chosen; the relay reports into it
         self._tasks: set[asyncio.Task[None]] = set()
         self._sequence = 0
         peer = endpoint.transport.get_extra_info("peername") if endpoint.transport else None
@@ -138,12 +145,18 @@ class MySqlClientSession:
         response = HandshakeResponse41.decode(packet.payload)
         pool = self._choose_pool(response)
         self.pool = pool
+        with pool.metrics.client() as self.meter:
+            await self._serve_on(pool, response)
+
+    async def _serve_on(self, pool: Pool, response: HandshakeResponse41) -> None:
         variant = response.capabilities & VARIANT_CAPABILITIES
         try:
             server = await pool.borrow(variant)
         except BorrowTimeout as exc:
+            pool.metrics.reject(REJECTED_BORROW_TIMEOUT)
             raise ClientError(c.ER_CON_COUNT_ERROR, str(exc), "08004") from None
         except PoolError as exc:
+            pool.metrics.reject(REJECTED_UPSTREAM)
             log.warning("client %s refused: %s", self.peer, exc)
             raise ClientError(c.ER_UNKNOWN_ERROR, str(exc)) from None
         assert isinstance(server, MySqlServerConnection)
@@ -152,6 +165,7 @@ class MySqlClientSession:
         try:
             await self._apply_character_set(server, response.character_set)
             self._send(OkPacket(0, 0, server.status_flags, 0).encode())
+            pool.metrics.clients_accepted += 1
             log.debug(
                 'pool "%s": client %s (id %d) attached to %r',
                 pool.name,
@@ -184,11 +198,13 @@ class MySqlClientSession:
         if schema:
             pool = self.listener.pool_for(schema)
             if pool is None:
+                self.listener.reject(REJECTED_UNKNOWN_DATABASE)
                 raise ClientError(c.ER_BAD_DB_ERROR, f"Unknown database '{schema}'", "42000")
             return pool
         if len(self.listener.pools) == 1:
             return self.listener.pools[0]
         names = ", ".join(pool.name for pool in self.listener.pools)
+        self.listener.reject(REJECTED_UNKNOWN_DATABASE)
         raise ClientError(
             c.ER_NO_DB_ERROR, f"No database selected: rotaproxy picks the pool by schema ({names})", "3D000"
         )
@@ -209,9 +225,12 @@ class MySqlClientSession:
         client, upstream = self.endpoint, server.endpoint
         tracker = ResponseTracker(server.capabilities, status_flags=server.status_flags)
         reusable_variant = True
+        assert self.pool is not None and self.meter is not None
+        metrics, meter = self.pool.metrics, self.meter
+        commands_pending = False  # a command was sent whose response has not fully arrived
 
         def handle(packet: Packet) -> str | None:
-            nonlocal reusable_variant
+            nonlocal reusable_variant, commands_pending
             payload = packet.payload
             if packet.sequence_id == 0 and payload:
                 command = payload[0]
@@ -233,6 +252,8 @@ class MySqlClientSession:
                 if command == c.COM_SET_OPTION:
                     reusable_variant = False  # the connection no longer matches its variant
                 tracker.client_command(payload)
+                commands_pending = True
+                metrics.queries += 1
             else:
                 tracker.client_data(payload)
             data, _ = frame(payload, packet.sequence_id)
@@ -240,17 +261,30 @@ class MySqlClientSession:
             return None
 
         def from_client(data: bytes) -> str | None:
+            metrics.bytes_in += len(data)
             self.reader.receive_data(data)
             while isinstance(packet := self.reader.next_packet(), Packet):
                 if (reason := handle(packet)) is not None:
                     return reason
             return None
 
+        def from_server(data: bytes) -> None:
+            nonlocal commands_pending
+            metrics.bytes_out += len(data)
+            tracker.feed_server(data)
+            if commands_pending and not tracker.awaiting_response:
+                commands_pending = False
+                # Pipelined commands answered in one chunk count as one transaction here.
+                idle = not tracker.in_transaction
+                if idle:
+                    metrics.transactions += 1
+                meter.in_transaction = not idle
+
         reason = await relay(
             client,
             upstream,
             from_client,
-            tracker.feed_server,
+            from_server,
             client_name=self.peer,
             server_name=repr(server),
         )

@@ -28,6 +28,7 @@ from protocols.postgres.messages import (
     SQLSTATE_PROTOCOL_VIOLATION,
     SQLSTATE_TOO_MANY_CONNECTIONS,
     SSL_REFUSED,
+    STATUS_IDLE,
     BackendKeyData,
     CancelRequest,
     ErrorResponse,
@@ -41,6 +42,13 @@ from protocols.postgres.messages import (
 )
 from protocols.postgres.tracker import BackendTracker, FrontendTracker, at_safe_point
 from proxy.endpoint import ConnectionClosed, Endpoint
+from proxy.metrics import (
+    REJECTED_BORROW_TIMEOUT,
+    REJECTED_CLIENT,
+    REJECTED_UNKNOWN_DATABASE,
+    REJECTED_UPSTREAM,
+    ClientMeter,
+)
 from proxy.pool import BorrowTimeout, Pool, PoolError
 from proxy.postgres.server import PgServerConnection
 from proxy.postgres.settings import ClientError, session_settings, set_config_query
@@ -62,6 +70,7 @@ class PgClientSession:
         self.server: PgServerConnection | None = None
         self.cancel_key: tuple[int, int] | None = None
         self.pool: Pool | None = None
+        self.meter: ClientMeter | None = None  # set once the pool is chosen; relays report into it
         peer = endpoint.transport.get_extra_info("peername") if endpoint.transport else None
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
 
@@ -124,23 +133,33 @@ class PgClientSession:
         database = parameters.get("database") or user
         pool = self.listener.pool_for(database)
         if pool is None:
+            self.listener.reject(REJECTED_UNKNOWN_DATABASE)
             raise ClientError(SQLSTATE_INVALID_CATALOG_NAME, f'database "{database}" does not exist')
         self.pool = pool
+        with pool.metrics.client() as self.meter:
+            await self._serve_on(pool, parameters, user)
+
+    async def _serve_on(self, pool: Pool, parameters: dict[str, str], user: str) -> None:
         settings = session_settings(parameters)
         try:
             server = await pool.borrow()
         except BorrowTimeout as exc:
+            pool.metrics.reject(REJECTED_BORROW_TIMEOUT)
             raise ClientError(SQLSTATE_TOO_MANY_CONNECTIONS, str(exc)) from None
         except PoolError as exc:
+            pool.metrics.reject(REJECTED_UPSTREAM)
             log.warning("client %s refused: %s", self.peer, exc)
             raise ClientError(SQLSTATE_CANNOT_CONNECT, str(exc)) from None
         assert isinstance(server, PgServerConnection)
         server.dirty = True  # the client's settings and whatever it does stay on it: reset later
         try:
             parameters = await self._apply_settings(server, settings)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, ClientError):
+                pool.metrics.reject(REJECTED_CLIENT)
             pool.release(server, reusable=not server.is_closed)
             raise
+        pool.metrics.clients_accepted += 1
         try:
             if pool.config.mode == "transaction":
                 # The client's settings travel with the client from here on.
@@ -187,14 +206,31 @@ class PgClientSession:
         client, upstream = self.endpoint, server.endpoint
         frontend = FrontendTracker()
         backend = BackendTracker(server.parameters)
+        assert self.pool is not None and self.meter is not None
+        metrics, meter = self.pool.metrics, self.meter
 
         def from_client(data: bytes) -> str | None:
+            metrics.bytes_in += len(data)
             count = frontend.feed(data)
             upstream.write(data if count == len(data) else data[:count])
             return CLIENT_TERMINATED if frontend.terminated else None
 
+        def from_server(data: bytes) -> None:
+            metrics.bytes_out += len(data)
+            answered = backend.ready_count
+            backend.feed(data)
+            answered = backend.ready_count - answered
+            if answered:  # at most once per chunk: a few int operations per query
+                metrics.queries += answered
+                idle = backend.transaction_status == STATUS_IDLE
+                if idle:
+                    # Several answers in one chunk are autocommit statements, unless the
+                    # chunk closes a transaction (the tracker keeps only the last status).
+                    metrics.transactions += 1 if meter.in_transaction else answered
+                meter.in_transaction = not idle
+
         reason = await relay(
-            client, upstream, from_client, backend.feed, client_name=self.peer, server_name=repr(server)
+            client, upstream, from_client, from_server, client_name=self.peer, server_name=repr(server)
         )
         server.transaction_status = backend.transaction_status
         server.parameters = backend.parameters
