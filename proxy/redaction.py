@@ -19,6 +19,12 @@ def register_secret(value: str) -> None:
         _secrets.add(value)
 
 
+def forget_secret(value: str) -> None:
+    """Stop masking a value that can no longer be used (an expired RDS IAM token), so a
+    process that signs a token every few minutes does not grow the registry without end."""
+    _secrets.discard(value)
+
+
 def redact(text: str) -> str:
     # Longest first: a secret that contains another must be masked whole.
     for secret in sorted(_secrets, key=len, reverse=True):

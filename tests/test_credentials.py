@@ -10,8 +10,11 @@ import logging
 import secrets
 import traceback
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
+import botocore.auth
 import pytest
 
 from proxy import credentials as credentials_module
@@ -19,6 +22,7 @@ from proxy.config import AwsConfig, CredentialsConfig
 from proxy.credentials import (
     Credentials,
     CredentialsError,
+    RdsIamSource,
     SecretsManagerClients,
     SecretsManagerSource,
     StaticCredentialSource,
@@ -419,3 +423,124 @@ def test_short_values_are_not_registered() -> None:
     register_secret("12345")
 
     assert redact("port 12345 open") == "port 12345 open"
+
+
+# --- RDS IAM tokens (signed locally: no server involved) ----------------------------------------
+
+IAM_HOST = "orders.cluster-x.eu-west-1.rds.amazonaws.com"
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Environment credentials and nothing else of the chain (no profile, no instance role)."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+
+
+@pytest.fixture
+async def iam_source(aws_env: None) -> AsyncIterator[RdsIamSource]:
+    source = make_source(
+        CredentialsConfig(source="rds-iam", username="app", region="eu-west-1"),
+        SecretsManagerClients(AwsConfig(region="us-east-1")),
+    )
+    assert isinstance(source, RdsIamSource)
+    yield source
+    await source.close()
+
+
+async def test_rds_iam_credentials_make_a_token_per_host_and_port(
+    iam_source: RdsIamSource, known_secrets: Secrets
+) -> None:
+    credentials = await iam_source.current()
+    token = await credentials.login_password(IAM_HOST, 5432, encrypted=True)
+    known_secrets.values.add(token)
+
+    assert token.startswith(f"{IAM_HOST}:5432/?Action=connect&DBUser=app&X-Amz-Algorithm=AWS4-HMAC-SHA256&")
+    assert "/eu-west-1/rds-db/aws4_request" in unquote(token)  # [pool.credentials] region wins
+    assert "X-Amz-Expires=900" in token
+    assert await credentials.login_password(IAM_HOST, 5432, encrypted=True) == token  # cached
+    other_port = await credentials.login_password(IAM_HOST, 5433, encrypted=True)
+    known_secrets.values.add(other_port)
+    assert other_port.startswith(f"{IAM_HOST}:5433/")
+    assert iam_source.tokens_signed == 2
+    # One version for the life of the source: a token is no rotation.
+    assert (credentials.version_id, (await iam_source.refresh()).version_id) == ("rds-iam", "rds-iam")
+    assert await iam_source.check_now() is False
+
+
+async def test_rds_iam_tokens_never_show_in_reprs_or_state_and_are_masked_in_logs(
+    iam_source: RdsIamSource, known_secrets: Secrets
+) -> None:
+    credentials = await iam_source.current()
+    token = await credentials.login_password(IAM_HOST, 5432, encrypted=True)
+    known_secrets.values.add(token)
+    shown = [repr(credentials), str(credentials), repr(iam_source._tokens), json.dumps(iam_source.state())]
+    assert not [text for text in shown if token in text or "X-Amz-Signature" in text]
+    assert redact(f"login with {token}") == f"login with {MASK}"
+
+
+async def test_replaced_rds_iam_tokens_are_unmasked_once_expired_but_never_one_in_use(
+    iam_source: RdsIamSource, known_secrets: Secrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signing_times = iter(datetime(2030, 1, 1, 12, minute) for minute in (0, 1, 1))
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda remove_tzinfo=True: next(signing_times))
+    monkeypatch.setattr(credentials_module, "TOKEN_LIFETIME", 0.0)  # each token expires at once
+    iam_source.token_reuse = 0.0  # and every login signs a new one
+    credentials = await iam_source.current()
+
+    first, second, same_second = [
+        await credentials.login_password(IAM_HOST, 5432, encrypted=True) for _ in range(3)
+    ]
+    known_secrets.values.update({first, second})
+
+    assert first != second == same_second  # X-Amz-Date is to the second
+    assert redact(first) == first  # expired and replaced: no longer worth masking
+    assert redact(second) == MASK  # its replacement is the very same string, in use
+    assert iam_source.tokens_signed == 3
+
+
+async def test_rds_iam_token_is_never_handed_out_without_tls(iam_source: RdsIamSource) -> None:
+    credentials = await iam_source.current()
+
+    with pytest.raises(CredentialsError, match="refusing to send a token to db:5432 without TLS"):
+        await credentials.login_password("db", 5432, encrypted=False)
+    assert iam_source.tokens_signed == 0
+
+
+async def test_rds_iam_without_aws_credentials_names_the_chain(
+    aws_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    source = RdsIamSource(CredentialsConfig(source="rds-iam", username="app"), AwsConfig(region="eu-west-1"))
+    credentials = await source.current()
+
+    with pytest.raises(CredentialsError, match=r"no AWS credentials found \(instance profile, ECS task role"):
+        await credentials.login_password(IAM_HOST, 5432, encrypted=True)
+    assert (source.errors, source.tokens_signed) == (1, 0)
+    assert source.last_error is not None and "no AWS credentials" in source.last_error
+    await source.close()
+
+
+async def test_rds_iam_without_a_region_says_where_to_set_one(aws_env: None) -> None:
+    source = RdsIamSource(CredentialsConfig(source="rds-iam", username="app"), AwsConfig())
+
+    with pytest.raises(
+        CredentialsError, match=r"no AWS region .*\[pool.credentials\] region, \[aws\] region"
+    ):
+        await source.current()
+    await source.close()
+
+
+async def test_rds_iam_region_defaults_to_the_aws_table(aws_env: None, known_secrets: Secrets) -> None:
+    source = RdsIamSource(CredentialsConfig(source="rds-iam", username="app"), AwsConfig(region="ap-south-1"))
+    token = await (await source.current()).login_password(IAM_HOST, 5432, encrypted=True)
+    known_secrets.values.add(token)
+
+    assert "/ap-south-1/rds-db/aws4_request" in unquote(token)
+    await source.close()

@@ -250,10 +250,16 @@ class MySqlConnector:
     ) -> MySqlServerConnection:
         target = Target.resolve(self.config, credentials, self.ssl_context, default_port=3306)
         reader = PacketReader(MAX_PACKET_SIZE)
+        # Before dialling: an RDS IAM token is signed for this host:port, and only over TLS
+        # (_login fails if the server will not encrypt; the token then goes as
+        # mysql_clear_password, or as any password plugin the server asks for).
+        password = await credentials.login_password(
+            target.host, target.port, encrypted=target.ssl_context is not None
+        )
 
         async def login(endpoint: Endpoint) -> MySqlServerConnection:
             try:
-                return await self._login(endpoint, reader, target, credentials, generation, variant)
+                return await self._login(endpoint, reader, target, credentials, password, generation, variant)
             except UpstreamAuthError as exc:
                 raise UpstreamError(self.config.name, exc.error) from None
 
@@ -265,6 +271,7 @@ class MySqlConnector:
         reader: PacketReader,
         target: Target,
         credentials: Credentials,
+        password: str,
         generation: int,
         variant: Hashable,
     ) -> MySqlServerConnection:
@@ -292,7 +299,7 @@ class MySqlConnector:
             endpoint.write(data)
             await start_tls(endpoint, target)
         authenticator = UpstreamAuthenticator(
-            credentials.username, credentials.password, secure_transport=target.ssl_context is not None
+            credentials.username, password, secure_transport=target.ssl_context is not None
         )
         plugin, auth_response = authenticator.first_response(
             greeting.auth_plugin_name, greeting.auth_plugin_data

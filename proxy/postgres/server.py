@@ -224,6 +224,11 @@ class PgConnector:
         self, credentials: Credentials, generation: int, variant: Hashable = None
     ) -> PgServerConnection:
         target = Target.resolve(self.config, credentials, self.ssl_context, default_port=5432)
+        # Before dialling: an RDS IAM token is signed for this host:port, and only over TLS
+        # (_negotiate_tls fails the login if the server will not encrypt).
+        password = await credentials.login_password(
+            target.host, target.port, encrypted=target.ssl_context is not None
+        )
 
         async def login(endpoint: Endpoint) -> PgServerConnection:
             assert isinstance(endpoint.reader, MessageReader)
@@ -231,15 +236,15 @@ class PgConnector:
             connection = PgServerConnection(
                 endpoint, endpoint.reader, target, self.config.name, generation, credentials.username
             )
-            await self._login(connection, credentials)
+            await self._login(connection, credentials.username, password)
             return connection
 
         return await dial(target, MessageReader(), login, (AuthenticationFailed,))
 
-    async def _login(self, connection: PgServerConnection, credentials: Credentials) -> None:
-        startup = StartupMessage({"user": credentials.username, "database": connection.target.database})
+    async def _login(self, connection: PgServerConnection, username: str, password: str) -> None:
+        startup = StartupMessage({"user": username, "database": connection.target.database})
         connection.endpoint.write(startup.encode())
-        authenticator = UpstreamAuthenticator(credentials.username, credentials.password)
+        authenticator = UpstreamAuthenticator(username, password)
         while True:
             message = await connection.read_message()
             if isinstance(message, AuthenticationRequest):
