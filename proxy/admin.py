@@ -1,9 +1,9 @@
 """The admin HTTP API (aiohttp, loopback only): health, metrics, pool state and operator actions.
 
-``GET /healthz`` (alive), ``/readyz`` (every pool can serve), ``/metrics`` (Prometheus),
-``/pools`` (JSON per pool: clients, connections, credential version and stage, never
-values); ``POST /pools/{name}/refresh``, ``/pools/{name}/reconnect``, ``/pause``, ``/resume``.
-Every number comes from the same counters the pool decides with.
+``GET /healthz`` (alive), ``/readyz`` (every pool can serve; 503 once shutting down),
+``/metrics`` (Prometheus), ``/pools`` (JSON per pool: clients, connections, credential
+version and stage, never values); ``POST /pools/{name}/refresh``, ``/pools/{name}/reconnect``,
+``/pause``, ``/resume``. Every number comes from the same counters the pool decides with.
 """
 
 from __future__ import annotations
@@ -146,6 +146,12 @@ class AdminServer:
         return web.json_response({"status": "alive"})
 
     async def readyz(self, _: web.Request) -> web.Response:
+        if self.proxy.shutting_down:
+            # Load balancers stop sending clients while open transactions finish.
+            reason = "rotaproxy is shutting down"
+            pools = dict.fromkeys(self.proxy.pools, reason)
+            body = {"status": "shutting down", "reason": reason, "pools": pools}
+            return web.json_response(body, status=503)
         problems = pool_readiness(self.proxy)
         if problems:
             return web.json_response({"status": "not ready", "pools": problems}, status=503)

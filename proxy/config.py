@@ -18,11 +18,13 @@ from typing import Any, Literal, cast, get_args
 Engine = Literal["postgres", "mysql"]
 PoolMode = Literal["transaction", "session"]
 TlsMode = Literal["disable", "require", "verify-ca", "verify-full"]
-CredentialSourceKind = Literal["secretsmanager", "static"]
+CredentialSourceKind = Literal["secretsmanager", "static", "rds-iam"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 DEFAULT_PORTS: dict[str, int] = {"postgres": 6432, "mysql": 6033}
+# How long SIGTERM (and a reload that drains a pool) lets open transactions run to their end.
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 UPSTREAM_DEFAULT_PORTS: dict[str, int] = {"postgres": 5432, "mysql": 3306}
 # Engines whose client and server sides are implemented; the parser knows the rest so the
 # error says "not supported yet" rather than "unknown".
@@ -71,11 +73,14 @@ class CredentialsConfig:
     poll_interval: float = 30.0
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    region: str | None = None  # rds-iam: the region tokens are signed for (else [aws] region, the chain)
 
     @property
     def description(self) -> str:
         if self.source == "secretsmanager":
             return f"secret {self.secret_id!r}"
+        if self.source == "rds-iam":
+            return f"RDS IAM tokens for user {self.username!r}"
         return f"static credentials for user {self.username!r}"
 
 
@@ -124,6 +129,9 @@ class Config:
     admin: AdminConfig = AdminConfig()
     logging: LoggingConfig = LoggingConfig()
     source: str = "<command line>"
+    # SIGTERM: how long open transactions may run on before the rest are cut; also bounds
+    # the drain of a pool that a reload removed or changed.
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
 
     def listeners(self) -> dict[Address, tuple[PoolConfig, ...]]:
         """Pools grouped by the address they listen on (several may share one)."""
@@ -257,12 +265,21 @@ def _parse_credentials(table: _Table) -> CredentialsConfig:
         poll_interval=table.duration("poll_interval", 30.0),
         username=table.string("username"),
         password=table.get("password", str),
+        region=table.string("region"),
     )
     table.check_unknown()
     if credentials.source == "secretsmanager" and not credentials.secret_id:
         raise table.error("secret_id", 'required when source = "secretsmanager"')
     if credentials.source == "static" and (not credentials.username or credentials.password is None):
         raise table.error("username", "static credentials need username and password")
+    if credentials.source == "rds-iam":
+        if not credentials.username:
+            raise table.error("username", 'required when source = "rds-iam": the database user to sign for')
+        for unused in ("secret_id", "password"):
+            if unused in table.data:
+                raise table.error(unused, 'not used when source = "rds-iam" (the password is an IAM token)')
+    elif credentials.region is not None:
+        raise table.error("region", 'only used when source = "rds-iam"')
     return credentials
 
 
@@ -310,6 +327,8 @@ def _parse_pool(table: _Table) -> PoolConfig:
         credentials=_parse_credentials(table.table("credentials")),
     )
     table.check_unknown()
+    if pool.credentials.source == "rds-iam":
+        _check_rds_iam(table, pool)
     if pool.max_server_connections < 1:
         raise table.error("max_server_connections", "must be at least 1")
     if not 0 <= pool.min_server_connections <= pool.max_server_connections:
@@ -321,6 +340,21 @@ def _parse_pool(table: _Table) -> PoolConfig:
             "idle_transaction_timeout", "is supported for PostgreSQL pools in transaction mode only"
         )
     return pool
+
+
+def _check_rds_iam(table: _Table, pool: PoolConfig) -> None:
+    """A token is signed for one host:port and travels as a cleartext password."""
+    if pool.upstream is None:
+        raise table.error(
+            "upstream", 'required when credentials.source = "rds-iam": the token is signed for this host:port'
+        )
+    if pool.tls == "disable":
+        raise ConfigError(
+            table.source,
+            table.key("credentials.source"),
+            'an RDS IAM token is sent as a cleartext password, so it needs TLS: set tls = "verify-full" '
+            '(recommended) or "verify-ca" / "require", not "disable"',
+        )
 
 
 def _check_listeners(config: Config) -> None:
@@ -342,6 +376,7 @@ def _check_listeners(config: Config) -> None:
 def parse_config(data: Mapping[str, Any], source: str, base_dir: Path | None = None) -> Config:
     """Validate ``data``; relative file paths in it are taken from ``base_dir`` (the file's folder)."""
     root = _Table(source, "", data, base_dir)
+    shutdown_timeout = root.duration("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT)
     aws_table = root.table("aws")
     aws = AwsConfig(region=aws_table.string("region"), endpoint_url=aws_table.string("endpoint_url"))
     aws_table.check_unknown()
@@ -373,7 +408,14 @@ def parse_config(data: Mapping[str, Any], source: str, base_dir: Path | None = N
         _parse_pool(_Table(source, f"pool[{index}]", raw, base_dir)) for index, raw in enumerate(raw_pools)
     )
     root.check_unknown()
-    config = Config(pools=pools, aws=aws, admin=admin, logging=logging_config, source=source)
+    config = Config(
+        pools=pools,
+        aws=aws,
+        admin=admin,
+        logging=logging_config,
+        source=source,
+        shutdown_timeout=shutdown_timeout,
+    )
     _check_listeners(config)
     return config
 

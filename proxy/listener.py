@@ -1,8 +1,9 @@
 """A listener: accepts clients on one address for the pools that share it, for any engine.
 
-It owns its client-session tasks (cancelled and awaited on close) and a table of the keys
-it handed out to clients (PostgreSQL cancel keys, MySQL connection ids), so a cancel or a
-KILL reaches exactly the session that owns the key.
+It owns its client-session tasks (asked to end at their next idle point on shutdown or
+reload, cancelled and awaited on close) and a table of the keys it handed out to clients
+(PostgreSQL cancel keys, MySQL connection ids), so a cancel or a KILL reaches exactly the
+session that owns the key. A reload changes its pools in place; the socket stays open.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from typing import Any, Protocol
 
 from proxy.config import Address
@@ -22,8 +23,19 @@ log = logging.getLogger(__name__)
 
 class ClientSession(Protocol):
     peer: str
+    pool: Pool | None  # None until the client has chosen one
 
     async def run(self) -> None: ...
+
+    def close_gracefully(self, why: str) -> None:
+        """End the session at its next safe idle point with the protocol's goodbye.
+
+        ``why`` completes "terminating connection: ..." (e.g. "rotaproxy is shutting down").
+        A transaction-mode client may instead move to its pool's successor (see Pool.retire).
+        """
+
+
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
 
 class _AcceptedEndpoint(Endpoint):
@@ -47,37 +59,63 @@ class Listener:
     ) -> None:
         self.address = address
         self.engine = engine
-        self.pools = pools
+        self.pools: list[Pool] = []
+        self._by_database: dict[str, Pool] = {}
+        self.set_pools(pools)
         self.reader_factory = reader_factory
         self._session_factory = session_factory
-        self._by_database: dict[str, Pool] = {}
-        for pool in pools:
-            self._by_database.setdefault(pool.name, pool)
-        for pool in pools:
-            if pool.config.database:
-                self._by_database.setdefault(pool.config.database, pool)
         self._server: asyncio.Server | None = None
-        self._sessions: set[asyncio.Task[None]] = set()
+        self._sessions: dict[asyncio.Task[None], ClientSession] = {}
         self._keys: dict[Hashable, Any] = {}
         self.accepted_total = 0
         self.rejected_total: dict[str, int] = {}  # clients refused before a pool was chosen, by reason
+        # Called when a session ends or leaves its pool: whoever drains sessions waits on it.
+        self.on_session_change: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"Listener({self.engine} {self.address}, pools={[pool.name for pool in self.pools]})"
 
-    async def start(self) -> None:
+    async def start(self, *, serve: bool = True) -> None:
+        """Bind; with ``serve=False`` accept nothing until ``serve()`` (a reload binds first,
+        so that a port in use rejects the reload before anything has changed)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _AcceptedEndpoint(self), self.address.host, self.address.port, reuse_address=True
+            lambda: _AcceptedEndpoint(self),
+            self.address.host,
+            self.address.port,
+            reuse_address=True,
+            start_serving=serve,
+            # A storm of connects must queue, not be dropped (and retried a second later).
+            backlog=LISTEN_BACKLOG,
         )
+        if serve:
+            self._log_listening()
+
+    async def serve(self) -> None:
+        assert self._server is not None
+        await self._server.start_serving()
+        self._log_listening()
+
+    def _log_listening(self) -> None:
         names = ", ".join(pool.name for pool in self.pools)
         log.info("listening on %s for %s pools %s", self.address, self.engine, names)
+
+    def set_pools(self, pools: list[Pool]) -> None:
+        """The pools clients of this address choose from (a reload changes them in place)."""
+        by_database: dict[str, Pool] = {}
+        for pool in pools:
+            by_database.setdefault(pool.name, pool)
+        for pool in pools:
+            if pool.config.database:
+                by_database.setdefault(pool.config.database, pool)
+        self.pools, self._by_database = list(pools), by_database
 
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
 
     async def close(self) -> None:
+        """Stop accepting and cut every session still running (cancelled and awaited)."""
         self.stop_accepting()
         for task in list(self._sessions):
             task.cancel()
@@ -91,17 +129,31 @@ class Listener:
     def client_count(self) -> int:
         return len(self._sessions)
 
+    def sessions(
+        self, pools: Collection[Pool | None] | None = None
+    ) -> dict[asyncio.Task[None], ClientSession]:
+        """The running sessions, or those on one of ``pools`` (None: not chosen one yet)."""
+        if pools is None:
+            return dict(self._sessions)
+        return {task: session for task, session in self._sessions.items() if session.pool in pools}
+
     def accepted(self, endpoint: Endpoint) -> None:
         self.accepted_total += 1
         session = self._session_factory(endpoint, self)
         task = asyncio.create_task(session.run(), name=f"{self.engine}-client-{session.peer}")
-        self._sessions.add(task)
+        self._sessions[task] = session
         task.add_done_callback(self._session_done)
 
     def _session_done(self, task: asyncio.Task[None]) -> None:
-        self._sessions.discard(task)
+        self._sessions.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("client session crashed", exc_info=task.exception())
+        self.session_changed()
+
+    def session_changed(self) -> None:
+        """A session ended or moved to another pool (transaction mode, after a reload)."""
+        if self.on_session_change is not None:
+            self.on_session_change()
 
     def pool_for(self, database: str) -> Pool | None:
         return self._by_database.get(database)

@@ -7,7 +7,8 @@ per-connection capability flags); a borrower only ever gets a connection of its 
 Every state change goes through ``_set_state`` so the counts that metrics and the admin
 API read are the very numbers the pool decides with. An operator can pause a pool (new
 borrows wait, work in flight goes on) and drain it (``reconnect``: a new generation with the
-same credentials).
+same credentials). A reload that removes or changes a pool *retires* it: it serves the
+clients it has until they leave, keeps no idle connections, and names its successor.
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ class Pool:
         self._resumed = asyncio.Event()
         self._resumed.set()
         self.metrics = PoolMetrics()  # what the relays report, read by /metrics and /pools
+        # Retired by a reload: no refill, no idle connections kept; its clients are leaving.
+        self.retired = False
+        self.successor: Pool | None = None  # the pool that took this one's name (a changed pool)
 
     def __repr__(self) -> str:
         return f"Pool({self.name!r}, size={self.size}, waiting={len(self._waiters)})"
@@ -648,6 +652,25 @@ class Pool:
             or time.monotonic() - connection.created_at >= self.config.server_lifetime
         )
 
+    # --- reload ------------------------------------------------------------------------------
+    def retire(self, successor: Pool | None) -> None:
+        """A reload removed this pool (``successor`` None) or replaced it with ``successor``.
+
+        The pool keeps serving the clients it has while they end at their next idle point;
+        it opens no connections to refill itself and closes idle ones.
+        """
+        self.retired = True
+        self.successor = successor
+        for connection in list(self._idle):
+            self._discard(connection)
+
+    def live_successor(self) -> Pool | None:
+        """The pool now serving this one's name, following later reloads; None if removed."""
+        pool = self.successor
+        while pool is not None and pool.retired:
+            pool = pool.successor
+        return pool
+
     # --- operator actions (admin API) -------------------------------------------------------
     def pause(self) -> None:
         """New borrows wait (within borrow_timeout) until ``resume``; borrowed connections carry on."""
@@ -717,13 +740,20 @@ class Pool:
         now = time.monotonic()
         for connection in list(self._idle):
             idle_too_long = now - connection.idle_since >= self.config.idle_timeout
-            if self._must_retire(connection) or (
-                idle_too_long and self.size > self.config.min_server_connections
+            if (
+                self.retired
+                or self._must_retire(connection)
+                or (idle_too_long and self.size > self.config.min_server_connections)
             ):
                 self._discard(connection)
 
     async def _fill_to_minimum(self) -> None:
-        while self.size < self.config.min_server_connections and not self._closing and not self.paused:
+        while (
+            self.size < self.config.min_server_connections
+            and not self._closing
+            and not self.paused
+            and not self.retired
+        ):
             try:
                 await self._open(self.connector.default_variant, for_borrower=False)
             except (PoolError, OSError, Exception) as exc:

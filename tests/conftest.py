@@ -42,7 +42,7 @@ from proxy.throwaway import (
 class Secrets:
     """Every secret value the suite creates: the log scan looks for each of them."""
 
-    values: set[str] = field(default_factory=set)
+    values: set[str] = field(default_factory=set, repr=False)  # never in a failed test's output
 
     def new_password(self) -> str:
         value = "pw-" + secrets.token_urlsafe(18)
@@ -50,11 +50,14 @@ class Secrets:
         return value
 
 
-@dataclass
+@dataclass(repr=False)  # passwords: never in a failed test's output
 class Users:
     app: str
     app_md5: str
     app_clear: str
+
+    def __repr__(self) -> str:
+        return "Users(app=***, app_md5=***, app_clear=***)"
 
 
 @pytest.fixture(scope="session")
@@ -188,18 +191,29 @@ class ProxyLauncher:
         self.sm = sm
         self.started: list[ProxyProcess] = []
 
+    def render(self, pools_toml: str, *, port: int, admin_port: int | None = None, head: str = "") -> str:
+        """A whole config file: ``head`` (top-level keys), [aws], [admin], then the pools."""
+        admin = f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n\n' if admin_port else ""
+        return (
+            head
+            + f'[aws]\nendpoint_url = "{self.sm.endpoint_url}"\nregion = "{self.sm.region}"\n\n'
+            + admin
+            + pools_toml.replace("{port}", str(port))
+        )
+
     def start(
-        self, pools_toml: str, *, port: int | None = None, wait: bool = True, admin_port: int | None = None
+        self,
+        pools_toml: str,
+        *,
+        port: int | None = None,
+        wait: bool = True,
+        admin_port: int | None = None,
+        head: str = "",
     ) -> ProxyProcess:
         port = port or free_port()
         index = len(self.started)
         config_path = self.workdir / f"proxy-{index}.toml"
-        admin = f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n\n' if admin_port else ""
-        config_path.write_text(
-            f'[aws]\nendpoint_url = "{self.sm.endpoint_url}"\nregion = "{self.sm.region}"\n\n'
-            + admin
-            + pools_toml.replace("{port}", str(port))
-        )
+        config_path.write_text(self.render(pools_toml, port=port, admin_port=admin_port, head=head))
         running = ProxyProcess(config_path, self.workdir / f"proxy-{index}.log", port, env=self.sm.environ())
         self.started.append(running)
         running.start(wait=wait)
@@ -229,9 +243,12 @@ def launcher(workdir: Path, sm: LocalSecretsManager, known_secrets: Secrets) -> 
 # --- MySQL / MariaDB -------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(repr=False)  # a password: never in a failed test's output
 class MySqlUsers:
     app: str
+
+    def __repr__(self) -> str:
+        return "MySqlUsers(app=***)"
 
 
 @pytest.fixture(scope="session")

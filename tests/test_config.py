@@ -380,7 +380,7 @@ def test_static_credentials_never_show_their_password(tmp_path: Path) -> None:
             "",
             'source = "vault"\nsecret_id = "x"',
             "pool[0].credentials.source",
-            "must be one of secretsmanager, static; got 'vault'",
+            "must be one of secretsmanager, static, rds-iam; got 'vault'",
         ),
         (
             "",
@@ -666,3 +666,109 @@ def test_run_without_config_or_quick_form_exits_2_and_says_what_to_give(args: tu
     assert result.returncode == 2
     assert "<command line>: give -c FILE, or --engine and --secret-id" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- RDS IAM credentials ------------------------------------------------------------------------
+
+RDS_UPSTREAM = 'upstream = "orders.cluster-x.us-east-1.rds.amazonaws.com:5432"'
+
+
+def test_rds_iam_credentials_parse_with_a_user_and_an_optional_region(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, one_pool(RDS_UPSTREAM, 'source = "rds-iam"\nusername = "app"\nregion = "eu-west-1"')
+    )
+
+    pool = load_config(path).pools[0]
+
+    assert pool.credentials == CredentialsConfig(source="rds-iam", username="app", region="eu-west-1")
+    assert pool.credentials.description == "RDS IAM tokens for user 'app'"
+    assert pool.tls == "verify-full"
+    assert pool.upstream == Address("orders.cluster-x.us-east-1.rds.amazonaws.com", 5432)
+
+
+@pytest.mark.parametrize(
+    ("pool_lines", "credentials_lines", "key", "why"),
+    [
+        (
+            RDS_UPSTREAM,
+            'source = "rds-iam"',
+            "pool[0].credentials.username",
+            'required when source = "rds-iam"',
+        ),
+        (
+            "",
+            'source = "rds-iam"\nusername = "app"',
+            "pool[0].upstream",
+            "the token is signed for this host:port",
+        ),
+        (
+            f'{RDS_UPSTREAM}\ntls = "disable"',
+            'source = "rds-iam"\nusername = "app"',
+            "pool[0].credentials.source",
+            'an RDS IAM token is sent as a cleartext password, so it needs TLS: set tls = "verify-full"',
+        ),
+        (
+            RDS_UPSTREAM,
+            'source = "rds-iam"\nusername = "app"\nsecret_id = "prod/db"',
+            "pool[0].credentials.secret_id",
+            'not used when source = "rds-iam"',
+        ),
+        (
+            RDS_UPSTREAM,
+            'source = "rds-iam"\nusername = "app"\npassword = "pw-123456"',
+            "pool[0].credentials.password",
+            'not used when source = "rds-iam"',
+        ),
+        ("", 'secret_id = "prod/db"\nregion = "eu-west-1"', "pool[0].credentials.region", "only used when"),
+    ],
+)
+def test_rds_iam_errors_name_the_key_and_why(
+    tmp_path: Path, pool_lines: str, credentials_lines: str, key: str, why: str
+) -> None:
+    path = write(tmp_path, one_pool(pool_lines, credentials_lines))
+
+    error = config_error(path)
+
+    assert (error.key, str(error)) == (key, f"{path}: {key}: {error.why}")
+    assert why in error.why
+
+
+@pytest.mark.parametrize("tls", ["require", "verify-ca", "verify-full"])
+def test_rds_iam_takes_any_tls_mode_but_disable(tmp_path: Path, tls: str) -> None:
+    path = write(tmp_path, one_pool(f'{RDS_UPSTREAM}\ntls = "{tls}"', 'source = "rds-iam"\nusername = "app"'))
+
+    assert load_config(path).pools[0].tls == tls
+
+
+# --- shutdown_timeout ---------------------------------------------------------------------------
+
+
+def test_shutdown_timeout_defaults_to_30s_and_takes_a_duration(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, one_pool())).shutdown_timeout == 30.0
+    assert load_config(write(tmp_path, 'shutdown_timeout = "2s"\n' + one_pool())).shutdown_timeout == 2.0
+    assert load_config(write(tmp_path, 'shutdown_timeout = "1m"\n' + one_pool())).shutdown_timeout == 60.0
+    # 0: cut every session at once, as a plain stop would.
+    assert load_config(write(tmp_path, "shutdown_timeout = 0\n" + one_pool())).shutdown_timeout == 0.0
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ('"soon"', "expected a duration like '5s' or '2m', got 'soon'"),
+        ("-1", "a duration cannot be negative"),
+        ("true", "expected a duration like '5s' or '2m'"),
+    ],
+)
+def test_shutdown_timeout_errors_read_file_key_why(tmp_path: Path, value: str, why: str) -> None:
+    path = write(tmp_path, f"shutdown_timeout = {value}\n" + one_pool())
+    error = config_error(path)
+
+    assert (error.key, error.why) == ("shutdown_timeout", why)
+    assert str(error) == f"{path}: shutdown_timeout: {why}"
+
+
+def test_check_config_prints_the_shutdown_timeout(tmp_path: Path) -> None:
+    result = run_cli("check-config", "-c", str(write(tmp_path, 'shutdown_timeout = "45s"\n' + one_pool())))
+
+    assert result.returncode == 0, result.stderr
+    assert "  shutdown_timeout 45s (SIGTERM lets open transactions finish)" in result.stdout.splitlines()

@@ -10,6 +10,10 @@ Then packets are relayed: client commands are read whole (so COM_QUIT, COM_CHANG
 KILL of a proxy connection id can be handled here), server bytes are forwarded as they come
 while a tracker follows where each response ends. When the client leaves, the connection
 is reset and reused only if no response was outstanding; a query still running is killed.
+
+Shutdown and reload ask a session to end gracefully (``close_gracefully``): before it holds
+anything it gets ERR 1053 (ER_SERVER_SHUTDOWN) at once; in the relay, once no response is
+outstanding and the server reports no open transaction, never in the middle of a result.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from proxy.mysql.server import (
     MySqlServerConnection,
 )
 from proxy.pool import BorrowTimeout, Pool, PoolError
-from proxy.relay import CLIENT_CLOSED, SERVER_CLOSED, relay
+from proxy.relay import CLIENT_CLOSED, GOODBYE, SERVER_CLOSED, await_next_request, relay
 
 if TYPE_CHECKING:
     from proxy.listener import Listener
@@ -62,6 +66,16 @@ SQLSTATE_GENERAL = "HY000"
 KILL_TIMEOUT = 5.0
 HANDSHAKE_LIMIT = 64 * 1024
 CLIENT_QUIT = "client quit"
+ER_SERVER_SHUTDOWN = 1053  # what a MySQL server tells its clients when it shuts down
+SQLSTATE_SHUTDOWN = "08S01"
+
+# Where a session is, for close_gracefully: in the first three nothing is held and nothing
+# of the client's is running, so the session can be told goodbye and stopped at once.
+PHASE_GREETING = "greeting"  # learning the upstream's greeting, before ours is sent
+PHASE_HANDSHAKE = "handshake"  # ours is sent; waiting for the client's handshake response
+PHASE_BORROWING = "borrowing"  # waiting for the server connection
+PHASE_LOGIN = "login"  # applying the client's character set on it
+PHASE_RELAY = "relay"
 
 
 def native_nonce() -> bytes:
@@ -89,11 +103,48 @@ class MySqlClientSession:
         self._sequence = 0
         peer = endpoint.transport.get_extra_info("peername") if endpoint.transport else None
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
+        self.closing: str | None = None  # why, once asked to end at the next idle point
+        self._phase = PHASE_GREETING
+        self._task: asyncio.Task[None] | None = None
+        self._tracker: ResponseTracker | None = None
+        self._relay_done: asyncio.Future[str] | None = None
 
     def __repr__(self) -> str:
         return f"MySqlClientSession(id={self.connection_id}, peer={self.peer})"
 
+    # --- shutdown and reload ---------------------------------------------------------------
+    def close_gracefully(self, why: str) -> None:
+        self.closing = why
+        if self._phase in (PHASE_GREETING, PHASE_HANDSHAKE, PHASE_BORROWING):
+            if self._phase == PHASE_HANDSHAKE:
+                self._sequence = 2  # the answer to the handshake response the client sends next
+            self._say_goodbye()
+            if self._task is not None:
+                self._task.cancel()
+        elif self._phase == PHASE_RELAY and self._idle():
+            assert self._relay_done is not None
+            if not self._relay_done.done():
+                self._relay_done.set_result(GOODBYE)
+        # PHASE_LOGIN: looked at once the character set is applied.
+
+    def _idle(self) -> bool:
+        """No response outstanding, no half-received command, no transaction open."""
+        tracker = self._tracker
+        return (
+            tracker is not None
+            and tracker.at_safe_point
+            and not tracker.in_transaction
+            and len(self.reader) == 0
+        )
+
+    def _say_goodbye(self) -> None:
+        assert self.closing is not None
+        prefix = f'pool "{self.pool.name}": ' if self.pool is not None else ""
+        message = f"{prefix}terminating connection: {self.closing}"
+        self._send(ErrPacket(ER_SERVER_SHUTDOWN, message, SQLSTATE_SHUTDOWN).encode())
+
     async def run(self) -> None:
+        self._task = asyncio.current_task()
         self.listener.register_key(self.connection_id, self)
         try:
             await self._serve()
@@ -128,6 +179,7 @@ class MySqlClientSession:
         )
         self._sequence = 0
         self._send(hello.encode())
+        self._phase = PHASE_HANDSHAKE
         # A handshake response is a few hundred bytes; do not buffer more for a stranger.
         self.reader.max_payload_size = HANDSHAKE_LIMIT
         packet = await self.endpoint.receive(self.reader.next_packet)
@@ -150,6 +202,7 @@ class MySqlClientSession:
 
     async def _serve_on(self, pool: Pool, response: HandshakeResponse41) -> None:
         variant = response.capabilities & VARIANT_CAPABILITIES
+        self._phase = PHASE_BORROWING
         try:
             server = await pool.borrow(variant)
         except BorrowTimeout as exc:
@@ -161,9 +214,15 @@ class MySqlClientSession:
             raise ClientError(c.ER_UNKNOWN_ERROR, str(exc)) from None
         assert isinstance(server, MySqlServerConnection)
         self.server = server
+        self._phase = PHASE_LOGIN
         reusable = False
         try:
             await self._apply_character_set(server, response.character_set)
+            if self.closing is not None:
+                self._say_goodbye()  # the answer to the login, as a server shutting down gives
+                reusable = True
+                return
+            self._phase = PHASE_RELAY
             self._send(OkPacket(0, 0, server.status_flags, 0).encode())
             pool.metrics.clients_accepted += 1
             log.debug(
@@ -173,11 +232,18 @@ class MySqlClientSession:
                 self.connection_id,
                 server,
             )
-            reusable = await self._relay(server)
+            reason, reusable = await self._relay(server)
         finally:
             self.server = None
             server.endpoint.stop_relay()
             pool.release(server, reusable=reusable and not server.is_closed)
+        if reason == GOODBYE:
+            await await_next_request(self.endpoint)
+            # The answer to the client's next command (sequence 1), sent or not yet. MariaDB
+            # sends it unasked with sequence 0, which drivers such as PyMySQL then report as a
+            # lost connection instead of the error.
+            self._sequence = 1
+            self._say_goodbye()
 
     async def _upstream_greeting(self, pool: Pool) -> Greeting:
         connector = pool.connector
@@ -220,10 +286,11 @@ class MySqlClientSession:
             await server.query("SET NAMES utf8mb4")
             server.collation_id = None
 
-    async def _relay(self, server: MySqlServerConnection) -> bool:
-        """Relay until either side leaves; True if the server connection may be reused."""
+    async def _relay(self, server: MySqlServerConnection) -> tuple[str, bool]:
+        """Relay until either side leaves; why, and whether the server connection may be reused."""
         client, upstream = self.endpoint, server.endpoint
-        tracker = ResponseTracker(server.capabilities, status_flags=server.status_flags)
+        tracker = self._tracker = ResponseTracker(server.capabilities, status_flags=server.status_flags)
+        done = self._relay_done = asyncio.get_running_loop().create_future()
         reusable_variant = True
         assert self.pool is not None and self.meter is not None
         metrics, meter = self.pool.metrics, self.meter
@@ -278,6 +345,8 @@ class MySqlClientSession:
                 idle = not tracker.in_transaction
                 if idle:
                     metrics.transactions += 1
+                    if self.closing is not None and self._idle() and not done.done():
+                        done.set_result(GOODBYE)  # the client's transaction is over: now
                 meter.in_transaction = not idle
 
         reason = await relay(
@@ -287,10 +356,13 @@ class MySqlClientSession:
             from_server,
             client_name=self.peer,
             server_name=repr(server),
+            done=done,
         )
         server.status_flags = tracker.status_flags
+        if reason == GOODBYE:
+            return reason, tracker.at_safe_point and reusable_variant
         if reason == SERVER_CLOSED:
-            return False
+            return reason, False
         safe = tracker.at_safe_point and len(self.reader) == 0
         client_left = reason in (CLIENT_CLOSED, CLIENT_QUIT)
         if not safe and client_left and tracker.awaiting_response:
@@ -300,8 +372,8 @@ class MySqlClientSession:
                     await server.kill_query()
             except Exception as exc:
                 log.warning("could not kill the abandoned query on %r: %s", server, exc)
-            return False
-        return safe and reusable_variant and client_left
+            return reason, False
+        return reason, safe and reusable_variant and client_left
 
     # --- KILL of a proxy connection id -------------------------------------------------------
     def _kill_target(self, payload: bytes) -> tuple[int, bool] | None:

@@ -8,10 +8,15 @@ real backend PID. From there bytes are relayed both ways while trackers watch th
 headers; when the client leaves, the connection goes back to the pool (and is reset) only
 if it sits at a safe point, otherwise it is cancelled and closed so that nothing a client
 left half-done can reach the next one.
+
+Shutdown and reload ask a session to end gracefully (``close_gracefully``): before it holds
+anything it is told FATAL 57P01 at once; in the relay it is told at the next point where the
+server owes it nothing and no transaction is open, never in the middle of a result.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from typing import TYPE_CHECKING
@@ -20,6 +25,7 @@ from protocols.errors import ProtocolViolation
 from protocols.postgres.framing import StartupReader
 from protocols.postgres.messages import (
     AUTH_OK_MESSAGE,
+    SQLSTATE_ADMIN_SHUTDOWN,
     SQLSTATE_CANNOT_CONNECT,
     SQLSTATE_CONNECTION_FAILURE,
     SQLSTATE_FEATURE_NOT_SUPPORTED,
@@ -53,12 +59,19 @@ from proxy.pool import BorrowTimeout, Pool, PoolError
 from proxy.postgres.server import PgServerConnection
 from proxy.postgres.settings import ClientError, session_settings, set_config_query
 from proxy.postgres.transaction import TransactionRelay
-from proxy.relay import CLIENT_CLOSED, CLIENT_TERMINATED, SERVER_CLOSED, relay
+from proxy.relay import CLIENT_CLOSED, CLIENT_TERMINATED, GOODBYE, SERVER_CLOSED, await_next_request, relay
 
 if TYPE_CHECKING:
     from proxy.listener import Listener
 
 log = logging.getLogger(__name__)
+
+# Where a session is, for close_gracefully: in the first two nothing is held and nothing of
+# the client's is running, so the session can be told goodbye and stopped at once.
+PHASE_STARTUP = "startup"  # reading the startup packet
+PHASE_BORROWING = "borrowing"  # waiting for the server connection its login needs
+PHASE_LOGIN = "login"  # applying the client's settings on that connection
+PHASE_RELAY = "relay"
 
 
 class PgClientSession:
@@ -73,11 +86,59 @@ class PgClientSession:
         self.meter: ClientMeter | None = None  # set once the pool is chosen; relays report into it
         peer = endpoint.transport.get_extra_info("peername") if endpoint.transport else None
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
+        self.closing: str | None = None  # why, once asked to end at the next idle point
+        self._phase = PHASE_STARTUP
+        self._task: asyncio.Task[None] | None = None
+        self._transaction_relay: TransactionRelay | None = None
+        # Session mode: the relay's trackers and the future that ends it from outside.
+        self._frontend: FrontendTracker | None = None
+        self._backend: BackendTracker | None = None
+        self._relay_done: asyncio.Future[str] | None = None
 
     def __repr__(self) -> str:
         return f"PgClientSession(peer={self.peer}, pool={self.pool.name if self.pool else None})"
 
+    # --- shutdown and reload ---------------------------------------------------------------
+    def goodbye_message(self) -> str:
+        assert self.closing is not None
+        prefix = f'pool "{self.pool.name}": ' if self.pool is not None else ""
+        return f"{prefix}terminating connection: {self.closing}"
+
+    def say_goodbye(self) -> None:
+        """FATAL 57P01 (admin_shutdown), what PostgreSQL itself says on a fast shutdown."""
+        self._fatal(SQLSTATE_ADMIN_SHUTDOWN, self.goodbye_message())
+
+    async def say_goodbye_at_idle(self, pending: int = 0) -> None:
+        """The goodbye of a session that reached an idle point: as the answer to the client's
+        next request when it comes soon (see ``await_next_request``)."""
+        await await_next_request(self.endpoint, pending)
+        self.say_goodbye()
+
+    def close_gracefully(self, why: str) -> None:
+        self.closing = why
+        if self._phase in (PHASE_STARTUP, PHASE_BORROWING):
+            self.say_goodbye()
+            if self._task is not None:
+                self._task.cancel()
+        elif self._phase == PHASE_RELAY:
+            if self._transaction_relay is not None:
+                self._transaction_relay.close_gracefully()
+            elif self._session_idle() and self._relay_done is not None and not self._relay_done.done():
+                self._relay_done.set_result(GOODBYE)
+        # PHASE_LOGIN: looked at once the client's settings are on the connection.
+
+    def _session_idle(self) -> bool:
+        """Session mode: the server owes the client nothing and no transaction is open."""
+        frontend, backend = self._frontend, self._backend
+        return (
+            frontend is not None
+            and backend is not None
+            and backend.transaction_status == STATUS_IDLE
+            and at_safe_point(frontend, backend)
+        )
+
     async def run(self) -> None:
+        self._task = asyncio.current_task()
         try:
             startup = await self._read_startup()
             if startup is not None:
@@ -141,6 +202,7 @@ class PgClientSession:
 
     async def _serve_on(self, pool: Pool, parameters: dict[str, str], user: str) -> None:
         settings = session_settings(parameters)
+        self._phase = PHASE_BORROWING
         try:
             server = await pool.borrow()
         except BorrowTimeout as exc:
@@ -151,32 +213,46 @@ class PgClientSession:
             log.warning("client %s refused: %s", self.peer, exc)
             raise ClientError(SQLSTATE_CANNOT_CONNECT, str(exc)) from None
         assert isinstance(server, PgServerConnection)
+        self._phase = PHASE_LOGIN
         server.dirty = True  # the client's settings and whatever it does stay on it: reset later
         try:
             parameters = await self._apply_settings(server, settings)
         except BaseException as exc:
             if isinstance(exc, ClientError):
                 pool.metrics.reject(REJECTED_CLIENT)
-            pool.release(server, reusable=not server.is_closed)
+            # Cut (cancelled) mid-query, the connection owes answers nobody will read.
+            cut = isinstance(exc, asyncio.CancelledError)
+            pool.release(server, reusable=not server.is_closed and not cut)
             raise
+        transaction_mode = pool.config.mode == "transaction"
+        if self.closing is not None and not (transaction_mode and pool.live_successor() is not None):
+            # Asked to end while logging in: refuse the login as a server shutting down would.
+            # (A transaction-mode client of a changed pool is let in and moves to the new pool.)
+            pool.release(server, reusable=not server.is_closed)
+            self.say_goodbye()
+            return
+        self._phase = PHASE_RELAY
         pool.metrics.clients_accepted += 1
         try:
-            if pool.config.mode == "transaction":
+            if transaction_mode:
                 # The client's settings travel with the client from here on.
                 self._greet(server, process_id=secrets.randbits(31))
                 pool.release(server, reusable=True)
-                await TransactionRelay(self, pool, parameters).run()
+                self._transaction_relay = TransactionRelay(self, pool, parameters)
+                await self._transaction_relay.run()
                 return
             self.server = server
             self._greet(server)
             log.debug('pool "%s": client %s (user %r) attached to %r', pool.name, self.peer, user, server)
             reusable = False
             try:
-                reusable = await self._relay(server)
+                reason, reusable = await self._relay(server)
             finally:
                 self.server = None
                 server.endpoint.stop_relay()
                 pool.release(server, reusable=reusable and not server.is_closed)
+            if reason == GOODBYE:
+                await self.say_goodbye_at_idle()
         finally:
             self.listener.forget_key(self.cancel_key)
 
@@ -201,11 +277,12 @@ class PgClientSession:
         greeting.append(ReadyForQuery(server.transaction_status).encode())
         self.endpoint.write(b"".join(greeting))
 
-    async def _relay(self, server: PgServerConnection) -> bool:
-        """Relay until either side leaves; True if the server connection may be reused."""
+    async def _relay(self, server: PgServerConnection) -> tuple[str, bool]:
+        """Relay until either side leaves; why, and whether the server connection may be reused."""
         client, upstream = self.endpoint, server.endpoint
-        frontend = FrontendTracker()
-        backend = BackendTracker(server.parameters)
+        frontend = self._frontend = FrontendTracker()
+        backend = self._backend = BackendTracker(server.parameters)
+        done = self._relay_done = asyncio.get_running_loop().create_future()
         assert self.pool is not None and self.meter is not None
         metrics, meter = self.pool.metrics, self.meter
 
@@ -227,26 +304,36 @@ class PgClientSession:
                     # Several answers in one chunk are autocommit statements, unless the
                     # chunk closes a transaction (the tracker keeps only the last status).
                     metrics.transactions += 1 if meter.in_transaction else answered
+                    if self.closing is not None and at_safe_point(frontend, backend) and not done.done():
+                        done.set_result(GOODBYE)  # the client's transaction is over: now
                 meter.in_transaction = not idle
 
         reason = await relay(
-            client, upstream, from_client, from_server, client_name=self.peer, server_name=repr(server)
+            client,
+            upstream,
+            from_client,
+            from_server,
+            client_name=self.peer,
+            server_name=repr(server),
+            done=done,
         )
         server.transaction_status = backend.transaction_status
         server.parameters = backend.parameters
         safe = at_safe_point(frontend, backend)
+        if reason == GOODBYE:
+            return reason, safe
         if reason == SERVER_CLOSED:
             if backend.at_boundary and not client.closed:
                 self._fatal(
                     SQLSTATE_CONNECTION_FAILURE,
                     f'pool "{server.pool}": the server connection was lost',
                 )
-            return False
+            return reason, False
         client_left = reason in (CLIENT_CLOSED, CLIENT_TERMINATED)
         if not safe and client_left:
             await server.cancel_abandoned(self.peer)
-            return False
-        return safe and client_left
+            return reason, False
+        return reason, safe and client_left
 
     def _claim_cancel_key(self, process_id: int) -> tuple[int, int]:
         """The key the client will cancel with: the server's real PID and a secret of ours."""

@@ -17,6 +17,11 @@ is preceded by a Parse whose answer is hidden. Statements whose effect outlives 
 transaction (session SET, LISTEN, temporary tables, session advisory locks, SQL PREPARE,
 DECLARE WITH HOLD, LOAD) *pin* the client to its connection until it leaves, like RDS
 Proxy; the connection is then reset before reuse.
+
+Shutdown and reload (``close_gracefully``) act at the detach point: a client that holds no
+server connection is told FATAL 57P01 there, or, when a reload replaced its pool, moves to
+the new pool and notices nothing. A pinned client is told once the server is idle (``I``)
+and owes it nothing. A client already waiting for a connection is served first.
 """
 
 from __future__ import annotations
@@ -83,7 +88,7 @@ from proxy.endpoint import CONTROL_BUFFER_LIMIT, Endpoint
 from proxy.pool import BorrowTimeout, Pool, PoolError, format_seconds
 from proxy.postgres.server import PgServerConnection
 from proxy.postgres.settings import set_config_query
-from proxy.relay import CLIENT_CLOSED, CLIENT_TERMINATED, SERVER_CLOSED
+from proxy.relay import CLIENT_CLOSED, CLIENT_TERMINATED, GOODBYE, SERVER_CLOSED
 
 if TYPE_CHECKING:
     from proxy.postgres.client import PgClientSession
@@ -145,6 +150,7 @@ class TransactionRelay:
         self._attaching: asyncio.Task[None] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None  # armed while idle in a transaction
         self._done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.closing = False  # shutdown or reload: leave the pool at the next detach point
 
     def __repr__(self) -> str:
         return f"TransactionRelay({self.session.peer}, server={self.server!r}, pinned={self.pinned!r})"
@@ -152,8 +158,15 @@ class TransactionRelay:
     async def run(self) -> None:
         self.client.start_relay(self._on_client_data)
         self.client.on_lost(lambda _: self._finish(CLIENT_CLOSED))
+        if self.session.closing is not None:
+            self.close_gracefully()  # asked while logging in
         try:
             reason = await self._done
+        except asyncio.CancelledError:
+            # Cut (shutdown_timeout passed): a transaction still open dies with its connection.
+            if self.server is not None:
+                self.pool.release(self._unhook(), reusable=False)
+            raise
         finally:
             self.client.stop_relay()
             self._disarm_idle_timer()
@@ -162,6 +175,8 @@ class TransactionRelay:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._attaching
         await self._leave(reason)
+        if reason == GOODBYE:
+            await self.session.say_goodbye_at_idle(pending=len(self.reader))
 
     def _finish(self, reason: str) -> None:
         if not self._done.done():
@@ -426,14 +441,55 @@ class TransactionRelay:
 
     def _detach_if_idle(self) -> bool:
         """Give the connection back when the client is idle, unpinned and owed nothing."""
-        if self.pinned is not None or self.plan.status != STATUS_IDLE or not self.plan.at_rest:
+        if self.plan.status != STATUS_IDLE or not self.plan.at_rest:
+            return False
+        if self.pinned is not None:
+            if self.closing:
+                self._finish(GOODBYE)  # its session state cannot move: it ends here
             return False
         if self.plan.parameters_changed:  # the client was told: the new value travels with it
             self.parameters.update(
                 {name: value for name, value in self.plan.parameters.items() if name in SYNCED_PARAMETERS}
             )
         self.pool.release(self._unhook(), reusable=True)
+        if self.closing:
+            self._leave_pool()
         return True
+
+    # --- shutdown and reload -----------------------------------------------------------------
+    def close_gracefully(self) -> None:
+        """Leave the pool at the next detach point (the session says why in ``closing``).
+
+        A client waiting for a connection (``_attaching``) already sent its request: it is
+        served, and leaves when that is answered.
+        """
+        self.closing = True
+        if self._done.done():
+            return
+        if self.server is None:
+            if self._attaching is None:
+                self._leave_pool()
+        elif self.pinned is not None and self.plan.status == STATUS_IDLE and self.plan.at_rest:
+            self._finish(GOODBYE)
+
+    def _leave_pool(self) -> None:
+        """Detached, while closing: move to the pool that replaced ours, or say goodbye."""
+        successor = self.pool.live_successor()
+        if (
+            successor is None
+            or successor.config.mode != "transaction"
+            or successor.config.listen != self.pool.config.listen
+        ):
+            self._finish(GOODBYE)  # said by run(), after the connection is back
+            return
+        # Nothing of the client lives on a server connection: its settings and statements
+        # travel with it, so the next transaction simply runs on the new pool.
+        log.debug('pool "%s": client %s moves to the reloaded pool', self.pool.name, self.session.peer)
+        self.pool = self.session.pool = successor
+        self.metrics = successor.metrics  # the same object: a reload hands it on (see Proxy.reload)
+        self.closing = False
+        self.session.closing = None
+        self.session.listener.session_changed()
 
     # --- server → client -------------------------------------------------------------------
     def _on_server_data(self, data: bytes) -> None:
@@ -489,7 +545,6 @@ class TransactionRelay:
                 ErrorResponse.build(
                     "FATAL",
                     SQLSTATE_CONNECTION_FAILURE,
-                    SQLSTATE_IDLE_IN_TRANSACTION_TIMEOUT,
                     f'pool "{self.pool.name}": the server connection was lost',
                 ).encode()
             )
