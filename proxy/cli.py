@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -32,6 +33,17 @@ def run_async(main: Coroutine[Any, Any, int]) -> int:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
+
+
+def _interruptible(main: Coroutine[Any, Any, int]) -> int:
+    """Run the demo or the bench; Ctrl-C stops them after everything they started is stopped."""
+    try:
+        return run_async(main)
+    except KeyboardInterrupt:
+        # The runner cancelled the task: every server, process and temporary directory was
+        # stopped and removed on the way out.
+        print("interrupted: the throwaway servers and the proxy were stopped", file=sys.stderr)
+        return 130
 
 
 def _add_run_parser(commands: Any) -> None:
@@ -75,13 +87,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--clients", type=int, default=10, help="concurrent clients per database")
     demo.add_argument("--duration", type=parse_duration, default=20.0, help="how long the load runs (20s)")
     demo.add_argument("--rotations", type=int, default=4, help="secret rotations during the load")
-    bench = commands.add_parser("bench", help="connection overhead: direct vs rotaproxy")
-    bench.add_argument("--quick", action="store_true", help="a short run (about a minute)")
+    demo.add_argument(
+        "--live",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the live terminal view (default: when stdout is a terminal); --no-live for plain lines",
+    )
+    demo.add_argument(
+        "--chart",
+        type=Path,
+        default=Path("rotaproxy-demo.png"),
+        help="where to write the PNG chart (default rotaproxy-demo.png)",
+    )
+    bench = commands.add_parser(
+        "bench", help="direct vs rotaproxy (vs PgBouncer): connections, throughput, storm, rotation"
+    )
+    bench.add_argument("--quick", action="store_true", help="a short run (about two minutes)")
     bench.add_argument("--json", type=Path, dest="json_path", help="also write the results as JSON")
+    bench.add_argument("--plots", type=Path, help="also draw PNG charts into this directory")
     bench.add_argument(
         "--scenarios",
-        default="connections,throughput",
-        help="comma-separated: connections, throughput (default both)",
+        default="connections,throughput,storm,rotation",
+        help="comma-separated: connections, throughput, storm, rotation (default all)",
     )
     _add_rotate_parser(commands)
     return parser
@@ -182,6 +209,7 @@ def describe(config: Config) -> str:
         )
     if config.admin.listen:
         lines.append(f"  admin API on http://{config.admin.listen} (/healthz /readyz /metrics /pools)")
+    lines.append(f"  shutdown_timeout {config.shutdown_timeout:g}s (SIGTERM lets open transactions finish)")
     return "\n".join(lines)
 
 
@@ -283,17 +311,44 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(config: Config) -> int:
-    from proxy.app import Proxy
+# A second Ctrl-C while open transactions finish: the operator wants out now.
+EXIT_INTERRUPTED = 130
 
-    stop = asyncio.Event()
+
+async def _run(config: Config, config_path: Path | None = None) -> int:
+    """SIGTERM or Ctrl-C: graceful shutdown (a second Ctrl-C exits at once). SIGHUP: reload
+    ``config_path`` (and re-read every secret); with the quick form, re-read the secrets."""
+    from proxy.app import RELOAD, STOP, Command, Proxy
+
     loop = asyncio.get_running_loop()
+    commands: asyncio.Queue[Command] = asyncio.Queue()
+    stopping = False
+
+    def stop(signum: signal.Signals) -> None:
+        nonlocal stopping
+        if stopping:
+            if signum == signal.SIGINT:
+                log.warning("second interrupt: exiting now without waiting for open transactions")
+                logging.shutdown()
+                os._exit(EXIT_INTERRUPTED)
+            log.info("already shutting down (send SIGINT again to exit at once)")
+            return
+        stopping = True
+        log.info("%s received: shutting down gracefully", signum.name)
+        commands.put_nowait(STOP)
+
+    def reload() -> None:
+        if stopping:
+            log.info("SIGHUP ignored: shutting down")
+            return
+        log.info("SIGHUP received: %s", f"reloading {config_path}" if config_path else "re-reading secrets")
+        commands.put_nowait(RELOAD)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    proxy = Proxy(config)
-    loop.add_signal_handler(signal.SIGHUP, proxy.refresh_credentials)
+        loop.add_signal_handler(signum, stop, signum)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
-        await proxy.run_until(stop)
+        await Proxy(config).serve(commands, config_path)
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
@@ -308,12 +363,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from proxy.demo import run_demo
 
-        return run_async(run_demo(clients=args.clients, duration=args.duration, rotations=args.rotations))
+        return _interruptible(
+            run_demo(
+                clients=args.clients,
+                duration=args.duration,
+                rotations=args.rotations,
+                live=args.live,
+                chart=args.chart,
+            )
+        )
     if args.command == "bench":
         from proxy.bench import run_bench
 
         scenarios = tuple(name.strip() for name in args.scenarios.split(",") if name.strip())
-        return run_async(run_bench(quick=args.quick, json_path=args.json_path, scenarios=scenarios))
+        return _interruptible(
+            run_bench(quick=args.quick, json_path=args.json_path, plots=args.plots, scenarios=scenarios)
+        )
     if args.command == "rotate":
         return _rotate(args)
     try:
@@ -325,4 +390,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(describe(config))
         return 0
     setup_logging(args.log_level or config.logging.level or "info", args.log_format or config.logging.format)
-    return run_async(_run(config))
+    return run_async(_run(config, args.config))

@@ -72,6 +72,7 @@ class LocalStack:
     mariadb: ThrowawayMariaDB | None = None
     mysql: Upstream | None = None
     proxy_pid: int | None = None  # the rotaproxy process, once started
+    admin_port: int | None = None  # its admin API (/pools, /metrics)
 
     @property
     def upstreams(self) -> list[Upstream]:
@@ -178,7 +179,9 @@ async def local_stack(
         stack = LocalStack(
             sm, tls, work / "rotaproxy.log", pg, postgres, free_port(), mariadb, upstream_mysql
         )
+        stack.admin_port = free_port()
         config = f'[aws]\nendpoint_url = "{sm.endpoint_url}"\nregion = "{sm.region}"\n'
+        config += f'\n[admin]\nlisten = "127.0.0.1:{stack.admin_port}"\n'
         for name, upstream in ((DATABASE, postgres), (f"{DATABASE}-mysql", upstream_mysql)):
             if upstream is not None:
                 config += _pool_toml(

@@ -26,6 +26,7 @@ from proxy.localstack import DATABASE, USER, LocalStack
 from proxy.throwaway import free_port
 
 SELECT_ONE = "SELECT 1;\n"
+SESSION_MODE = "rotaproxy-session"
 SCALE = 10
 
 
@@ -75,7 +76,9 @@ def find_pgbouncer() -> tuple[str | None, str]:
 class PgBouncer:
     """A throwaway PgBouncer in transaction mode in front of the stack's PostgreSQL."""
 
-    def __init__(self, binary: str, stack: LocalStack, pool_size: int, workdir: Path) -> None:
+    def __init__(
+        self, binary: str, stack: LocalStack, pool_size: int, workdir: Path, *, max_clients: int = 2000
+    ) -> None:
         self.binary = binary
         self.port = free_port()
         self.dir = workdir / "pgbouncer"
@@ -86,7 +89,8 @@ class PgBouncer:
             f"[databases]\n{DATABASE} = host=localhost port={stack.pg.port} dbname={DATABASE} user={USER} "
             f"password={password}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}\n"
             f"unix_socket_dir =\nauth_type = trust\nauth_file = {self.dir / 'userlist.txt'}\n"
-            f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 2000\n"
+            f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = {max_clients}\n"
+            "listen_backlog = 4096\n"
             f"server_tls_sslmode = verify-full\nserver_tls_ca_file = {stack.tls.ca_file}\n"
             f"logfile = {self.dir / 'pgbouncer.log'}\npidfile = {self.dir / 'pgbouncer.pid'}\n"
         )
@@ -94,16 +98,21 @@ class PgBouncer:
             path.chmod(0o644)
         (self.dir / "pgbouncer.ini").chmod(0o600)
         self.process: subprocess.Popen[bytes] | None = None
-        self.pid: int | None = None  # pgbouncer itself (the process may be runuser)
+        self.pid: int | None = None  # from its pidfile
 
     def __enter__(self) -> PgBouncer:
         command = [self.binary, str(self.dir / "pgbouncer.ini")]
+        user = None
         if os.geteuid() == 0:  # it refuses to run as root
             shutil.chown(self.dir, "postgres")
             for path in self.dir.iterdir():
                 shutil.chown(path, "postgres")
-            command = ["runuser", "-u", "postgres", "--", *command]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # Not runuser: its PAM session would cut the open-files limit to 1024, and a
+            # storm of thousands of clients would then measure that limit, not PgBouncer.
+            user = "postgres"
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, user=user, group=user
+        )
         deadline = time.monotonic() + 10.0
         while True:
             try:
@@ -165,6 +174,8 @@ async def throughput(
     targets: dict[str, tuple[int, str | None, int | None]] = {
         "direct": (stack.pg.port, password, None),
         "rotaproxy": (stack.txn_proxy_port, None, stack.proxy_pid),
+        # Session mode holds a server connection per client: only where the pool has one each.
+        SESSION_MODE: (stack.postgres.proxy_port, None, stack.proxy_pid),
     }
     if bouncer is not None:
         bouncer.__enter__()
@@ -172,9 +183,10 @@ async def throughput(
     try:
         for scenario, args in scenarios.items():
             for count in clients:
-                series = {name: Run(scenario, count, name) for name in targets}
+                present = {n: t for n, t in targets.items() if n != SESSION_MODE or count <= pool_size}
+                series = {name: Run(scenario, count, name) for name in present}
                 for _ in range(rounds):
-                    for name, (port, secret, pid) in targets.items():
+                    for name, (port, secret, pid) in present.items():
                         cpu_before = cpu_seconds(pid) if pid else 0.0
                         tps, latency, processed, problem = await asyncio.to_thread(
                             pgbench,
@@ -201,17 +213,18 @@ def throughput_markdown(runs: list[Run], absent: str) -> str:
     lines = [
         "| scenario | clients | direct TPS | rotaproxy TPS | PgBouncer TPS | rotaproxy/direct "
         "| rotaproxy/PgBouncer | latency ms (direct / rotaproxy / PgBouncer) "
-        "| pooler CPU µs/transaction (rotaproxy / PgBouncer) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| pooler CPU µs/transaction (rotaproxy / PgBouncer) | rotaproxy session mode TPS |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     keyed = {(r.scenario, r.clients, r.target): r for r in runs}
     for scenario, clients in dict.fromkeys((r.scenario, r.clients) for r in runs):
         direct = keyed[(scenario, clients, "direct")]
         ours = keyed[(scenario, clients, "rotaproxy")]
         bouncer = keyed.get((scenario, clients, "pgbouncer"))
+        session = keyed.get((scenario, clients, SESSION_MODE))
 
-        def cell(run: Run | None) -> str:
-            return f"{run.median_tps:,.0f} ± {run.spread_tps:,.0f}" if run else f"absent: {absent}"
+        def cell(run: Run | None, why: str = f"absent: {absent}") -> str:
+            return f"{run.median_tps:,.0f} ± {run.spread_tps:,.0f}" if run else why
 
         versus = f"{ours.median_tps / bouncer.median_tps:.2f}x" if bouncer and bouncer.median_tps else "-"
         latencies = " / ".join(
@@ -222,6 +235,78 @@ def throughput_markdown(runs: list[Run], absent: str) -> str:
         )
         lines.append(
             f"| {scenario} | {clients} | {cell(direct)} | {cell(ours)} | {cell(bouncer)} | "
-            f"{ours.median_tps / direct.median_tps:.2f}x | {versus} | {latencies} | {cpu} |"
+            f"{ours.median_tps / direct.median_tps:.2f}x | {versus} | {latencies} | {cpu} | "
+            f"{cell(session, 'more clients than server connections')} |"
         )
     return "\n".join(lines)
+
+
+SYSBENCH_TABLES = ["--tables=2", "--table-size=10000"]
+
+
+def sysbench(args: list[str], port: int, password: str) -> tuple[float, float, int, str]:
+    """Run sysbench oltp_read_only; return TPS, average latency (ms), transactions and any problem."""
+    common = [
+        "--db-driver=mysql",
+        "--mysql-host=127.0.0.1",
+        f"--mysql-port={port}",
+        f"--mysql-user={USER}",
+        f"--mysql-password={password}",
+        f"--mysql-db={DATABASE}",
+        *SYSBENCH_TABLES,
+    ]
+    result = subprocess.run(
+        ["sysbench", "oltp_read_only", *common, *args], capture_output=True, text=True, check=False
+    )
+    tps = re.search(r"transactions:\s+(\d+)\s+\(([\d.]+) per sec", result.stdout)
+    latency = re.search(r"avg:\s+([\d.]+)", result.stdout)
+    problem = ""
+    if result.returncode != 0 or not tps:
+        problem = (result.stderr.strip().splitlines() or result.stdout.strip().splitlines() or ["failed"])[-1]
+    return (
+        float(tps.group(2)) if tps else 0.0,
+        float(latency.group(1)) if latency else 0.0,
+        int(tps.group(1)) if tps else 0,
+        problem,
+    )
+
+
+async def mysql_throughput(stack: LocalStack, *, seconds: int, rounds: int, clients: int = 10) -> list[Run]:
+    """sysbench oltp_read_only, direct (password) vs rotaproxy (session mode), interleaved."""
+    upstream = stack.mysql
+    if upstream is None:
+        return []  # MariaDB is not installed here
+    await asyncio.to_thread(sysbench, ["prepare"], upstream.port, upstream.password)
+    targets = {"direct": (upstream.port, upstream.password), "rotaproxy": (upstream.proxy_port, "")}
+    series = {name: Run("sysbench oltp_read_only", clients, name) for name in targets}
+    for _ in range(rounds):
+        for name, (port, password) in targets.items():
+            pid = stack.proxy_pid if name == "rotaproxy" else None
+            cpu_before = cpu_seconds(pid) if pid else 0.0
+            tps, latency, processed, problem = await asyncio.to_thread(
+                sysbench, [f"--threads={clients}", f"--time={seconds}", "run"], port, password
+            )
+            if pid and processed:
+                series[name].cpu_us.append((cpu_seconds(pid) - cpu_before) / processed * 1e6)
+            series[name].tps.append(tps)
+            series[name].latency_ms.append(latency)
+            if problem:
+                series[name].errors.append(problem)
+    return list(series.values())
+
+
+def mysql_markdown(runs: list[Run]) -> str:
+    keyed = {r.target: r for r in runs}
+    direct, ours = keyed["direct"], keyed["rotaproxy"]
+    cpu = f"{statistics.median(ours.cpu_us):.0f}" if ours.cpu_us else "-"
+    latency = f"{statistics.median(direct.latency_ms):.2f} / {statistics.median(ours.latency_ms):.2f}"
+    return "\n".join(
+        [
+            "| scenario | threads | direct TPS | rotaproxy TPS | rotaproxy/direct "
+            "| latency ms (direct / rotaproxy) | rotaproxy CPU µs/transaction |",
+            "|---|---|---|---|---|---|---|",
+            f"| {ours.scenario} | {ours.clients} | {direct.median_tps:,.0f} ± {direct.spread_tps:,.0f} | "
+            f"{ours.median_tps:,.0f} ± {ours.spread_tps:,.0f} | {ours.median_tps / direct.median_tps:.2f}x | "
+            f"{latency} | {cpu} |",
+        ]
+    )
