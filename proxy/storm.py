@@ -19,7 +19,6 @@ from typing import Any
 from proxy.localstack import DATABASE, USER, LocalStack
 from proxy.throughput import PgBouncer, find_pgbouncer
 
-
 STORM_TIMEOUT = 120.0
 
 
