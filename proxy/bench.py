@@ -166,7 +166,7 @@ class RotationRun:
         rotated_at = [at for at, label in self.timeline.events if engine in label]
         near = [p for p in points if any(-1.0 <= p.at - at <= 2.0 for at in rotated_at)]
         away = [p for p in points if p not in near]
-        latencies = [v for second in self.timeline.seconds(engine) for v in second.latencies_ms]
+        latencies = self.timeline.latencies(engine)
 
         def worst(seconds: list[Point]) -> float:
             finite = [p.p99_ms for p in seconds if not math.isnan(p.p99_ms)]

@@ -347,9 +347,7 @@ def _summary(
     for upstream in stack.upstreams:
         tally = tallies[upstream.engine]
         missing = tally.acknowledged - _stored(stack, upstream.engine)
-        latencies = [
-            value for second in tally.timeline.seconds(upstream.engine) for value in second.latencies_ms
-        ]
+        latencies = tally.timeline.latencies(upstream.engine)
         p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
         print(
             f"{upstream.engine}: {len(tally.acknowledged)} transactions in {elapsed:.1f}s "

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -157,32 +157,30 @@ class PoolMetrics:
         return sum(1 for meter in self.sessions if meter.pinned)
 
 
+_F = TypeVar("_F", GaugeMetricFamily, CounterMetricFamily, HistogramMetricFamily)
+
+
 class _Families:
     """Metric families keyed by name, created on first use, in a stable order."""
 
     def __init__(self) -> None:
         self._families: dict[str, Metric] = {}
 
-    def gauge(self, name: str, documentation: str, labels: list[str]) -> GaugeMetricFamily:
+    def _family(self, kind: type[_F], name: str, documentation: str, labels: list[str]) -> _F:
         family = self._families.get(name)
         if family is None:
-            family = self._families[name] = GaugeMetricFamily(name, documentation, labels=labels)
-        assert isinstance(family, GaugeMetricFamily)
+            family = self._families[name] = kind(name, documentation, labels=labels)
+        assert isinstance(family, kind)
         return family
+
+    def gauge(self, name: str, documentation: str, labels: list[str]) -> GaugeMetricFamily:
+        return self._family(GaugeMetricFamily, name, documentation, labels)
 
     def counter(self, name: str, documentation: str, labels: list[str]) -> CounterMetricFamily:
-        family = self._families.get(name)
-        if family is None:
-            family = self._families[name] = CounterMetricFamily(name, documentation, labels=labels)
-        assert isinstance(family, CounterMetricFamily)
-        return family
+        return self._family(CounterMetricFamily, name, documentation, labels)
 
     def histogram(self, name: str, documentation: str, labels: list[str]) -> HistogramMetricFamily:
-        family = self._families.get(name)
-        if family is None:
-            family = self._families[name] = HistogramMetricFamily(name, documentation, labels=labels)
-        assert isinstance(family, HistogramMetricFamily)
-        return family
+        return self._family(HistogramMetricFamily, name, documentation, labels)
 
     def __iter__(self) -> Iterator[Metric]:
         return iter(self._families.values())

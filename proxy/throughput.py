@@ -19,8 +19,10 @@ import socket
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from proxy.localstack import DATABASE, USER, LocalStack
 from proxy.throwaway import free_port
@@ -28,6 +30,8 @@ from proxy.throwaway import free_port
 SELECT_ONE = "SELECT 1;\n"
 SESSION_MODE = "rotaproxy-session"
 SCALE = 10
+# A benchmark tool's run: (TPS, average latency ms, transactions processed, problem or "").
+ToolResult = tuple[float, float, int, str]
 
 
 @dataclass
@@ -131,7 +135,7 @@ class PgBouncer:
             self.process.wait(timeout=10)
 
 
-def pgbench(args: list[str], port: int, password: str | None = None) -> tuple[float, float, int, str]:
+def pgbench(args: list[str], port: int, password: str | None = None) -> ToolResult:
     """Run pgbench; return its TPS, average latency (ms), transactions processed and any problem."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     if password:
@@ -156,6 +160,21 @@ def pgbench(args: list[str], port: int, password: str | None = None) -> tuple[fl
         int(processed.group(1)) if processed else 0,
         problem,
     )
+
+
+async def _measured(
+    run: Run, pid: int | None, tool: Callable[[list[str], int, str | None], ToolResult], *args: Any
+) -> None:
+    """One run of ``tool`` recorded in ``run``, with the pooler's (``pid``) CPU per transaction."""
+    cpu_before = cpu_seconds(pid) if pid else 0.0
+    tps, latency, processed, problem = await asyncio.to_thread(tool, *args)
+    if pid and processed:
+        # Logins are in it too: a few per cent of a run, for both poolers.
+        run.cpu_us.append((cpu_seconds(pid) - cpu_before) / processed * 1e6)
+    run.tps.append(tps)
+    run.latency_ms.append(latency)
+    if problem:
+        run.errors.append(problem)
 
 
 async def throughput(
@@ -187,21 +206,14 @@ async def throughput(
                 series = {name: Run(scenario, count, name) for name in present}
                 for _ in range(rounds):
                     for name, (port, secret, pid) in present.items():
-                        cpu_before = cpu_seconds(pid) if pid else 0.0
-                        tps, latency, processed, problem = await asyncio.to_thread(
+                        await _measured(
+                            series[name],
+                            pid,
                             pgbench,
                             [*args, "-n", "-M", "extended", "-c", str(count), "-j", "2", "-T", str(seconds)],
                             port,
                             secret,
                         )
-                        if pid and processed:
-                            # Logins are in it too: a few per cent of a run, for both poolers.
-                            used = cpu_seconds(pid) - cpu_before
-                            series[name].cpu_us.append(used / processed * 1e6)
-                        series[name].tps.append(tps)
-                        series[name].latency_ms.append(latency)
-                        if problem:
-                            series[name].errors.append(problem)
                 runs += series.values()
     finally:
         if bouncer is not None:
@@ -244,14 +256,14 @@ def throughput_markdown(runs: list[Run], absent: str) -> str:
 SYSBENCH_TABLES = ["--tables=2", "--table-size=10000"]
 
 
-def sysbench(args: list[str], port: int, password: str) -> tuple[float, float, int, str]:
+def sysbench(args: list[str], port: int, password: str | None) -> ToolResult:
     """Run sysbench oltp_read_only; return TPS, average latency (ms), transactions and any problem."""
     common = [
         "--db-driver=mysql",
         "--mysql-host=127.0.0.1",
         f"--mysql-port={port}",
         f"--mysql-user={USER}",
-        f"--mysql-password={password}",
+        f"--mysql-password={password or ''}",
         f"--mysql-db={DATABASE}",
         *SYSBENCH_TABLES,
     ]
@@ -282,16 +294,8 @@ async def mysql_throughput(stack: LocalStack, *, seconds: int, rounds: int, clie
     for _ in range(rounds):
         for name, (port, password) in targets.items():
             pid = stack.proxy_pid if name == "rotaproxy" else None
-            cpu_before = cpu_seconds(pid) if pid else 0.0
-            tps, latency, processed, problem = await asyncio.to_thread(
-                sysbench, [f"--threads={clients}", f"--time={seconds}", "run"], port, password
-            )
-            if pid and processed:
-                series[name].cpu_us.append((cpu_seconds(pid) - cpu_before) / processed * 1e6)
-            series[name].tps.append(tps)
-            series[name].latency_ms.append(latency)
-            if problem:
-                series[name].errors.append(problem)
+            run = [f"--threads={clients}", f"--time={seconds}", "run"]
+            await _measured(series[name], pid, sysbench, run, port, password)
     return list(series.values())
 
 

@@ -96,8 +96,9 @@ class Timeline:
             sum(second.errors for second in seconds),
         )
 
-    def seconds(self, series: str) -> list[Second]:
-        return self._seconds[series]
+    def latencies(self, series: str) -> list[float]:
+        """Every latency recorded for ``series``, in milliseconds."""
+        return [value for second in self._seconds[series] for value in second.latencies_ms]
 
     def totals(self, series: str) -> tuple[int, int]:
         """(transactions, errors) over the whole run."""

@@ -10,14 +10,22 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
 from proxy.throwaway import ProxyProcess, ThrowawayPostgres, free_port, put_secret_json
-from tests.conftest import ProxyLauncher, Secrets, Users, get_json, new_secret, pool_toml, rds_secret
+from tests.conftest import (
+    ProxyLauncher,
+    Secrets,
+    Users,
+    get_json,
+    new_secret,
+    pool_toml,
+    rds_secret,
+    wait_for,
+)
 
 
 def post_json(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
@@ -38,14 +46,6 @@ def get_status(port: int, path: str) -> int:
             return int(response.status)
     except urllib.error.HTTPError as error:
         return error.code
-
-
-def wait_for(condition: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within}s: {what}")
-        time.sleep(0.1)
 
 
 def backend_pid(port: int, pool: str) -> int:

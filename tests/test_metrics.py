@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import time
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -32,6 +30,7 @@ from tests.conftest import (
     rds_mysql_secret,
     rds_secret,
     scrape,
+    wait_for,
 )
 
 
@@ -39,14 +38,6 @@ def post(admin_port: int, path: str) -> Any:
     request = urllib.request.Request(f"http://127.0.0.1:{admin_port}{path}", method="POST")
     with urllib.request.urlopen(request, timeout=5) as response:
         return json.loads(response.read())
-
-
-def wait_for(condition: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within}s: {what}")
-        time.sleep(0.1)
 
 
 async def own_user(pg: ThrowawayPostgres, sm_client: Any, known: Secrets) -> tuple[str, str]:

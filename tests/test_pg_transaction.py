@@ -210,8 +210,20 @@ async def _driver_load(client: Any, seconds: float, errors: list[str]) -> int:
     return rounds
 
 
-async def test_asyncpg_default_settings_40_clients_pool_of_5(txn_proxy: ProxyProcess) -> None:
+async def _all_load_without_errors(connections: list[Any], client: Any) -> None:
+    """Every connection runs ``client(connection)`` rounds for LOAD_SECONDS, then closes:
+    no round may fail, every connection must complete one."""
     errors: list[str] = []
+    try:
+        rounds = await asyncio.gather(*(_driver_load(client(c), LOAD_SECONDS, errors) for c in connections))
+    finally:
+        for connection in connections:
+            await connection.close()
+    assert errors == []
+    assert min(rounds) > 0
+
+
+async def test_asyncpg_default_settings_40_clients_pool_of_5(txn_proxy: ProxyProcess) -> None:
     connections = [
         await asyncpg.connect(host="127.0.0.1", port=txn_proxy.port, user="x", database="txn5")
         for _ in range(40)
@@ -234,19 +246,12 @@ async def test_asyncpg_default_settings_40_clients_pool_of_5(txn_proxy: ProxyPro
 
         return one_round
 
-    try:
-        rounds = await asyncio.gather(*(_driver_load(client(c), LOAD_SECONDS, errors) for c in connections))
-    finally:
-        for connection in connections:
-            await connection.close()
-    assert errors == []
-    assert min(rounds) > 0
+    await _all_load_without_errors(connections, client)
     pool = get_json(ADMIN_PORT, "/pools")["txn5"]
     assert pool["opened_total"] <= 5 and "named prepared statement" not in pool["pins_total"]
 
 
 async def test_psycopg_server_side_prepares_40_clients_pool_of_5(txn_proxy: ProxyProcess) -> None:
-    errors: list[str] = []
     dsn = f"host=127.0.0.1 port={txn_proxy.port} dbname=txn5 user=x"
     connections = [
         await psycopg.AsyncConnection.connect(dsn, autocommit=True, prepare_threshold=0) for _ in range(40)
@@ -267,13 +272,7 @@ async def test_psycopg_server_side_prepares_40_clients_pool_of_5(txn_proxy: Prox
 
         return one_round
 
-    try:
-        rounds = await asyncio.gather(*(_driver_load(client(c), LOAD_SECONDS, errors) for c in connections))
-    finally:
-        for connection in connections:
-            await connection.close()
-    assert errors == []
-    assert min(rounds) > 0
+    await _all_load_without_errors(connections, client)
 
 
 PGBENCH_SCRIPT = textwrap.dedent(

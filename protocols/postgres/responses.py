@@ -41,17 +41,17 @@ from protocols.postgres.messages import (
     PARAMETER_STATUS,
     READY_FOR_QUERY,
     STATUS_IDLE,
-    TRANSACTION_STATUSES,
     UINT32,
-    read_cstring,
+)
+from protocols.postgres.tracker import (
+    PARAMETER_STATUS_BYTE,
+    READY_FOR_QUERY_BYTE,
+    TRACKED_BODY_LIMIT,
+    observe_backend_state,
 )
 
 NOTIFICATION_RESPONSE = b"A"
 _ASYNC = frozenset({NOTICE_RESPONSE, PARAMETER_STATUS, NOTIFICATION_RESPONSE})
-_READY_FOR_QUERY = READY_FOR_QUERY[0]
-_PARAMETER_STATUS = PARAMETER_STATUS[0]
-# Bodies the header walk must see whole; a ParameterStatus is a name and a short value.
-_OBSERVED_BODY_LIMIT = 64 * 1024
 
 
 class Request(enum.Enum):
@@ -210,7 +210,7 @@ class ResponsePlan:
             if length < 4:
                 raise ProtocolViolation(f"server message declares length {length} (< 4)")
             end = pos + 1 + length
-            if kind != _READY_FOR_QUERY and kind != _PARAMETER_STATUS:
+            if kind != READY_FOR_QUERY_BYTE and kind != PARAMETER_STATUS_BYTE:
                 if end > size:
                     self._skip = end - size
                     pos = size
@@ -218,13 +218,13 @@ class ResponsePlan:
                 pos = end
                 continue
             if end > size:
-                if length > _OBSERVED_BODY_LIMIT:
+                if length > TRACKED_BODY_LIMIT:
                     raise ProtocolViolation(f"server message {chr(kind)!r} is too long")
                 self._partial = data[pos:]
                 break
             self._observe(kind, data[pos + HEADER.size : end])
             pos = end
-            if kind == _READY_FOR_QUERY:
+            if kind == READY_FOR_QUERY_BYTE:
                 self._entries.popleft()
                 if not self._group_passes():
                     out.append(data[:pos])
@@ -233,17 +233,14 @@ class ResponsePlan:
         return b""
 
     def _observe(self, kind: int, body: bytes) -> None:
-        if kind == _READY_FOR_QUERY:
-            if body not in TRANSACTION_STATUSES:
-                raise ProtocolViolation("ReadyForQuery with an invalid status")
-            self.status = body
-            self.ready_count += 1
-            if body == STATUS_IDLE:
-                self.idle_count += 1
-        else:
-            name, offset = read_cstring(body, 0)
-            self.parameters[name] = read_cstring(body, offset)[0]
+        status = observe_backend_state(kind, body, self.parameters)
+        if status is None:
             self.parameters_changed = True
+            return
+        self.status = status
+        self.ready_count += 1
+        if status == STATUS_IDLE:
+            self.idle_count += 1
 
     def server_message(self, kind: bytes, message: bytes) -> bytes:
         """One whole server message; return what the client gets for it (maybe nothing, maybe more)."""

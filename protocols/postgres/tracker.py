@@ -28,10 +28,10 @@ from protocols.postgres.messages import (
     read_cstring,
 )
 
-_READY_FOR_QUERY = READY_FOR_QUERY[0]
-_PARAMETER_STATUS = PARAMETER_STATUS[0]
+READY_FOR_QUERY_BYTE = READY_FOR_QUERY[0]
+PARAMETER_STATUS_BYTE = PARAMETER_STATUS[0]
 # Bodies the backend tracker must see whole; a ParameterStatus is a name and a short value.
-_TRACKED_BODY_LIMIT = 64 * 1024
+TRACKED_BODY_LIMIT = 64 * 1024
 
 _FRONTEND_SYNC_POINTS = frozenset(b"QSF")  # Query, Sync, FunctionCall
 _FRONTEND_EXTENDED = frozenset(b"PBEDC")  # Parse, Bind, Execute, Describe, Close
@@ -125,9 +125,9 @@ class BackendTracker:
             if length < 4:
                 raise ProtocolViolation(f"server message declares length {length} (< 4)")
             end = pos + 1 + length
-            if kind in (_READY_FOR_QUERY, _PARAMETER_STATUS):
+            if kind in (READY_FOR_QUERY_BYTE, PARAMETER_STATUS_BYTE):
                 if end > size:
-                    if length > _TRACKED_BODY_LIMIT:
+                    if length > TRACKED_BODY_LIMIT:
                         raise ProtocolViolation(f"server message {chr(kind)!r} is too long")
                     self._partial = data[pos:]
                     self._skip = 0
@@ -137,15 +137,22 @@ class BackendTracker:
         self._skip = pos - size
 
     def _observe(self, kind: int, body: bytes) -> None:
-        if kind == _READY_FOR_QUERY:
-            if body not in TRANSACTION_STATUSES:
-                raise ProtocolViolation("ReadyForQuery with an invalid status")
+        status = observe_backend_state(kind, body, self.parameters)
+        if status is not None:
             self.ready_count += 1
-            self.transaction_status = body
-        else:
-            name, offset = read_cstring(body, 0)
-            value, _ = read_cstring(body, offset)
-            self.parameters[name] = value
+            self.transaction_status = status
+
+
+def observe_backend_state(kind: int, body: bytes, parameters: dict[str, str]) -> bytes | None:
+    """The body of a ReadyForQuery (returns its transaction status, checked) or of a
+    ParameterStatus (records the setting in ``parameters``, returns None)."""
+    if kind == READY_FOR_QUERY_BYTE:
+        if body not in TRANSACTION_STATUSES:
+            raise ProtocolViolation("ReadyForQuery with an invalid status")
+        return body
+    name, offset = read_cstring(body, 0)
+    parameters[name] = read_cstring(body, offset)[0]
+    return None
 
 
 def at_safe_point(frontend: FrontendTracker, backend: BackendTracker) -> bool:
