@@ -152,9 +152,8 @@ def test_cancel_reaches_exactly_the_right_query(txn_proxy: ProxyProcess) -> None
 
     def bystander() -> None:
         try:
-            # prepare_threshold=None: psycopg would otherwise name a statement after five runs,
-            # which pins (until statement renaming lands), and four pinned bystanders would
-            # leave the victim no connection in a pool of three.
+            # prepare_threshold=None keeps the bystanders on unnamed statements: the subject
+            # here is the cancel, statement renaming has its own tests.
             with connect(txn_proxy, prepare_threshold=None) as conn:
                 while not stop.is_set():
                     conn.execute("SELECT pg_sleep(0.01)")
