@@ -30,6 +30,8 @@ from proxy.metrics import PoolMetrics
 log = logging.getLogger(__name__)
 
 JANITOR_INTERVAL = 1.0
+# How long an idle transaction-mode client may keep a server connection nobody asked for.
+KEEP_LIMIT = 1.0
 RESET_TIMEOUT = 5.0
 RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
 ROTATION_RETRY_FIRST = 2.0
@@ -39,8 +41,13 @@ ROTATION_RETRY_MAX = 60.0
 class ConnectionState(enum.Enum):
     IDLE = "idle"
     BUSY = "busy"
+    KEPT = "kept"  # attached to an idle transaction-mode client; the pool takes it back at need
     RESETTING = "resetting"
     CLOSED = "closed"
+
+    # Members are singletons: hash by identity (Enum's own hash runs Python code, and the
+    # pool counts states on every borrow and release).
+    __hash__ = object.__hash__
 
 
 class PoolError(Exception):
@@ -139,6 +146,9 @@ class Pool:
         self.last_rotation: dict[str, Any] | None = None
         self.rotation_error: str | None = None
         self._idle: deque[ServerConnection] = deque()
+        # Transaction mode: connections an idle client keeps attached while nobody else needs
+        # them (see ``keep``), oldest first, each with the client's callback to give it back.
+        self._kept: dict[ServerConnection, Callable[[], None]] = {}
         self._connections: set[ServerConnection] = set()
         self._connecting = 0
         self._waiters: deque[tuple[Hashable, asyncio.Future[ServerConnection | None]]] = deque()
@@ -278,17 +288,51 @@ class Pool:
             async with asyncio.timeout_at(deadline):
                 connection = await self._borrow(variant, deadline)
         except TimeoutError:
-            self.borrow_timeouts_total += 1
-            raise BorrowTimeout(
-                f'pool "{self.name}": no server connection became available within '
-                f"borrow_timeout {format_seconds(self.config.borrow_timeout)} "
-                f"({self.size} of max_server_connections {self.config.max_server_connections} "
-                f"in use{'; the pool is paused' if self.paused else ''})"
-            ) from None
+            raise self.borrow_timed_out() from None
         finally:
             self._borrowers -= 1
         self.metrics.borrow_wait.observe(loop.time() - started)
         return connection
+
+    def borrow_timed_out(self) -> BorrowTimeout:
+        """Count a borrower that waited borrow_timeout in vain; the error that tells it why."""
+        self.borrow_timeouts_total += 1
+        return BorrowTimeout(
+            f'pool "{self.name}": no server connection became available within '
+            f"borrow_timeout {format_seconds(self.config.borrow_timeout)} "
+            f"({self.size} of max_server_connections {self.config.max_server_connections} "
+            f"in use{'; the pool is paused' if self.paused else ''})"
+        )
+
+    def queue_for_release(self, variant: Hashable = None) -> asyncio.Future[ServerConnection | None] | None:
+        """A place in the queue for the next connection released, without a task (cheaper than
+        ``borrow``), for a borrower that ``borrow_now`` turned away from a full pool.
+
+        None when there is more to do than wait (the pool may grow, is paused or closing, or
+        has idle connections to check): then ``borrow``. The future's result is a connection
+        borrowed for the caller, or None (a slot freed up: ``borrow``); it fails with
+        ``PoolClosed``. The caller keeps its own borrow_timeout, cancels the future when it
+        passes, and reports it with ``borrow_timed_out``.
+        """
+        if self._closing or self.paused or self._idle or self.size < self.config.max_server_connections:
+            return None
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[ServerConnection | None] = loop.create_future()
+        entry = (variant, waiter)
+        self._waiters.append(entry)
+        self._borrowers += 1
+        queued_at = loop.time()
+
+        def left_queue(_: asyncio.Future[ServerConnection | None]) -> None:
+            self._borrowers -= 1
+            if waiter.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+            elif waiter.exception() is None and waiter.result() is not None:
+                self.metrics.borrow_wait.observe(loop.time() - queued_at)
+
+        waiter.add_done_callback(left_queue)
+        return waiter
 
     async def _borrow(self, variant: Hashable, deadline: float) -> ServerConnection:
         loop = asyncio.get_running_loop()
@@ -332,13 +376,17 @@ class Pool:
                 return connection
 
     def _pop_idle(self, variant: Hashable) -> ServerConnection | None:
-        # Most recently used first: warm caches, and the surplus ages out at the other end.
-        for index in range(len(self._idle) - 1, -1, -1):
-            if self._idle[index].variant == variant:
-                connection = self._idle[index]
-                del self._idle[index]
-                return connection
-        return None
+        while True:
+            # Most recently used first: warm caches, and the surplus ages out at the other end.
+            for index in range(len(self._idle) - 1, -1, -1):
+                if self._idle[index].variant == variant:
+                    connection = self._idle[index]
+                    del self._idle[index]
+                    return connection
+            # A kept connection is an idle one whose client has not let go yet: take it back
+            # (it lands in _idle, or with a waiter that queued first) rather than open one.
+            if not self._reclaim(variant):
+                return None
 
     def borrow_now(self, variant: Hashable = None) -> ServerConnection | None:
         """An idle connection at once if one needs no liveness check, else None (then borrow())."""
@@ -523,15 +571,13 @@ class Pool:
         self.rotation_error = None
         self.rotations_total += 1
         self._rotation_started_at = time.monotonic()
-        idle_old = [connection for connection in self._idle if connection.generation != self.generation]
-        for connection in idle_old:
-            self._discard(connection)
+        idle_closed = self._close_idle_old()
         busy_old = self.old_generation_count
         self.last_rotation = {
             "from_version": old.version_id if old else None,
             "to_version": credentials.version_id,
             "at": time.time(),
-            "idle_closed": len(idle_old),
+            "idle_closed": idle_closed,
             "busy_draining": busy_old,
             "drained_after_seconds": None,
         }
@@ -543,10 +589,18 @@ class Pool:
             credentials.version_id,
             self.generation,
             reason,
-            len(idle_old),
+            idle_closed,
             busy_old,
         )
         self._note_drained()
+
+    def _close_idle_old(self) -> int:
+        """After a generation change: close the idle (and kept) old connections; how many."""
+        kept = self._reclaim_all()  # released into a new generation: they close
+        idle_old = [connection for connection in self._idle if connection.generation != self.generation]
+        for connection in idle_old:
+            self._discard(connection)
+        return kept + len(idle_old)
 
     def _note_drained(self) -> None:
         if self._rotation_started_at is None or self.old_generation_count:
@@ -564,7 +618,9 @@ class Pool:
 
     # --- returning -------------------------------------------------------------------------
     def release(self, connection: ServerConnection, *, reusable: bool) -> None:
-        """Give a borrowed connection back; it is reset before anyone else gets it."""
+        """Give a borrowed (or kept) connection back; it is reset before anyone else gets it."""
+        if connection.state is ConnectionState.KEPT:
+            self.unkeep(connection)
         if not reusable or self._closing or self._must_retire(connection) or connection.is_closed:
             self._discard(connection)
             return
@@ -573,6 +629,50 @@ class Pool:
             return
         self._set_state(connection, ConnectionState.RESETTING)
         self._spawn(self._reset_and_return(connection))
+
+    def keep(self, connection: ServerConnection, give_back: Callable[[], None]) -> bool:
+        """Whether an idle transaction-mode client may keep ``connection`` attached until its
+        next transaction, instead of releasing it and borrowing again.
+
+        Only while nobody waits and nothing needs the connection back. Until the client uses
+        it again (``unkeep``) it counts as idle: a borrower with no idle connection, a pause,
+        a drain, a rotation and the janitor (after ``KEEP_LIMIT`` of idleness) take it back
+        by calling ``give_back``, which must ``unkeep`` and ``release`` it.
+        """
+        if (
+            self._waiters
+            or self.paused
+            or self._closing
+            or self.retired
+            or connection.generation != self.generation
+        ):
+            return False
+        connection.idle_since = time.monotonic()
+        self._set_state(connection, ConnectionState.KEPT)
+        self._kept[connection] = give_back
+        return True
+
+    def unkeep(self, connection: ServerConnection) -> None:
+        """The client that kept ``connection`` uses it again, or gives it back."""
+        if self._kept.pop(connection, None) is not None:
+            self._set_state(connection, ConnectionState.BUSY)
+
+    def _reclaim(self, variant: Hashable) -> bool:
+        """Take back the longest-kept connection of ``variant``; False if there is none."""
+        for connection, give_back in self._kept.items():
+            if connection.variant == variant:
+                give_back()
+                self._kept.pop(connection, None)  # in case give_back did not unkeep
+                return True
+        return False
+
+    def _reclaim_all(self) -> int:
+        """Take back every kept connection (a pause, a drain, a reload); how many there were."""
+        kept = list(self._kept.values())
+        for give_back in kept:
+            give_back()
+        self._kept.clear()
+        return len(kept)
 
     async def _reset_and_return(self, connection: ServerConnection) -> None:
         try:
@@ -616,6 +716,7 @@ class Pool:
             return
         with contextlib.suppress(ValueError):
             self._idle.remove(connection)
+        self._kept.pop(connection, None)
         self._connections.discard(connection)
         self._set_state(connection, ConnectionState.CLOSED)
         connection.on_lost = None
@@ -661,6 +762,7 @@ class Pool:
         """
         self.retired = True
         self.successor = successor
+        self._reclaim_all()
         for connection in list(self._idle):
             self._discard(connection)
 
@@ -677,6 +779,7 @@ class Pool:
         if not self.paused:
             self.paused = True
             self._resumed.clear()
+            self._reclaim_all()  # their clients' next transactions wait too
             log.info('pool "%s": paused: new borrows wait for resume', self.name)
 
     def resume(self) -> None:
@@ -700,19 +803,17 @@ class Pool:
         self.generation += 1
         self.reconnects_total += 1
         self.last_reconnect_at = time.time()
-        idle_old = [connection for connection in self._idle if connection.generation != self.generation]
-        for connection in idle_old:
-            self._discard(connection)
+        idle_closed = self._close_idle_old()
         busy_old = self.old_generation_count
         log.info(
             'pool "%s": reconnect requested: %d idle connections closed, %d busy ones close when '
             "their clients release them (generation %d)",
             self.name,
-            len(idle_old),
+            idle_closed,
             busy_old,
             self.generation,
         )
-        return {"generation": self.generation, "idle_closed": len(idle_old), "busy_draining": busy_old}
+        return {"generation": self.generation, "idle_closed": idle_closed, "busy_draining": busy_old}
 
     async def refresh_credentials(self) -> bool:
         """Re-read the credentials now; True when a new version turned up.
@@ -738,6 +839,11 @@ class Pool:
 
     def _expire_idle(self) -> None:
         now = time.monotonic()
+        for connection in list(self._kept):
+            # Kept by a client idle this long, or due to retire: the pool takes it back.
+            if now - connection.idle_since >= KEEP_LIMIT or self._must_retire(connection):
+                self._kept[connection]()
+                self._kept.pop(connection, None)
         for connection in list(self._idle):
             idle_too_long = now - connection.idle_since >= self.config.idle_timeout
             if (

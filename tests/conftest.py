@@ -192,6 +192,18 @@ def get_json(port: int, path: str) -> Any:
         return json.loads(error.read())
 
 
+def post_json(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """POST to the admin API; (status, JSON body) whatever the status."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=b"", method="POST", headers=headers or {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
 class ProxyLauncher:
     """Starts rotaproxy subprocesses on config snippets and remembers their logs."""
 

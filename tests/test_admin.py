@@ -23,21 +23,10 @@ from tests.conftest import (
     get_json,
     new_secret,
     pool_toml,
+    post_json,
     rds_secret,
     wait_for,
 )
-
-
-def post_json(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    """POST to the admin API; (status, JSON body) whatever the status."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", data=b"", method="POST", headers=headers or {}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def get_status(port: int, path: str) -> int:

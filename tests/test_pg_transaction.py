@@ -28,8 +28,10 @@ from tests.conftest import (
     metric,
     new_secret,
     pool_toml,
+    post_json,
     rds_secret,
     scrape,
+    wait_for,
 )
 
 ADMIN_PORT = free_port()
@@ -56,6 +58,8 @@ async def txn_proxy(
         + pool_toml("txn5", secret, max_server_connections=5, borrow_timeout="10s", **common)
         + pool_toml("txn10", secret, max_server_connections=10, borrow_timeout="10s", **common)
         + pool_toml("txn_metrics", secret, max_server_connections=2, **common)
+        + pool_toml("txn_keep", secret, max_server_connections=1, borrow_timeout="10s", **common)
+        + pool_toml("txn_short", secret, max_server_connections=1, borrow_timeout="1s", **common)
         + pool_toml(
             "txn_idle",
             secret,
@@ -402,3 +406,95 @@ def test_transactions_queries_bytes_and_pins_are_counted(txn_proxy: ProxyProcess
     while value("rotaproxy_server_connections_pinned") != 0:  # the client left
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def server_states(pool: str) -> dict[str, int]:
+    by_state: dict[str, int] = get_json(ADMIN_PORT, "/pools")[pool]["server_connections"]["by_state"]
+    return by_state
+
+
+def backend_pid(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_an_idle_client_keeps_its_connection_until_someone_needs_it(txn_proxy: ProxyProcess) -> None:
+    with connect(txn_proxy, "txn_keep") as a:
+        pid = backend_pid(a)
+        # Nobody else wants the pool's only connection: it stays attached between transactions.
+        assert server_states("txn_keep") == {"kept": 1}
+        assert backend_pid(a) == pid
+        # Another client logs in and queries at once: the pool takes the connection back
+        # from the idle client rather than wait (the janitor would free it after 1 s).
+        started = time.monotonic()
+        with connect(txn_proxy, "txn_keep") as b:
+            assert backend_pid(b) == pid
+            took = time.monotonic() - started
+            assert backend_pid(a) == pid  # and back again
+        assert took < 0.9
+        # Idle for a second: the pool takes it back for good.
+        wait_for(lambda: server_states("txn_keep") == {"idle": 1}, 5, "the kept connection back in the pool")
+        assert backend_pid(a) == pid
+
+
+def test_a_kept_connection_the_server_closes_costs_its_client_nothing(
+    txn_proxy: ProxyProcess, pg: ThrowawayPostgres
+) -> None:
+    with connect(txn_proxy, "txn_keep") as conn:
+        pid = backend_pid(conn)
+        assert server_states("txn_keep") == {"kept": 1}
+        assert pg.sql(f"SELECT pg_terminate_backend({pid})") == "t"
+        wait_for(lambda: server_states("txn_keep") == {}, 5, "the terminated connection gone")
+        assert backend_pid(conn) != pid  # a fresh connection, and no error
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_pause_and_reconnect_take_kept_connections_back(txn_proxy: ProxyProcess) -> None:
+    with connect(txn_proxy, "txn_keep") as conn:
+        pid = backend_pid(conn)
+        status, body = post_json(ADMIN_PORT, "/pools/txn_keep/reconnect")
+        assert status == 200 and body["idle_closed"] == 1 and body["busy_draining"] == 0
+        assert backend_pid(conn) != pid  # logged in afresh; the client saw nothing
+        assert server_states("txn_keep") == {"kept": 1}
+        assert post_json(ADMIN_PORT, "/pause")[0] == 200
+        try:
+            assert server_states("txn_keep") == {"idle": 1}
+            answered: list[Any] = []
+            query = threading.Thread(target=lambda: answered.append(conn.execute("SELECT 1").fetchone()))
+            query.start()
+            time.sleep(0.5)
+            assert answered == []  # its next transaction waits for resume
+        finally:
+            assert post_json(ADMIN_PORT, "/resume")[0] == 200
+        query.join(5)
+        assert answered == [(1,)]
+
+
+def test_a_queued_client_is_served_when_the_connection_comes_back(txn_proxy: ProxyProcess) -> None:
+    with connect(txn_proxy, "txn_keep") as holder, connect(txn_proxy, "txn_keep") as waiter:
+        holder.execute("BEGIN")
+        pid = backend_pid(holder)  # the pool's only connection, held by the open transaction
+        answered: list[int] = []
+        query = threading.Thread(target=lambda: answered.append(backend_pid(waiter)))
+        query.start()
+        time.sleep(0.3)
+        assert answered == [] and get_json(ADMIN_PORT, "/pools")["txn_keep"]["waiting"] == 1
+        holder.execute("COMMIT")
+        query.join(5)
+        assert answered == [pid]
+
+
+def test_a_client_queued_past_borrow_timeout_is_told_why(txn_proxy: ProxyProcess) -> None:
+    timeouts_before = get_json(ADMIN_PORT, "/pools")["txn_short"]["borrow_timeouts_total"]
+    with connect(txn_proxy, "txn_short") as holder, connect(txn_proxy, "txn_short") as waiter:
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1")
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.TooManyConnections, match="within borrow_timeout 1s"):
+            waiter.execute("SELECT 1")
+        assert 0.9 < time.monotonic() - started < 5
+        holder.execute("COMMIT")
+        assert holder.execute("SELECT 1").fetchone() == (1,)
+    pools = get_json(ADMIN_PORT, "/pools")
+    assert pools["txn_short"]["borrow_timeouts_total"] == timeouts_before + 1

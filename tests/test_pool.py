@@ -11,7 +11,7 @@ import pytest
 
 from proxy.config import Address, CredentialsConfig, PoolConfig
 from proxy.credentials import StaticCredentialSource
-from proxy.pool import BorrowTimeout, ConnectionState, Pool, PoolClosed
+from proxy.pool import KEEP_LIMIT, BorrowTimeout, ConnectionState, Pool, PoolClosed, ServerConnection
 from proxy.postgres.server import PgConnector, PgServerConnection
 from proxy.throwaway import ThrowawayPostgres
 from tests.conftest import Users
@@ -211,3 +211,99 @@ async def test_borrowers_only_get_connections_of_their_variant(make_pool: Callab
     third = await pool.borrow("a")  # idle "b" is closed to open an "a" within the limit
     assert third.variant == "a" and other.is_closed and pool.size == 1
     pool.release(third, reusable=True)
+
+
+class _Holder:
+    """A transaction-mode client as the pool sees it while it keeps a connection."""
+
+    def __init__(self, pool: Pool, connection: ServerConnection) -> None:
+        self.pool, self.connection, self.given_back = pool, connection, 0
+
+    def give_back(self) -> None:
+        self.given_back += 1
+        self.pool.release(self.connection, reusable=True)
+
+
+async def _kept(pool: Pool) -> _Holder:
+    """A connection borrowed, its transaction over, and kept by its client."""
+    holder = _Holder(pool, await pool.borrow())
+    holder.connection.transaction_status = b"I"  # type: ignore[attr-defined]
+    assert pool.keep(holder.connection, holder.give_back)
+    assert pool.counts[ConnectionState.KEPT] == 1 and pool.borrowed == 0
+    return holder
+
+
+async def test_a_kept_connection_is_taken_back_for_a_borrower_not_opened_anew(
+    make_pool: Callable[..., Pool],
+) -> None:
+    pool = make_pool(max_server_connections=3)
+    holder = await _kept(pool)
+    # The client uses it again: no borrow at all.
+    pool.unkeep(holder.connection)
+    assert pool.borrowed == 1 and pool.counts[ConnectionState.KEPT] == 0
+    assert pool.keep(holder.connection, holder.give_back)
+    # Someone else needs one: the pool could open a second, but an idle one is at hand.
+    other = await pool.borrow()
+    assert other is holder.connection and holder.given_back == 1
+    assert pool.opened_total == 1 and pool.counts[ConnectionState.KEPT] == 0
+    pool.release(other, reusable=True)
+
+
+async def test_nothing_is_kept_while_a_borrower_waits_or_the_pool_is_paused(
+    make_pool: Callable[..., Pool],
+) -> None:
+    pool = make_pool(max_server_connections=1, borrow_timeout=5.0)
+    connection = await pool.borrow()
+    waiting = asyncio.create_task(pool.borrow())
+    await _wait_until(lambda: pool.waiting == 1)
+    assert not pool.keep(connection, lambda: None)
+    pool.release(connection, reusable=True)
+    assert await waiting is connection
+    pool.pause()
+    assert not pool.keep(connection, lambda: None)
+    pool.resume()
+    assert pool.keep(connection, lambda: pool.release(connection, reusable=True))
+    pool.pause()  # takes it back: the client's next transaction waits for resume
+    assert pool.counts[ConnectionState.IDLE] == 1 and pool.counts[ConnectionState.KEPT] == 0
+    pool.resume()
+
+
+async def test_the_janitor_takes_back_what_an_idle_client_kept(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool()
+    await pool.start()
+    holder = await _kept(pool)
+    started = time.monotonic()
+    await _wait_until(lambda: holder.given_back == 1)
+    assert time.monotonic() - started >= KEEP_LIMIT
+    assert pool.counts[ConnectionState.IDLE] == 1 and pool.counts[ConnectionState.KEPT] == 0
+
+
+async def test_a_drain_closes_kept_connections(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool()
+    holder = await _kept(pool)
+    assert pool.reconnect()["idle_closed"] == 1
+    assert holder.given_back == 1 and holder.connection.state is ConnectionState.CLOSED
+    assert pool.size == 0
+
+
+async def test_a_full_pool_queues_borrowers_without_a_task(make_pool: Callable[..., Pool]) -> None:
+    pool = make_pool(max_server_connections=1, borrow_timeout=5.0)
+    assert pool.queue_for_release() is None  # room to open one: borrow() does that
+    held = await pool.borrow()
+    queued = pool.queue_for_release()
+    assert queued is not None and pool.waiting == 1
+    pool.release(held, reusable=True)
+    assert await queued is held
+    await asyncio.sleep(0)  # the queue's bookkeeping runs as a callback
+    assert pool.waiting == 0 and pool.borrowed == 1
+    # A borrower that gives up leaves the queue; closing fails the ones still in it.
+    gave_up, left = pool.queue_for_release(), pool.queue_for_release()
+    assert gave_up is not None and left is not None
+    gave_up.cancel()
+    error = pool.borrow_timed_out()
+    assert "borrow_timeout 5s" in str(error) and pool.borrow_timeouts_total == 1
+    await pool.close()
+    with pytest.raises(PoolClosed):
+        await left
+    await asyncio.sleep(0)
+    assert pool.waiting == 0 and not pool._waiters

@@ -17,6 +17,7 @@ State created inside function bodies and DO blocks (literals) is not seen.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 
@@ -402,3 +403,20 @@ def session_state_pins(sql: str) -> list[Pin]:
     for statement in _statements(_tokens(sql)):
         pins.extend(_statement_pins(statement))
     return pins
+
+
+# Applications send the same statements over and over: remember the answer for short ones.
+CACHED_TEXT_LIMIT = 4096
+CACHED_STATEMENTS = 4096
+
+
+def statement_pins(sql: str) -> tuple[Pin, ...]:
+    """``session_state_pins``, remembered for the last ``CACHED_STATEMENTS`` short texts."""
+    if len(sql) > CACHED_TEXT_LIMIT:
+        return tuple(session_state_pins(sql))
+    return _remembered_pins(sql)
+
+
+@functools.lru_cache(maxsize=CACHED_STATEMENTS)
+def _remembered_pins(sql: str) -> tuple[Pin, ...]:
+    return tuple(session_state_pins(sql))

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from protocols.errors import ProtocolViolation
 from protocols.events import NeedData
@@ -82,7 +82,7 @@ from protocols.postgres.session_state import (
     REASON_SET_SESSION_CHARACTERISTICS,
     REASON_TEMPORARY_OBJECT,
     REASON_TEMPORARY_TABLE,
-    session_state_pins,
+    statement_pins,
 )
 from proxy.endpoint import CONTROL_BUFFER_LIMIT, Endpoint
 from proxy.pool import BorrowTimeout, Pool, PoolError, format_seconds
@@ -147,7 +147,11 @@ class TransactionRelay:
         self.meter = session.meter
         self.statements: dict[str, Parse] = {}  # the client's names → Parse under server-side names
         self.pinned: str | None = None
-        self._attaching: asyncio.Task[None] | None = None
+        # Idle, but still attached: the pool let us keep the connection (see Pool.keep).
+        self.kept = False
+        # Getting a connection: a place in the pool's queue, or a task borrowing one.
+        self._attaching: asyncio.Future[Any] | None = None
+        self._borrow_timer: asyncio.TimerHandle | None = None  # while queued
         self._idle_timer: asyncio.TimerHandle | None = None  # armed while idle in a transaction
         self._done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.closing = False  # shutdown or reload: leave the pool at the next detach point
@@ -170,6 +174,7 @@ class TransactionRelay:
         finally:
             self.client.stop_relay()
             self._disarm_idle_timer()
+            self._disarm_borrow_timer()
             if self._attaching is not None:
                 self._attaching.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -188,33 +193,31 @@ class TransactionRelay:
             self._disarm_idle_timer()
         self.metrics.bytes_in += len(data)
         self.reader.receive_data(data)
+        self._pump()
+
+    def _pump(self) -> None:
         try:
-            self._pump()
+            self._forward_all()
         except ProtocolViolation as exc:
             log.info("client %s broke the protocol: %s", self.session.peer, exc)
             self._finish("client protocol violation")
 
-    def _pump(self) -> None:
+    def _forward_all(self) -> None:
         while not self._done.done():
             if self.server is None:
                 if self.reader.peek_type() == TERMINATE:
                     self._finish(CLIENT_TERMINATED)  # goodbye needs no server connection
                     return
-                if len(self.reader) and self._attaching is None:
-                    server = self.pool.borrow_now()
-                    assert server is None or isinstance(server, PgServerConnection)
-                    if server is not None and not self._differences(server):
-                        self._attached(server)  # the common case: no task, no wait
-                        continue
-                    if server is not None:
-                        self.pool.release(server, reusable=True)
-                    self._attaching = asyncio.create_task(self._attach())
+                if len(self.reader) and self._attaching is None and self._start_attaching():
+                    continue
                 if len(self.reader) > CONTROL_BUFFER_LIMIT:
                     self.client.pause_reading()  # resumed once attached
                 return
+            server = self.server
+            if self.kept:
+                self._reuse_kept(server)
             # One write per batch of client messages: each write to a TLS upstream costs a
             # record and a system call, and a query is five messages in the extended protocol.
-            server = self.server
             batch: list[bytes] = []
             while not isinstance(message := self.reader.next_frame(), NeedData):
                 if not self._forward(message, batch):
@@ -357,7 +360,7 @@ class TransactionRelay:
             # Classifying megabytes of literals would stall every client on this loop.
             self._pin(PIN_TOO_LARGE)
             return
-        for pin in session_state_pins(sql):
+        for pin in statement_pins(sql):
             self._pin(pin.reason)
 
     def _pin(self, reason: str) -> None:
@@ -376,38 +379,106 @@ class TransactionRelay:
             )
 
     # --- attaching and detaching -------------------------------------------------------------
-    async def _attach(self) -> None:
+    def _start_attaching(self) -> bool:
+        """Attach a connection; True if done at once (an idle one with our settings).
+
+        Otherwise queue for the next one released (a full pool) or borrow it in a task.
+        """
+        server = self.pool.borrow_now()
+        if server is not None:
+            assert isinstance(server, PgServerConnection)
+            if not self._differences(server):
+                self._attached(server)  # the common case: no task, no wait
+                return True
+            self._attaching = asyncio.create_task(self._attach(server))
+            return False
+        waiter = self.pool.queue_for_release()
+        if waiter is None:
+            self._attaching = asyncio.create_task(self._attach())
+            return False
+        self._attaching = waiter
+        waiter.add_done_callback(self._handed)
+        loop = asyncio.get_running_loop()
+        self._borrow_timer = loop.call_later(self.pool.config.borrow_timeout, self._borrow_timed_out)
+        return False
+
+    def _handed(self, waiter: asyncio.Future[Any]) -> None:
+        """The pool answered our place in its queue."""
+        self._attaching = None
+        self._disarm_borrow_timer()
+        if waiter.cancelled():  # we gave up the place: borrow_timeout, or the client left
+            return
+        if (exc := waiter.exception()) is not None:
+            if not self._done.done():
+                self._fail(SQLSTATE_CANNOT_CONNECT, str(exc))
+            return
+        server = waiter.result()
+        if server is None:  # a slot freed up: open a connection the slow way
+            if not self._done.done():
+                self._attaching = asyncio.create_task(self._attach())
+            return
+        assert isinstance(server, PgServerConnection)
+        if self._done.done():
+            self.pool.release(server, reusable=True)
+        elif self._differences(server):
+            self._attaching = asyncio.create_task(self._attach(server))
+        else:
+            self._attached(server)
+            self._pump()
+
+    def _borrow_timed_out(self) -> None:
+        self._borrow_timer = None
+        waiter = self._attaching
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+            self._fail(SQLSTATE_TOO_MANY_CONNECTIONS, str(self.pool.borrow_timed_out()))
+
+    def _disarm_borrow_timer(self) -> None:
+        if self._borrow_timer is not None:
+            self._borrow_timer.cancel()
+            self._borrow_timer = None
+
+    async def _attach(self, server: PgServerConnection | None = None) -> None:
+        """Borrow a connection (unless handed ``server``), bring our settings onto it, attach."""
         try:
-            server = await self.pool.borrow()
-        except BorrowTimeout as exc:
-            self._fail(SQLSTATE_TOO_MANY_CONNECTIONS, str(exc))
-            return
-        except PoolError as exc:
-            self._fail(SQLSTATE_CANNOT_CONNECT, str(exc))
-            return
+            if server is None:
+                try:
+                    borrowed = await self.pool.borrow()
+                except BorrowTimeout as exc:
+                    self._fail(SQLSTATE_TOO_MANY_CONNECTIONS, str(exc))
+                    return
+                except PoolError as exc:
+                    self._fail(SQLSTATE_CANNOT_CONNECT, str(exc))
+                    return
+                assert isinstance(borrowed, PgServerConnection)
+                server = borrowed
+            try:
+                await self._bring_settings(server)
+            except BaseException as exc:
+                self.pool.release(server, reusable=False)  # its session is in an unknown state
+                if not isinstance(exc, Exception):
+                    raise
+                self._fail(SQLSTATE_CONNECTION_FAILURE, f'pool "{self.pool.name}": {exc}')
+                return
         finally:
             self._attaching = None
-        assert isinstance(server, PgServerConnection)
-        try:
-            differences = self._differences(server)
-            if differences:
-                errors = await server.run_queries(set_config_query(differences))
-                if errors:
-                    log.warning(
-                        "could not bring settings %s onto %r: %s",
-                        sorted(differences),
-                        server,
-                        errors[0].message,
-                    )
-        except Exception as exc:
-            self.pool.release(server, reusable=False)
-            self._fail(SQLSTATE_CONNECTION_FAILURE, f'pool "{self.pool.name}": {exc}')
-            return
         if self._done.done():
             self.pool.release(server, reusable=True)
             return
         self._attached(server)
         self._pump()
+
+    async def _bring_settings(self, server: PgServerConnection) -> None:
+        differences = self._differences(server)
+        if differences:
+            errors = await server.run_queries(set_config_query(differences))
+            if errors:
+                log.warning(
+                    "could not bring settings %s onto %r: %s",
+                    sorted(differences),
+                    server,
+                    errors[0].message,
+                )
 
     def _differences(self, server: PgServerConnection) -> dict[str, str]:
         """The client's settings this connection does not have right now."""
@@ -433,6 +504,7 @@ class TransactionRelay:
         server = self.server
         assert server is not None
         self.server = self.session.server = None
+        self.kept = False
         server.endpoint.remove_on_lost(self._on_server_lost)
         server.endpoint.stop_relay()
         self.client.peer = None
@@ -451,10 +523,27 @@ class TransactionRelay:
             self.parameters.update(
                 {name: value for name, value in self.plan.parameters.items() if name in SYNCED_PARAMETERS}
             )
+        server = self.server
+        assert server is not None
+        if not self.closing and self.pool.keep(server, self._give_back):
+            # Nobody waits: stay attached, and save the release and borrow a busy client would
+            # otherwise pay per transaction. The pool takes it back the moment it needs it.
+            self.kept = True
+            self.session.server = None  # a late cancel must not reach whoever gets it next
+            return True
         self.pool.release(self._unhook(), reusable=True)
         if self.closing:
             self._leave_pool()
         return True
+
+    def _reuse_kept(self, server: PgServerConnection) -> None:
+        self.kept = False
+        self.pool.unkeep(server)
+        self.session.server = server
+
+    def _give_back(self, reusable: bool = True) -> None:
+        """Return the connection this idle client kept: the pool needs it, or it failed."""
+        self.pool.release(self._unhook(), reusable=reusable)
 
     # --- shutdown and reload -----------------------------------------------------------------
     def close_gracefully(self) -> None:
@@ -466,6 +555,8 @@ class TransactionRelay:
         self.closing = True
         if self._done.done():
             return
+        if self.kept:
+            self._give_back()
         if self.server is None:
             if self._attaching is None:
                 self._leave_pool()
@@ -493,6 +584,12 @@ class TransactionRelay:
 
     # --- server → client -------------------------------------------------------------------
     def _on_server_data(self, data: bytes) -> None:
+        if self.kept:
+            # Nothing was asked: a server about to close says why (FATAL). Not the client's
+            # business; the connection is done.
+            log.info("upstream %r spoke while idle; closing it", self.server)
+            self._give_back(reusable=False)
+            return
         plan = self.plan
         ready, idle = plan.ready_count, plan.idle_count
         try:
@@ -540,6 +637,9 @@ class TransactionRelay:
             self._idle_timer = None
 
     def _on_server_lost(self, _: Endpoint) -> None:
+        if self.kept:  # lost while the client was idle: it notices nothing
+            self._give_back(reusable=False)
+            return
         if not self.plan.mid_message and not self.client.closed:
             self.client.write(
                 ErrorResponse.build(
