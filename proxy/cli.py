@@ -278,7 +278,9 @@ def status_table(pools: dict[str, Any], now: float | None = None) -> Any:
             f"{pool.get('engine')}/{pool.get('mode')}",
             state,
             f"{clients.get('active', 0)}/{clients.get('waiting', 0)}/{clients.get('pinned', 0)}",
-            f"{pool.get('idle', 0)}/{pool.get('busy', 0)}/{pool.get('max_server_connections', '?')}",
+            # A kept connection is idle: its client is between transactions (transaction mode).
+            f"{pool.get('idle', 0) + pool.get('kept', 0)}/{pool.get('busy', 0)}/"
+            f"{pool.get('max_server_connections', '?')}",
             str(pool.get("generation", "")),
             version,
             _age(pool.get("last_refresh_at"), now),

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from proxy.cli import status_table
 from proxy.throwaway import ProxyProcess, ThrowawayPostgres, free_port, put_secret_json
 from tests.conftest import (
     ProxyLauncher,
@@ -301,3 +302,13 @@ async def test_status_command_prints_a_row_per_pool(
     gone = await status_command("--admin", f"http://127.0.0.1:{free_port()}")
     assert gone.returncode == 1
     assert "cannot reach the admin API" in gone.stderr
+
+
+def test_status_counts_kept_connections_as_idle() -> None:
+    from rich.console import Console
+
+    pool = {"engine": "postgres", "mode": "transaction", "ready": True, "idle": 1, "kept": 2, "busy": 3}
+    console = Console(width=200, record=True)
+    console.print(status_table({"orders": {**pool, "max_server_connections": 20}}, now=0.0))
+    row = next(line for line in console.export_text().splitlines() if "orders" in line)
+    assert "3/3/20" in row  # idle (1 idle + 2 kept by idle clients) / busy / max

@@ -282,6 +282,10 @@ class ResponseTracker:
         position, size = 0, len(data)
         while position < size:
             if self._body_left == 0:
+                if self._phase == ROWS and not self._header and not self._more_physical:
+                    position = self._skip_rows(data, position)
+                    if position == size:
+                        return
                 if not self._header and size - position >= HEADER_SIZE:
                     (header,) = HEADER.unpack_from(data, position)
                     position += HEADER_SIZE
@@ -304,6 +308,27 @@ class ResponseTracker:
             self._body_left -= take
             if self._body_left == 0:
                 self._end_physical()
+
+    def _skip_rows(self, data: bytes, position: int) -> int:
+        """Step over the whole rows at ``position``; return where the first other packet starts.
+
+        The fast path for result sets, one packet per row: a row that is all here, fits one
+        physical packet and is neither ERR nor a terminator is what ``_skip`` would get
+        through the general path, which takes everything else (and learns nothing from rows).
+        """
+        size = len(data)
+        terminator_limit = MAX_PACKET_PAYLOAD if self._deprecate_eof else EOF_PACKET_LIMIT
+        while size - position > HEADER_SIZE:
+            (header,) = HEADER.unpack_from(data, position)
+            length = header & MAX_PACKET_PAYLOAD
+            end = position + HEADER_SIZE + length
+            if length == 0 or length == MAX_PACKET_PAYLOAD or end > size:
+                break
+            first_byte = data[position + HEADER_SIZE]
+            if first_byte == ERR or (first_byte == EOF and length < terminator_limit):
+                break
+            position = end
+        return position
 
     def _start_physical(self, length: int) -> None:
         continues_packet = self._more_physical
