@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -152,6 +153,9 @@ class Pool:
         self._connections: set[ServerConnection] = set()
         self._connecting = 0
         self._waiters: deque[tuple[Hashable, asyncio.Future[ServerConnection | None]]] = deque()
+        # The places queue_for_release gave out, oldest first, with their deadlines.
+        self._queued: deque[tuple[float, tuple[Hashable, asyncio.Future[ServerConnection | None]]]] = deque()
+        self._queue_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._janitor: asyncio.Task[None] | None = None
         self._closing = False
@@ -259,6 +263,8 @@ class Pool:
     async def close(self) -> None:
         self._closing = True
         self._resumed.set()  # borrowers held by a pause wake up to PoolClosed
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
         for task in (self._janitor, self._rotation):
             if task is not None:
                 task.cancel()
@@ -288,13 +294,13 @@ class Pool:
             async with asyncio.timeout_at(deadline):
                 connection = await self._borrow(variant, deadline)
         except TimeoutError:
-            raise self.borrow_timed_out() from None
+            raise self._borrow_timed_out() from None
         finally:
             self._borrowers -= 1
         self.metrics.borrow_wait.observe(loop.time() - started)
         return connection
 
-    def borrow_timed_out(self) -> BorrowTimeout:
+    def _borrow_timed_out(self) -> BorrowTimeout:
         """Count a borrower that waited borrow_timeout in vain; the error that tells it why."""
         self.borrow_timeouts_total += 1
         return BorrowTimeout(
@@ -304,15 +310,17 @@ class Pool:
             f"in use{'; the pool is paused' if self.paused else ''})"
         )
 
-    def queue_for_release(self, variant: Hashable = None) -> asyncio.Future[ServerConnection | None] | None:
+    def queue_for_release(
+        self, handed: Callable[[asyncio.Future[ServerConnection | None]], None], variant: Hashable = None
+    ) -> asyncio.Future[ServerConnection | None] | None:
         """A place in the queue for the next connection released, without a task (cheaper than
         ``borrow``), for a borrower that ``borrow_now`` turned away from a full pool.
 
         None when there is more to do than wait (the pool may grow, is paused or closing, or
         has idle connections to check): then ``borrow``. The future's result is a connection
         borrowed for the caller, or None (a slot freed up: ``borrow``); it fails with
-        ``PoolClosed``. The caller keeps its own borrow_timeout, cancels the future when it
-        passes, and reports it with ``borrow_timed_out``.
+        ``BorrowTimeout`` after borrow_timeout, or ``PoolClosed``. ``handed`` gets the future
+        once it is done; cancel it to give up the place.
         """
         if self._closing or self.paused or self._idle or self.size < self.config.max_server_connections:
             return None
@@ -321,18 +329,50 @@ class Pool:
         entry = (variant, waiter)
         self._waiters.append(entry)
         self._borrowers += 1
-        queued_at = loop.time()
+        now = loop.time()
+        # One timer for the whole queue: every place has the same timeout, so the oldest
+        # place still waiting is always the next to time out.
+        queued = self._queued
+        while queued and queued[0][1][1].done():
+            queued.popleft()  # served: most places leave from the front
+        queued.append((now + self.config.borrow_timeout, entry))
+        if self._queue_timer is None:
+            self._queue_timer = loop.call_at(now + self.config.borrow_timeout, self._expire_queued)
+        waiter.add_done_callback(functools.partial(self._left_queue, entry, now, handed))
+        return waiter
 
-        def left_queue(_: asyncio.Future[ServerConnection | None]) -> None:
-            self._borrowers -= 1
-            if waiter.cancelled():
+    def _left_queue(
+        self,
+        entry: tuple[Hashable, asyncio.Future[ServerConnection | None]],
+        queued_at: float,
+        handed: Callable[[asyncio.Future[ServerConnection | None]], None],
+        waiter: asyncio.Future[ServerConnection | None],
+    ) -> None:
+        self._borrowers -= 1
+        if waiter.cancelled():
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(entry)
+        elif waiter.exception() is None and waiter.result() is not None:
+            self.metrics.borrow_wait.observe(asyncio.get_running_loop().time() - queued_at)
+        handed(waiter)
+
+    def _expire_queued(self) -> None:
+        """borrow_timeout passed for the oldest places in the queue: they fail."""
+        self._queue_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        queued = self._queued
+        while queued:
+            deadline, entry = queued[0]
+            waiter = entry[1]
+            if not waiter.done():
+                if deadline > now:
+                    self._queue_timer = loop.call_at(deadline, self._expire_queued)
+                    return
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(entry)
-            elif waiter.exception() is None and waiter.result() is not None:
-                self.metrics.borrow_wait.observe(loop.time() - queued_at)
-
-        waiter.add_done_callback(left_queue)
-        return waiter
+                waiter.set_exception(self._borrow_timed_out())
+            queued.popleft()
 
     async def _borrow(self, variant: Hashable, deadline: float) -> ServerConnection:
         loop = asyncio.get_running_loop()

@@ -287,23 +287,36 @@ async def test_a_drain_closes_kept_connections(make_pool: Callable[..., Pool]) -
 
 
 async def test_a_full_pool_queues_borrowers_without_a_task(make_pool: Callable[..., Pool]) -> None:
-    pool = make_pool(max_server_connections=1, borrow_timeout=5.0)
-    assert pool.queue_for_release() is None  # room to open one: borrow() does that
+    pool = make_pool(max_server_connections=1, borrow_timeout=0.3)
+    answered: list[asyncio.Future[ServerConnection | None]] = []
+    assert pool.queue_for_release(answered.append) is None  # room to open one: borrow() does that
     held = await pool.borrow()
-    queued = pool.queue_for_release()
+    queued = pool.queue_for_release(answered.append)
     assert queued is not None and pool.waiting == 1
     pool.release(held, reusable=True)
     assert await queued is held
-    await asyncio.sleep(0)  # the queue's bookkeeping runs as a callback
-    assert pool.waiting == 0 and pool.borrowed == 1
+    await asyncio.sleep(0)  # the queue's bookkeeping runs as the future's callback
+    assert answered == [queued] and pool.waiting == 0 and pool.borrowed == 1
+    # Nobody releases: the places time out in order, with the pool's borrow_timeout.
+    started = time.monotonic()
+    first = pool.queue_for_release(answered.append)
+    await asyncio.sleep(0.1)
+    second = pool.queue_for_release(answered.append)
+    assert first is not None and second is not None
+    with pytest.raises(BorrowTimeout, match=r'pool "unit".*borrow_timeout 0.3s'):
+        await first
+    assert 0.25 <= time.monotonic() - started < 1 and not second.done()
+    with pytest.raises(BorrowTimeout):
+        await second
+    assert 0.35 <= time.monotonic() - started < 1
+    await asyncio.sleep(0)
+    assert pool.borrow_timeouts_total == 2 and pool.waiting == 0
     # A borrower that gives up leaves the queue; closing fails the ones still in it.
-    gave_up, left = pool.queue_for_release(), pool.queue_for_release()
+    gave_up, left = pool.queue_for_release(answered.append), pool.queue_for_release(answered.append)
     assert gave_up is not None and left is not None
     gave_up.cancel()
-    error = pool.borrow_timed_out()
-    assert "borrow_timeout 5s" in str(error) and pool.borrow_timeouts_total == 1
     await pool.close()
     with pytest.raises(PoolClosed):
         await left
     await asyncio.sleep(0)
-    assert pool.waiting == 0 and not pool._waiters
+    assert pool.waiting == 0 and len(answered) == 5

@@ -151,7 +151,6 @@ class TransactionRelay:
         self.kept = False
         # Getting a connection: a place in the pool's queue, or a task borrowing one.
         self._attaching: asyncio.Future[Any] | None = None
-        self._borrow_timer: asyncio.TimerHandle | None = None  # while queued
         self._idle_timer: asyncio.TimerHandle | None = None  # armed while idle in a transaction
         self._done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.closing = False  # shutdown or reload: leave the pool at the next detach point
@@ -174,7 +173,6 @@ class TransactionRelay:
         finally:
             self.client.stop_relay()
             self._disarm_idle_timer()
-            self._disarm_borrow_timer()
             if self._attaching is not None:
                 self._attaching.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -392,25 +390,20 @@ class TransactionRelay:
                 return True
             self._attaching = asyncio.create_task(self._attach(server))
             return False
-        waiter = self.pool.queue_for_release()
-        if waiter is None:
+        self._attaching = self.pool.queue_for_release(self._handed)
+        if self._attaching is None:
             self._attaching = asyncio.create_task(self._attach())
-            return False
-        self._attaching = waiter
-        waiter.add_done_callback(self._handed)
-        loop = asyncio.get_running_loop()
-        self._borrow_timer = loop.call_later(self.pool.config.borrow_timeout, self._borrow_timed_out)
         return False
 
     def _handed(self, waiter: asyncio.Future[Any]) -> None:
         """The pool answered our place in its queue."""
         self._attaching = None
-        self._disarm_borrow_timer()
-        if waiter.cancelled():  # we gave up the place: borrow_timeout, or the client left
+        if waiter.cancelled():  # the client left
             return
         if (exc := waiter.exception()) is not None:
             if not self._done.done():
-                self._fail(SQLSTATE_CANNOT_CONNECT, str(exc))
+                timeout = isinstance(exc, BorrowTimeout)
+                self._fail(SQLSTATE_TOO_MANY_CONNECTIONS if timeout else SQLSTATE_CANNOT_CONNECT, str(exc))
             return
         server = waiter.result()
         if server is None:  # a slot freed up: open a connection the slow way
@@ -425,18 +418,6 @@ class TransactionRelay:
         else:
             self._attached(server)
             self._pump()
-
-    def _borrow_timed_out(self) -> None:
-        self._borrow_timer = None
-        waiter = self._attaching
-        if waiter is not None and not waiter.done():
-            waiter.cancel()
-            self._fail(SQLSTATE_TOO_MANY_CONNECTIONS, str(self.pool.borrow_timed_out()))
-
-    def _disarm_borrow_timer(self) -> None:
-        if self._borrow_timer is not None:
-            self._borrow_timer.cancel()
-            self._borrow_timer = None
 
     async def _attach(self, server: PgServerConnection | None = None) -> None:
         """Borrow a connection (unless handed ``server``), bring our settings onto it, attach."""
