@@ -677,7 +677,7 @@ class Pool:
         Only while nobody waits and nothing needs the connection back. Until the client uses
         it again (``unkeep``) it counts as idle: a borrower with no idle connection, a pause,
         a drain, a rotation and the janitor (after ``KEEP_LIMIT`` of idleness) take it back
-        by calling ``give_back``, which must ``unkeep`` and ``release`` it.
+        by calling ``give_back``, which must ``release`` it.
         """
         if (
             self._waiters
@@ -702,7 +702,7 @@ class Pool:
         for connection, give_back in self._kept.items():
             if connection.variant == variant:
                 give_back()
-                self._kept.pop(connection, None)  # in case give_back did not unkeep
+                self._kept.pop(connection, None)  # in case give_back did not release it
                 return True
         return False
 
