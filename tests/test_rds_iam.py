@@ -30,7 +30,7 @@ import pytest
 
 from proxy.config import Address, AwsConfig, CredentialsConfig, PoolConfig
 from proxy.credentials import RDS_IAM_VERSION, RdsIamSource
-from proxy.pool import BorrowTimeout, Pool, UpstreamLoginError
+from proxy.pool import BorrowTimeout, Pool, ServerConnection, UpstreamLoginError
 from proxy.postgres.server import PgConnector, PgServerConnection
 from proxy.rotation import pg_literal, scram_verifier
 from proxy.throwaway import LocalSecretsManager, ThrowawayMariaDB, ThrowawayPostgres, TlsFiles
@@ -327,23 +327,33 @@ def backend_pid(connection: object) -> int:
     return connection.backend_pid
 
 
-@pytest.mark.parametrize("iam_pool_in_process", [{"token_reuse": 0.0}], indirect=True)
-async def test_a_new_token_is_no_rotation_and_drains_nothing(
-    iam_pool_in_process: IamPool, pg: ThrowawayPostgres, sm: LocalSecretsManager, known_secrets: Secrets
-) -> None:
-    iam = iam_pool_in_process
+async def borrow_before_and_after_a_new_token(
+    iam: IamPool, pg: ThrowawayPostgres, sm: LocalSecretsManager, known_secrets: Secrets, later: timedelta
+) -> tuple[ServerConnection, ServerConnection]:
+    """Borrow with a token signed now; then, ``later``, with the database taking only a newer one."""
     t1 = now_to_the_second()
     token1 = await sign_token(sm, "localhost", iam.port, iam.user, t1)
     set_password(pg, iam.user, token1)
     with signing_clock(t1):
         first = await iam.pool.borrow()
-    # Ten minutes on, the database takes only a newer token (RDS: the old one expired).
-    t2 = t1 + timedelta(minutes=10)
+    t2 = t1 + later
     token2 = await sign_token(sm, "localhost", iam.port, iam.user, t2)
     known_secrets.values.update({token1, token2})
     set_password(pg, iam.user, token2)
     with signing_clock(t2):
         second = await iam.pool.borrow()  # the first is still borrowed: a new login
+    return first, second
+
+
+@pytest.mark.parametrize("iam_pool_in_process", [{"token_reuse": 0.0}], indirect=True)
+async def test_a_new_token_is_no_rotation_and_drains_nothing(
+    iam_pool_in_process: IamPool, pg: ThrowawayPostgres, sm: LocalSecretsManager, known_secrets: Secrets
+) -> None:
+    iam = iam_pool_in_process
+    # Ten minutes on, the database takes only a newer token (RDS: the old one expired).
+    first, second = await borrow_before_and_after_a_new_token(
+        iam, pg, sm, known_secrets, timedelta(minutes=10)
+    )
     assert (iam.source.tokens_signed, iam.pool.auth_failures_total) == (2, 0)
     assert (iam.pool.generation, iam.pool.rotations_total) == (1, 0)
     assert first.generation == second.generation == 1
@@ -361,18 +371,10 @@ async def test_a_refused_token_that_served_a_while_is_signed_again(
     iam_pool_in_process: IamPool, pg: ThrowawayPostgres, sm: LocalSecretsManager, known_secrets: Secrets
 ) -> None:
     iam = iam_pool_in_process
-    t1 = now_to_the_second()
-    token1 = await sign_token(sm, "localhost", iam.port, iam.user, t1)
-    set_password(pg, iam.user, token1)
-    with signing_clock(t1):
-        first = await iam.pool.borrow()
     # The AWS credentials behind the cached token went away early; only a new one logs in.
-    t2 = t1 + timedelta(minutes=3)
-    token2 = await sign_token(sm, "localhost", iam.port, iam.user, t2)
-    known_secrets.values.update({token1, token2})
-    set_password(pg, iam.user, token2)
-    with signing_clock(t2):
-        second = await iam.pool.borrow()
+    first, second = await borrow_before_and_after_a_new_token(
+        iam, pg, sm, known_secrets, timedelta(minutes=3)
+    )
     assert (iam.pool.auth_failures_total, iam.source.tokens_signed) == (1, 2)
     assert (iam.pool.generation, iam.pool.rotations_total, second.generation) == (1, 0, 1)
     await first.check_alive()
