@@ -699,20 +699,25 @@ class Pool:
 
     def _reclaim(self, variant: Hashable) -> bool:
         """Take back the longest-kept connection of ``variant``; False if there is none."""
-        for connection, give_back in self._kept.items():
-            if connection.variant == variant:
-                give_back()
-                self._kept.pop(connection, None)  # in case give_back did not release it
-                return True
-        return False
+        kept = next((connection for connection in self._kept if connection.variant == variant), None)
+        if kept is None:
+            return False
+        self._take_back(kept)
+        return True
 
     def _reclaim_all(self) -> int:
         """Take back every kept connection (a pause, a drain, a reload); how many there were."""
-        kept = list(self._kept.values())
-        for give_back in kept:
-            give_back()
-        self._kept.clear()
+        kept = list(self._kept)
+        for connection in kept:
+            if connection in self._kept:
+                self._take_back(connection)
         return len(kept)
+
+    def _take_back(self, connection: ServerConnection) -> None:
+        """Have the client that kept ``connection`` release it (to a waiter, or idle)."""
+        give_back = self._kept.pop(connection)
+        self._set_state(connection, ConnectionState.BUSY)
+        give_back()
 
     async def _reset_and_return(self, connection: ServerConnection) -> None:
         try:
@@ -881,9 +886,9 @@ class Pool:
         now = time.monotonic()
         for connection in list(self._kept):
             # Kept by a client idle this long, or due to retire: the pool takes it back.
-            if now - connection.idle_since >= KEEP_LIMIT or self._must_retire(connection):
-                self._kept[connection]()
-                self._kept.pop(connection, None)
+            idle_too_long = now - connection.idle_since >= KEEP_LIMIT
+            if connection in self._kept and (idle_too_long or self._must_retire(connection)):
+                self._take_back(connection)
         for connection in list(self._idle):
             idle_too_long = now - connection.idle_since >= self.config.idle_timeout
             if (
