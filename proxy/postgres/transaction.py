@@ -85,7 +85,7 @@ from protocols.postgres.session_state import (
     statement_pins,
 )
 from proxy.endpoint import CONTROL_BUFFER_LIMIT, Endpoint
-from proxy.pool import BorrowTimeout, Pool, PoolError, format_seconds
+from proxy.pool import BorrowTimeout, Pool, PoolError, ServerConnection, format_seconds
 from proxy.postgres.server import PgServerConnection
 from proxy.postgres.settings import set_config_query
 from proxy.relay import CLIENT_CLOSED, CLIENT_TERMINATED, GOODBYE, SERVER_CLOSED
@@ -384,16 +384,21 @@ class TransactionRelay:
         """
         server = self.pool.borrow_now()
         if server is not None:
-            assert isinstance(server, PgServerConnection)
-            if not self._differences(server):
-                self._attached(server)  # the common case: no task, no wait
-                return True
-            self._attaching = asyncio.create_task(self._attach(server))
-            return False
+            return self._take(server)  # the common case: no task, no wait
         self._attaching = self.pool.queue_for_release(self._handed)
         if self._attaching is None:
             self._attaching = asyncio.create_task(self._attach())
         return False
+
+    def _take(self, server: ServerConnection) -> bool:
+        """A connection borrowed for us: attach it now if it has our settings (True), else
+        bring them onto it first, in a task."""
+        assert isinstance(server, PgServerConnection)
+        if self._differences(server):
+            self._attaching = asyncio.create_task(self._attach(server))
+            return False
+        self._attached(server)
+        return True
 
     def _handed(self, waiter: asyncio.Future[Any]) -> None:
         """The pool answered our place in its queue."""
@@ -409,14 +414,9 @@ class TransactionRelay:
         if server is None:  # a slot freed up: open a connection the slow way
             if not self._done.done():
                 self._attaching = asyncio.create_task(self._attach())
-            return
-        assert isinstance(server, PgServerConnection)
-        if self._done.done():
+        elif self._done.done():
             self.pool.release(server, reusable=True)
-        elif self._differences(server):
-            self._attaching = asyncio.create_task(self._attach(server))
-        else:
-            self._attached(server)
+        elif self._take(server):
             self._pump()
 
     async def _attach(self, server: PgServerConnection | None = None) -> None:
