@@ -191,6 +191,7 @@ class ResponseTracker:
         "_phase",
         "_plan",
         "_status_flags",
+        "_terminator_limit",
         "_unknown",
         "quit_received",
     )
@@ -201,6 +202,8 @@ class ResponseTracker:
             raise LocalProtocolError(f"capabilities {refused:#x} change the response grammar: not supported")
         self._capabilities = capabilities
         self._deprecate_eof = bool(capabilities & CLIENT_DEPRECATE_EOF)
+        # A 0xFE packet shorter than this is a terminator (EOF, or OK ending rows), not a row.
+        self._terminator_limit = MAX_PACKET_PAYLOAD if self._deprecate_eof else EOF_PACKET_LIMIT
         self._status_flags = status_flags
         self._unknown = False
         self.quit_received = False
@@ -317,7 +320,7 @@ class ResponseTracker:
         through the general path, which takes everything else (and learns nothing from rows).
         """
         size = len(data)
-        terminator_limit = MAX_PACKET_PAYLOAD if self._deprecate_eof else EOF_PACKET_LIMIT
+        terminator_limit = self._terminator_limit
         while size - position > HEADER_SIZE:
             (header,) = HEADER.unpack_from(data, position)
             length = header & MAX_PACKET_PAYLOAD
@@ -366,7 +369,7 @@ class ResponseTracker:
             return K_EMPTY
         if first_byte == ERR:
             return K_ERR
-        if first_byte == EOF and length < (MAX_PACKET_PAYLOAD if self._deprecate_eof else EOF_PACKET_LIMIT):
+        if first_byte == EOF and length < self._terminator_limit:
             return K_TERMINATOR
         if first_byte == OK:
             return K_OK
