@@ -23,7 +23,7 @@ from proxy.demo import Tally, client_load, prepare_tables, rotate_secrets
 from proxy.localstack import LocalStack, local_stack
 from proxy.storm import Storm, connection_storm, storm_json, storm_markdown
 from proxy.throughput import Run, mysql_markdown, mysql_throughput, throughput, throughput_markdown
-from proxy.timeline import Point, Timeline, percentile
+from proxy.timeline import Point, Timeline, half_range, percentile
 
 Cycle = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -85,9 +85,7 @@ class Series:
     @property
     def spread_ms(self) -> float:
         """Half the range of the per-round medians: how much a figure moved between rounds."""
-        if len(self.round_medians_ms) < 2:
-            return 0.0
-        return (max(self.round_medians_ms) - min(self.round_medians_ms)) / 2
+        return half_range(self.round_medians_ms)
 
 
 async def _batch(cycle: Cycle, dsn: dict[str, Any], count: int, concurrency: int, series: Series) -> None:

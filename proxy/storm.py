@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from proxy.localstack import DATABASE, USER, LocalStack
-from proxy.throughput import PgBouncer, find_pgbouncer
+from proxy.throughput import pgbouncer_for
+from proxy.timeline import half_range
 
 STORM_TIMEOUT = 120.0
 
@@ -93,19 +94,12 @@ async def connection_storm(
 ) -> tuple[list[Storm], str]:
     """Interleaved storms; returns the results and why PgBouncer is absent (or "")."""
     assert stack.proxy_pid is not None
-    binary, absent = await asyncio.to_thread(find_pgbouncer)
     targets: dict[str, tuple[int, int]] = {"rotaproxy": (stack.txn_proxy_port, stack.proxy_pid)}
-    bouncer = (
-        PgBouncer(binary, stack, pool_size, stack.log_path.parent, max_clients=max(sizes) + 100)
-        if binary
-        else None
-    )
-    if bouncer is not None:
-        bouncer.__enter__()
-        assert bouncer.pid is not None
-        targets["pgbouncer"] = (bouncer.port, bouncer.pid)
     results: list[Storm] = []
-    try:
+    async with pgbouncer_for(stack, pool_size, max_clients=max(sizes) + 100) as (bouncer, absent):
+        if bouncer is not None:
+            assert bouncer.pid is not None
+            targets["pgbouncer"] = (bouncer.port, bouncer.pid)
         for size in sizes:
             series = {name: Storm(name, size) for name in targets}
             for _ in range(rounds):
@@ -113,9 +107,6 @@ async def connection_storm(
                     await _storm(port, size, pid, series[name])
                     await asyncio.sleep(1.0)  # let the closes settle before the next storm
             results += series.values()
-    finally:
-        if bouncer is not None:
-            bouncer.__exit__()
     return results, absent
 
 
@@ -126,9 +117,9 @@ def storm_markdown(results: list[Storm], absent: str) -> str:
         "|---|---|---|---|---|",
     ]
     for result in results:
-        spread = (max(result.seconds) - min(result.seconds)) / 2 if len(result.seconds) > 1 else 0.0
         lines.append(
-            f"| {result.clients:,} | {result.target} | {result.median_seconds:.2f} ± {spread:.2f} | "
+            f"| {result.clients:,} | {result.target} | {result.median_seconds:.2f} ± "
+            f"{half_range(result.seconds):.2f} | "
             f"{sum(result.errors)} | {statistics.median(result.rss_per_client_kib):.1f} |"
         )
     if absent:

@@ -12,6 +12,7 @@ the cores, that cost is what sets the ratios.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -19,13 +20,14 @@ import socket
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from proxy.localstack import DATABASE, USER, LocalStack
 from proxy.throwaway import free_port
+from proxy.timeline import half_range
 
 SELECT_ONE = "SELECT 1;\n"
 SESSION_MODE = "rotaproxy-session"
@@ -50,7 +52,7 @@ class Run:
 
     @property
     def spread_tps(self) -> float:
-        return (max(self.tps) - min(self.tps)) / 2 if len(self.tps) > 1 else 0.0
+        return half_range(self.tps)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -135,6 +137,19 @@ class PgBouncer:
             self.process.wait(timeout=10)
 
 
+@contextlib.asynccontextmanager
+async def pgbouncer_for(
+    stack: LocalStack, pool_size: int, *, max_clients: int = 2000
+) -> AsyncIterator[tuple[PgBouncer | None, str]]:
+    """A PgBouncer running for the block, or None and why there is none."""
+    binary, absent = await asyncio.to_thread(find_pgbouncer)
+    if binary is None:
+        yield None, absent
+        return
+    with PgBouncer(binary, stack, pool_size, stack.log_path.parent, max_clients=max_clients) as bouncer:
+        yield bouncer, ""
+
+
 def pgbench(args: list[str], port: int, password: str | None = None) -> ToolResult:
     """Run pgbench; return its TPS, average latency (ms), transactions processed and any problem."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
@@ -185,10 +200,8 @@ async def throughput(
     await asyncio.to_thread(pgbench, ["-i", "-q", "-s", str(SCALE)], stack.pg.port, password)
     script = stack.log_path.parent / "select1.sql"
     script.write_text(SELECT_ONE)
-    binary, absent = await asyncio.to_thread(find_pgbouncer)
     scenarios = {"select-only": ["-S"], "SELECT 1": ["-f", str(script)], "TPC-B-like": ["-b", "tpcb-like"]}
     runs: list[Run] = []
-    bouncer = PgBouncer(binary, stack, pool_size, stack.log_path.parent) if binary else None
     # name → (port, password, the pooler's pid)
     targets: dict[str, tuple[int, str | None, int | None]] = {
         "direct": (stack.pg.port, password, None),
@@ -196,10 +209,9 @@ async def throughput(
         # Session mode holds a server connection per client: only where the pool has one each.
         SESSION_MODE: (stack.postgres.proxy_port, None, stack.proxy_pid),
     }
-    if bouncer is not None:
-        bouncer.__enter__()
-        targets["pgbouncer"] = (bouncer.port, None, bouncer.pid)
-    try:
+    async with pgbouncer_for(stack, pool_size) as (bouncer, absent):
+        if bouncer is not None:
+            targets["pgbouncer"] = (bouncer.port, None, bouncer.pid)
         for scenario, args in scenarios.items():
             for count in clients:
                 present = {n: t for n, t in targets.items() if n != SESSION_MODE or count <= pool_size}
@@ -215,9 +227,6 @@ async def throughput(
                             secret,
                         )
                 runs += series.values()
-    finally:
-        if bouncer is not None:
-            bouncer.__exit__()
     return runs, absent
 
 

@@ -28,6 +28,11 @@ class Point:
     errors: int
 
 
+def half_range(values: list[float]) -> float:
+    """Half of max - min (0 for fewer than two): how much a figure moved between rounds."""
+    return (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """The nearest-rank percentile; NaN for no values."""
     if not values:
