@@ -264,6 +264,7 @@ async def test_psycopg_server_side_prepares_40_clients_pool_of_5(txn_proxy: Prox
         async def one_round() -> None:
             cursor = await connection.execute("SELECT n FROM generate_series(1, %s) AS n", (3,))
             assert [row[0] for row in await cursor.fetchall()] == [1, 2, 3]
+            await cursor.executemany("INSERT INTO items (note) VALUES (%s)", [("psycopg",), ("many",)])
             async with connection.transaction():
                 await connection.execute("INSERT INTO items (note) VALUES (%s)", ("psycopg",))
             try:
