@@ -16,14 +16,22 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Literal
 
-from proxy.admin import AdminServer
-from proxy.config import Address, Config, ConfigError, CredentialsConfig, PoolConfig, load_config
+from proxy.config import (
+    Address,
+    Config,
+    ConfigError,
+    CredentialsConfig,
+    PoolConfig,
+    format_seconds,
+    load_config,
+)
 from proxy.credentials import CredentialSource, SecretsManagerClients, SecretsManagerSource, make_source
-from proxy.engine import Engine
-from proxy.listener import ClientSession, Listener
-from proxy.metrics import build_registry
+from proxy.engine import ClientSession, Engine
+from proxy.listener import Listener
 from proxy.mysql.engine import MYSQL
-from proxy.pool import Pool, format_seconds
+from proxy.ops.admin import AdminServer
+from proxy.ops.metrics import build_registry
+from proxy.pool.pool import Pool
 from proxy.postgres.engine import POSTGRES
 
 log = logging.getLogger(__name__)

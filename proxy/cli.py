@@ -363,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         return _status(args)
     if args.command == "demo":
-        from proxy.demo import run_demo
+        from proxy.bench.demo import run_demo
 
         return _interruptible(
             run_demo(
@@ -375,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     if args.command == "bench":
-        from proxy.bench import run_bench
+        from proxy.bench.bench import run_bench
 
         scenarios = tuple(name.strip() for name in args.scenarios.split(",") if name.strip())
         return _interruptible(

@@ -470,3 +470,7 @@ def quick_config(
     if admin_listen:
         data["admin"] = {"listen": admin_listen}
     return parse_config(data, "<command line>")
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:g}s"

@@ -12,27 +12,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Collection, Hashable
-from typing import Any, Protocol
+from typing import Any
 
 from proxy.config import Address
-from proxy.endpoint import Endpoint, Reader
-from proxy.pool import Pool
+from proxy.core.endpoint import Endpoint, Reader
+from proxy.engine import ClientSession, SessionHost
+from proxy.pool.pool import Pool
 
 log = logging.getLogger(__name__)
-
-
-class ClientSession(Protocol):
-    peer: str
-    pool: Pool | None  # None until the client has chosen one
-
-    async def run(self) -> None: ...
-
-    def close_gracefully(self, why: str) -> None:
-        """End the session at its next safe idle point with the protocol's goodbye.
-
-        ``why`` completes "terminating connection: ..." (e.g. "rotaproxy is shutting down").
-        A transaction-mode client may instead move to its pool's successor (see Pool.retire).
-        """
 
 
 LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
@@ -55,7 +42,7 @@ class Listener:
         engine: str,
         pools: list[Pool],
         reader_factory: Callable[[], Reader],
-        session_factory: Callable[[Endpoint, Listener], ClientSession],
+        session_factory: Callable[[Endpoint, SessionHost], ClientSession],
     ) -> None:
         self.address = address
         self.engine = engine
@@ -71,6 +58,9 @@ class Listener:
         self.rejected_total: dict[str, int] = {}  # clients refused before a pool was chosen, by reason
         # Called when a session ends or leaves its pool: whoever drains sessions waits on it.
         self.on_session_change: Callable[[], None] | None = None
+
+    def label(self) -> str:
+        return str(self.address)
 
     def __repr__(self) -> str:
         return f"Listener({self.engine} {self.address}, pools={[pool.name for pool in self.pools]})"

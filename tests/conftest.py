@@ -26,7 +26,7 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.throwaway import (
+from proxy.local.throwaway import (
     LocalSecretsManager,
     ProxyProcess,
     ThrowawayMariaDB,

@@ -24,20 +24,23 @@ import logging
 import re
 import secrets
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from protocols.errors import ProtocolViolation
 from protocols.mysql import constants as c
 from protocols.mysql.messages import ErrPacket, HandshakeResponse41, HandshakeV10, OkPacket, is_ssl_request
 from protocols.mysql.packets import Packet, PacketReader, frame
 from protocols.mysql.tracker import ResponseTracker
-from proxy.endpoint import ConnectionClosed, Endpoint
-from proxy.metrics import (
+from proxy.core.counters import (
     REJECTED_BORROW_TIMEOUT,
     REJECTED_UNKNOWN_DATABASE,
     REJECTED_UPSTREAM,
     ClientMeter,
 )
+from proxy.core.endpoint import ConnectionClosed, Endpoint
+from proxy.core.errors import BorrowTimeout, PoolError
+from proxy.core.relay import CLIENT_CLOSED, GOODBYE, SERVER_CLOSED, await_next_request, relay
+from proxy.engine import SessionHost
 from proxy.mysql.server import (
     MAX_PACKET_SIZE,
     OFFERED_CAPABILITIES,
@@ -46,11 +49,7 @@ from proxy.mysql.server import (
     MySqlConnector,
     MySqlServerConnection,
 )
-from proxy.pool import BorrowTimeout, Pool, PoolError
-from proxy.relay import CLIENT_CLOSED, GOODBYE, SERVER_CLOSED, await_next_request, relay
-
-if TYPE_CHECKING:
-    from proxy.listener import Listener
+from proxy.pool.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ class ClientError(Exception):
 
 
 class MySqlClientSession:
-    def __init__(self, endpoint: Endpoint, listener: Listener) -> None:
+    def __init__(self, endpoint: Endpoint, listener: SessionHost) -> None:
         assert isinstance(endpoint.reader, PacketReader)
         self.endpoint = endpoint
         self.reader: PacketReader = endpoint.reader

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import TYPE_CHECKING
 
 from protocols.errors import ProtocolViolation
 from protocols.postgres.framing import StartupReader
@@ -47,22 +46,28 @@ from protocols.postgres.messages import (
     StartupMessage,
 )
 from protocols.postgres.tracker import BackendTracker, FrontendTracker, at_safe_point
-from proxy.endpoint import ConnectionClosed, Endpoint
-from proxy.metrics import (
+from proxy.core.counters import (
     REJECTED_BORROW_TIMEOUT,
     REJECTED_CLIENT,
     REJECTED_UNKNOWN_DATABASE,
     REJECTED_UPSTREAM,
     ClientMeter,
 )
-from proxy.pool import BorrowTimeout, Pool, PoolError
+from proxy.core.endpoint import ConnectionClosed, Endpoint
+from proxy.core.errors import BorrowTimeout, PoolError
+from proxy.core.relay import (
+    CLIENT_CLOSED,
+    CLIENT_TERMINATED,
+    GOODBYE,
+    SERVER_CLOSED,
+    await_next_request,
+    relay,
+)
+from proxy.engine import SessionHost
+from proxy.pool.pool import Pool
 from proxy.postgres.server import PgServerConnection
 from proxy.postgres.settings import ClientError, session_settings, set_config_query
 from proxy.postgres.transaction import TransactionRelay
-from proxy.relay import CLIENT_CLOSED, CLIENT_TERMINATED, GOODBYE, SERVER_CLOSED, await_next_request, relay
-
-if TYPE_CHECKING:
-    from proxy.listener import Listener
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +80,7 @@ PHASE_RELAY = "relay"
 
 
 class PgClientSession:
-    def __init__(self, endpoint: Endpoint, listener: Listener) -> None:
+    def __init__(self, endpoint: Endpoint, listener: SessionHost) -> None:
         assert isinstance(endpoint.reader, StartupReader)
         self.endpoint = endpoint
         self.reader = endpoint.reader

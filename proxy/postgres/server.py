@@ -37,10 +37,11 @@ from protocols.postgres.messages import (
     query_message,
 )
 from proxy.config import PoolConfig
+from proxy.core.endpoint import ConnectionClosed, Endpoint
+from proxy.core.errors import PoolError, UpstreamLoginError
+from proxy.core.server import ServerConnection
+from proxy.core.upstream import Target, dial, start_tls, upstream_ssl_context
 from proxy.credentials import Credentials
-from proxy.endpoint import ConnectionClosed, Endpoint
-from proxy.pool import PoolError, ServerConnection, UpstreamLoginError
-from proxy.upstream import Target, dial, start_tls, upstream_ssl_context
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from protocols.errors import ProtocolViolation
 from protocols.events import NeedData
@@ -84,14 +84,30 @@ from protocols.postgres.session_state import (
     REASON_TEMPORARY_TABLE,
     statement_pins,
 )
-from proxy.endpoint import CONTROL_BUFFER_LIMIT, Endpoint
-from proxy.pool import BorrowTimeout, Pool, PoolError, ServerConnection, format_seconds
+from proxy.config import format_seconds
+from proxy.core.counters import ClientMeter
+from proxy.core.endpoint import CONTROL_BUFFER_LIMIT, Endpoint
+from proxy.core.errors import BorrowTimeout, PoolError
+from proxy.core.relay import CLIENT_CLOSED, CLIENT_TERMINATED, GOODBYE, SERVER_CLOSED
+from proxy.core.server import ServerConnection
+from proxy.engine import SessionHost
+from proxy.pool.pool import Pool
 from proxy.postgres.server import PgServerConnection
 from proxy.postgres.settings import set_config_query
-from proxy.relay import CLIENT_CLOSED, CLIENT_TERMINATED, GOODBYE, SERVER_CLOSED
 
-if TYPE_CHECKING:
-    from proxy.postgres.client import PgClientSession
+
+class TransactionSession(Protocol):
+    """What transaction mode needs of the client session it serves (``PgClientSession``)."""
+
+    endpoint: Endpoint
+    peer: str
+    meter: ClientMeter | None
+    closing: str | None  # why the session was asked to end at its next idle point
+    server: PgServerConnection | None  # what a CancelRequest from this client reaches
+    pool: Pool | None
+    listener: SessionHost
+
+    async def say_goodbye_at_idle(self, pending: int = 0) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +149,7 @@ PIN_KINDS = (
 class TransactionRelay:
     """Serves one logged-in client in transaction mode until it leaves."""
 
-    def __init__(self, session: PgClientSession, pool: Pool, parameters: dict[str, str]) -> None:
+    def __init__(self, session: TransactionSession, pool: Pool, parameters: dict[str, str]) -> None:
         self.session = session
         self.client = session.endpoint
         self.pool = pool

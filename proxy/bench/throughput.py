@@ -1,0 +1,325 @@
+"""Throughput through the poolers: pgbench select-only, a ``SELECT 1`` script and the
+TPC-B-like default at 10 and 100 clients, direct vs rotaproxy (transaction mode) vs PgBouncer
+(transaction mode, same pool size).
+
+PgBouncer comes from Debian's package; when it is missing and we are root on Debian it is
+installed, otherwise its column says why it is absent. Runs are interleaved so that the
+ratios hold on a noisy machine. Each pooler's CPU time per transaction (user + system, from
+/proc) is measured too: on a machine where the clients, the poolers and the database share
+the cores, that cost is what sets the ratios.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proxy.bench.timeline import half_range
+from proxy.local.stack import DATABASE, USER, LocalStack
+from proxy.local.throwaway import free_port
+
+SELECT_ONE = "SELECT 1;\n"
+SESSION_MODE = "rotaproxy-session"
+SCALE = 10
+# A benchmark tool's run: (TPS, average latency ms, transactions processed, problem or "").
+ToolResult = tuple[float, float, int, str]
+
+
+@dataclass
+class Run:
+    scenario: str
+    clients: int
+    target: str
+    tps: list[float] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)  # the pooler's CPU per transaction
+
+    @property
+    def median_tps(self) -> float:
+        return statistics.median(self.tps) if self.tps else float("nan")
+
+    @property
+    def spread_tps(self) -> float:
+        return half_range(self.tps)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def find_pgbouncer() -> tuple[str | None, str]:
+    """The pgbouncer binary, installing Debian's package when possible; or why it is absent."""
+    found = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None
+    )
+    if found:
+        return found, ""
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "pgbouncer"], capture_output=True, env=env, check=False
+        )
+        if Path("/usr/sbin/pgbouncer").exists():
+            return "/usr/sbin/pgbouncer", ""
+        return None, "apt-get install pgbouncer failed"
+    return None, "pgbouncer is not installed (apt-get install pgbouncer)"
+
+
+class PgBouncer:
+    """A throwaway PgBouncer in transaction mode in front of the stack's PostgreSQL."""
+
+    def __init__(
+        self, binary: str, stack: LocalStack, pool_size: int, workdir: Path, *, max_clients: int = 2000
+    ) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.dir = workdir / "pgbouncer"
+        self.dir.mkdir(mode=0o755, exist_ok=True)
+        (self.dir / "userlist.txt").write_text(f'"{USER}" ""\n')
+        password = stack.postgres.password
+        (self.dir / "pgbouncer.ini").write_text(
+            f"[databases]\n{DATABASE} = host=localhost port={stack.pg.port} dbname={DATABASE} user={USER} "
+            f"password={password}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}\n"
+            f"unix_socket_dir =\nauth_type = trust\nauth_file = {self.dir / 'userlist.txt'}\n"
+            f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = {max_clients}\n"
+            "listen_backlog = 4096\n"
+            f"server_tls_sslmode = verify-full\nserver_tls_ca_file = {stack.tls.ca_file}\n"
+            f"logfile = {self.dir / 'pgbouncer.log'}\npidfile = {self.dir / 'pgbouncer.pid'}\n"
+        )
+        for path in self.dir.iterdir():
+            path.chmod(0o644)
+        (self.dir / "pgbouncer.ini").chmod(0o600)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None  # from its pidfile
+
+    def __enter__(self) -> PgBouncer:
+        command = [self.binary, str(self.dir / "pgbouncer.ini")]
+        user = None
+        if os.geteuid() == 0:  # it refuses to run as root
+            shutil.chown(self.dir, "postgres")
+            for path in self.dir.iterdir():
+                shutil.chown(path, "postgres")
+            # Not runuser: its PAM session would cut the open-files limit to 1024, and a
+            # storm of thousands of clients would then measure that limit, not PgBouncer.
+            user = "postgres"
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, user=user, group=user
+        )
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                self.pid = int((self.dir / "pgbouncer.pid").read_text())
+                return self
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log_text = (self.dir / "pgbouncer.log").read_text(errors="replace")[-500:]
+                    raise RuntimeError(f"pgbouncer did not start: {log_text}") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def pgbouncer_for(
+    stack: LocalStack, pool_size: int, *, max_clients: int = 2000
+) -> AsyncIterator[tuple[PgBouncer | None, str]]:
+    """A PgBouncer running for the block, or None and why there is none."""
+    binary, absent = await asyncio.to_thread(find_pgbouncer)
+    if binary is None:
+        yield None, absent
+        return
+    with PgBouncer(binary, stack, pool_size, stack.log_path.parent, max_clients=max_clients) as bouncer:
+        yield bouncer, ""
+
+
+def pgbench(args: list[str], port: int, password: str | None = None) -> ToolResult:
+    """Run pgbench; return its TPS, average latency (ms), transactions processed and any problem."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    if password:
+        env["PGPASSWORD"] = password
+    result = subprocess.run(
+        ["pgbench", *args, "-h", "127.0.0.1", "-p", str(port), "-U", USER, DATABASE],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    tps = re.search(r"tps = ([\d.]+)", result.stdout)
+    latency = re.search(r"latency average = ([\d.]+) ms", result.stdout)
+    failed = re.search(r"number of failed transactions: (\d+)", result.stdout)
+    processed = re.search(r"number of transactions actually processed: (\d+)", result.stdout)
+    problem = ""
+    if result.returncode != 0 or not tps or (failed and failed.group(1) != "0"):
+        problem = (result.stderr.strip().splitlines() or ["pgbench failed"])[-1]
+    return (
+        float(tps.group(1)) if tps else 0.0,
+        float(latency.group(1)) if latency else 0.0,
+        int(processed.group(1)) if processed else 0,
+        problem,
+    )
+
+
+async def _measured(
+    run: Run, pid: int | None, tool: Callable[[list[str], int, str | None], ToolResult], *args: Any
+) -> None:
+    """One run of ``tool`` recorded in ``run``, with the pooler's (``pid``) CPU per transaction."""
+    cpu_before = cpu_seconds(pid) if pid else 0.0
+    tps, latency, processed, problem = await asyncio.to_thread(tool, *args)
+    if pid and processed:
+        # Logins are in it too: a few per cent of a run, for both poolers.
+        run.cpu_us.append((cpu_seconds(pid) - cpu_before) / processed * 1e6)
+    run.tps.append(tps)
+    run.latency_ms.append(latency)
+    if problem:
+        run.errors.append(problem)
+
+
+async def throughput(
+    stack: LocalStack, *, seconds: int, rounds: int, pool_size: int, clients: tuple[int, ...] = (10, 100)
+) -> tuple[list[Run], str]:
+    """Interleaved pgbench runs; returns the runs and why PgBouncer is absent (or "")."""
+    password = stack.postgres.password
+    await asyncio.to_thread(pgbench, ["-i", "-q", "-s", str(SCALE)], stack.pg.port, password)
+    script = stack.log_path.parent / "select1.sql"
+    script.write_text(SELECT_ONE)
+    scenarios = {"select-only": ["-S"], "SELECT 1": ["-f", str(script)], "TPC-B-like": ["-b", "tpcb-like"]}
+    runs: list[Run] = []
+    # name → (port, password, the pooler's pid)
+    targets: dict[str, tuple[int, str | None, int | None]] = {
+        "direct": (stack.pg.port, password, None),
+        "rotaproxy": (stack.txn_proxy_port, None, stack.proxy_pid),
+        # Session mode holds a server connection per client: only where the pool has one each.
+        SESSION_MODE: (stack.postgres.proxy_port, None, stack.proxy_pid),
+    }
+    async with pgbouncer_for(stack, pool_size) as (bouncer, absent):
+        if bouncer is not None:
+            targets["pgbouncer"] = (bouncer.port, None, bouncer.pid)
+        for scenario, args in scenarios.items():
+            for count in clients:
+                present = {n: t for n, t in targets.items() if n != SESSION_MODE or count <= pool_size}
+                series = {name: Run(scenario, count, name) for name in present}
+                for _ in range(rounds):
+                    for name, (port, secret, pid) in present.items():
+                        await _measured(
+                            series[name],
+                            pid,
+                            pgbench,
+                            [*args, "-n", "-M", "extended", "-c", str(count), "-j", "2", "-T", str(seconds)],
+                            port,
+                            secret,
+                        )
+                runs += series.values()
+    return runs, absent
+
+
+def throughput_markdown(runs: list[Run], absent: str) -> str:
+    lines = [
+        "| scenario | clients | direct TPS | rotaproxy TPS | PgBouncer TPS | rotaproxy/direct "
+        "| rotaproxy/PgBouncer | latency ms (direct / rotaproxy / PgBouncer) "
+        "| pooler CPU µs/transaction (rotaproxy / PgBouncer) | rotaproxy session mode TPS |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keyed = {(r.scenario, r.clients, r.target): r for r in runs}
+    for scenario, clients in dict.fromkeys((r.scenario, r.clients) for r in runs):
+        direct = keyed[(scenario, clients, "direct")]
+        ours = keyed[(scenario, clients, "rotaproxy")]
+        bouncer = keyed.get((scenario, clients, "pgbouncer"))
+        session = keyed.get((scenario, clients, SESSION_MODE))
+
+        def cell(run: Run | None, why: str = f"absent: {absent}") -> str:
+            return f"{run.median_tps:,.0f} ± {run.spread_tps:,.0f}" if run else why
+
+        versus = f"{ours.median_tps / bouncer.median_tps:.2f}x" if bouncer and bouncer.median_tps else "-"
+        latencies = " / ".join(
+            f"{statistics.median(run.latency_ms):.2f}" if run else "-" for run in (direct, ours, bouncer)
+        )
+        cpu = " / ".join(
+            f"{statistics.median(run.cpu_us):.0f}" if run and run.cpu_us else "-" for run in (ours, bouncer)
+        )
+        lines.append(
+            f"| {scenario} | {clients} | {cell(direct)} | {cell(ours)} | {cell(bouncer)} | "
+            f"{ours.median_tps / direct.median_tps:.2f}x | {versus} | {latencies} | {cpu} | "
+            f"{cell(session, 'more clients than server connections')} |"
+        )
+    return "\n".join(lines)
+
+
+SYSBENCH_TABLES = ["--tables=2", "--table-size=10000"]
+
+
+def sysbench(args: list[str], port: int, password: str | None) -> ToolResult:
+    """Run sysbench oltp_read_only; return TPS, average latency (ms), transactions and any problem."""
+    common = [
+        "--db-driver=mysql",
+        "--mysql-host=127.0.0.1",
+        f"--mysql-port={port}",
+        f"--mysql-user={USER}",
+        f"--mysql-password={password or ''}",
+        f"--mysql-db={DATABASE}",
+        *SYSBENCH_TABLES,
+    ]
+    result = subprocess.run(
+        ["sysbench", "oltp_read_only", *common, *args], capture_output=True, text=True, check=False
+    )
+    tps = re.search(r"transactions:\s+(\d+)\s+\(([\d.]+) per sec", result.stdout)
+    latency = re.search(r"avg:\s+([\d.]+)", result.stdout)
+    problem = ""
+    if result.returncode != 0 or not tps:
+        problem = (result.stderr.strip().splitlines() or result.stdout.strip().splitlines() or ["failed"])[-1]
+    return (
+        float(tps.group(2)) if tps else 0.0,
+        float(latency.group(1)) if latency else 0.0,
+        int(tps.group(1)) if tps else 0,
+        problem,
+    )
+
+
+async def mysql_throughput(stack: LocalStack, *, seconds: int, rounds: int, clients: int = 10) -> list[Run]:
+    """sysbench oltp_read_only, direct (password) vs rotaproxy (session mode), interleaved."""
+    upstream = stack.mysql
+    if upstream is None:
+        return []  # MariaDB is not installed here
+    await asyncio.to_thread(sysbench, ["prepare"], upstream.port, upstream.password)
+    targets = {"direct": (upstream.port, upstream.password), "rotaproxy": (upstream.proxy_port, "")}
+    series = {name: Run("sysbench oltp_read_only", clients, name) for name in targets}
+    for _ in range(rounds):
+        for name, (port, password) in targets.items():
+            pid = stack.proxy_pid if name == "rotaproxy" else None
+            run = [f"--threads={clients}", f"--time={seconds}", "run"]
+            await _measured(series[name], pid, sysbench, run, port, password)
+    return list(series.values())
+
+
+def mysql_markdown(runs: list[Run]) -> str:
+    keyed = {r.target: r for r in runs}
+    direct, ours = keyed["direct"], keyed["rotaproxy"]
+    cpu = f"{statistics.median(ours.cpu_us):.0f}" if ours.cpu_us else "-"
+    latency = f"{statistics.median(direct.latency_ms):.2f} / {statistics.median(ours.latency_ms):.2f}"
+    return "\n".join(
+        [
+            "| scenario | threads | direct TPS | rotaproxy TPS | rotaproxy/direct "
+            "| latency ms (direct / rotaproxy) | rotaproxy CPU µs/transaction |",
+            "|---|---|---|---|---|---|---|",
+            f"| {ours.scenario} | {ours.clients} | {direct.median_tps:,.0f} ± {direct.spread_tps:,.0f} | "
+            f"{ours.median_tps:,.0f} ± {ours.spread_tps:,.0f} | {ours.median_tps / direct.median_tps:.2f}x | "
+            f"{latency} | {cpu} |",
+        ]
+    )

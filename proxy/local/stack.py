@@ -1,0 +1,214 @@
+"""The local stack that demo and bench run on: throwaway PostgreSQL (TLS, SCRAM) and, where
+installed, MariaDB (TLS, native password), a local Secrets Manager holding their credentials,
+and rotaproxy in front as its own process, all in one context."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import ExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from proxy.local.throwaway import (
+    LocalSecretsManager,
+    ProxyProcess,
+    ThrowawayError,
+    ThrowawayMariaDB,
+    ThrowawayPostgres,
+    TlsFiles,
+    create_secret,
+    find_mariadb_binaries,
+    free_port,
+    make_tls_files,
+)
+
+DATABASE = "orders"
+USER = "app"
+ADMIN = "rotation_admin"  # the superuser alternating-users rotation works with
+PG_SECRET_ID = "local/orders/postgres"
+MYSQL_SECRET_ID = "local/orders/mariadb"
+
+
+@dataclass
+class Upstream:
+    """One database behind the proxy, and how applications reach it with and without it."""
+
+    engine: str
+    host: str
+    port: int
+    proxy_port: int
+    password: str
+    secret_id: str
+    secret_version: str
+    admin_password: str
+
+    def direct_dsn(self) -> dict[str, Any]:
+        """How an application would connect without rotaproxy: with the password."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": USER,
+            "password": self.password,
+            "database": DATABASE,
+        }
+
+    def proxy_dsn(self) -> dict[str, Any]:
+        """Through rotaproxy: no password at all."""
+        return {"host": "127.0.0.1", "port": self.proxy_port, "user": USER, "database": DATABASE}
+
+
+@dataclass
+class LocalStack:
+    sm: LocalSecretsManager
+    tls: TlsFiles
+    log_path: Path
+    pg: ThrowawayPostgres
+    postgres: Upstream
+    txn_proxy_port: int  # a second PostgreSQL pool, in transaction mode
+    mariadb: ThrowawayMariaDB | None = None
+    mysql: Upstream | None = None
+    proxy_pid: int | None = None  # the rotaproxy process, once started
+    admin_port: int | None = None  # its admin API (/pools, /metrics)
+
+    @property
+    def upstreams(self) -> list[Upstream]:
+        return [upstream for upstream in (self.postgres, self.mysql) if upstream is not None]
+
+
+def _pool_toml(
+    name: str,
+    upstream: Upstream,
+    tls: TlsFiles,
+    max_server_connections: int,
+    min_server_connections: int,
+    poll_interval: str,
+    *,
+    port: int | None = None,
+    mode: str = "session",
+) -> str:
+    return f"""
+[[pool]]
+name = "{name}"
+engine = "{upstream.engine}"
+listen = "127.0.0.1:{port or upstream.proxy_port}"
+database = "{DATABASE}"
+mode = "{mode}"
+max_server_connections = {max_server_connections}
+min_server_connections = {min_server_connections}
+tls = "verify-full"
+tls_ca_file = "{tls.ca_file}"
+
+[pool.credentials]
+source = "secretsmanager"
+secret_id = "{upstream.secret_id}"
+poll_interval = "{poll_interval}"
+"""
+
+
+def mariadb_available() -> bool:
+    try:
+        find_mariadb_binaries()
+    except ThrowawayError:
+        return False
+    return True
+
+
+async def _seed(
+    client: Any, engine: str, server: ThrowawayPostgres | ThrowawayMariaDB, secret_id: str, proxy_port: int
+) -> Upstream:
+    """An app user and database, a superuser for alternating-users rotation, and the secrets
+    (RDS layout; the app's names the master's ARN in ``masterarn``)."""
+    password, admin_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    server.create_user(USER, password)
+    server.create_database(DATABASE, owner=USER)
+    if isinstance(server, ThrowawayPostgres):
+        server.create_user(ADMIN, admin_password, superuser=True)
+    else:
+        server.create_user(ADMIN, admin_password)
+        server.sql(f"GRANT ALL PRIVILEGES ON *.* TO '{ADMIN}'@'%' WITH GRANT OPTION")
+    base = {
+        "engine": "postgres" if engine == "postgres" else "mariadb",
+        "host": "localhost",
+        "port": server.port,
+        "dbname": DATABASE,
+    }
+    await create_secret(
+        client, f"{secret_id}/master", {**base, "username": ADMIN, "password": admin_password}
+    )
+    master_arn = (await client.describe_secret(SecretId=f"{secret_id}/master"))["ARN"]
+    version = await create_secret(
+        client, secret_id, {**base, "username": USER, "password": password, "masterarn": master_arn}
+    )
+    return Upstream(
+        engine, "127.0.0.1", server.port, proxy_port, password, secret_id, version, admin_password
+    )
+
+
+@asynccontextmanager
+async def local_stack(
+    *,
+    mysql: bool = True,
+    max_server_connections: int = 10,
+    min_server_connections: int = 1,
+    poll_interval: str = "2s",
+) -> AsyncIterator[LocalStack]:
+    """Start everything (rotaproxy as its own process), yield it, stop everything.
+
+    MariaDB joins when ``mysql`` is asked for and its binaries are installed.
+    """
+    import aioboto3
+
+    with tempfile.TemporaryDirectory(prefix="rotaproxy-") as workdir, ExitStack() as servers:
+        work = Path(workdir)
+        tls = make_tls_files(work, "local")
+        pg = servers.enter_context(ThrowawayPostgres(work, tls=tls))
+        sm = servers.enter_context(LocalSecretsManager())
+        os.environ.update(sm.environ())
+        mariadb = None
+        if mysql and mariadb_available():
+            mariadb = servers.enter_context(ThrowawayMariaDB(work, tls=tls))
+        async with aioboto3.Session().client("secretsmanager", **sm.client_kwargs()) as client:
+            postgres = await _seed(client, "postgres", pg, PG_SECRET_ID, free_port())
+            upstream_mysql = None
+            if mariadb is not None:
+                upstream_mysql = await _seed(client, "mysql", mariadb, MYSQL_SECRET_ID, free_port())
+        stack = LocalStack(
+            sm, tls, work / "rotaproxy.log", pg, postgres, free_port(), mariadb, upstream_mysql
+        )
+        stack.admin_port = free_port()
+        config = f'[aws]\nendpoint_url = "{sm.endpoint_url}"\nregion = "{sm.region}"\n'
+        config += f'\n[admin]\nlisten = "127.0.0.1:{stack.admin_port}"\n'
+        for name, upstream in ((DATABASE, postgres), (f"{DATABASE}-mysql", upstream_mysql)):
+            if upstream is not None:
+                config += _pool_toml(
+                    name, upstream, tls, max_server_connections, min_server_connections, poll_interval
+                )
+        config += _pool_toml(
+            f"{DATABASE}-txn",
+            postgres,
+            tls,
+            max_server_connections,
+            min_server_connections,
+            poll_interval,
+            port=stack.txn_proxy_port,
+            mode="transaction",
+        )
+        config_path = work / "rotaproxy.toml"
+        config_path.write_text(config)
+        # A separate process, as in production: it gets its own core and its own loop.
+        extra = (stack.txn_proxy_port,) + ((upstream_mysql.proxy_port,) if upstream_mysql is not None else ())
+        with ProxyProcess(
+            config_path,
+            stack.log_path,
+            postgres.proxy_port,
+            extra_ports=extra,
+            env=sm.environ(),
+            log_level="info",
+        ) as proxy:
+            assert proxy.process is not None
+            stack.proxy_pid = proxy.process.pid
+            yield stack
