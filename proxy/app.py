@@ -25,7 +25,9 @@ from proxy.config import (
     format_seconds,
     load_config,
 )
-from proxy.credentials import CredentialSource, SecretsManagerClients, SecretsManagerSource, make_source
+from proxy.credentials.base import CredentialSource
+from proxy.credentials.secrets_manager import SecretsManagerClients, SecretsManagerSource
+from proxy.credentials.sources import make_source
 from proxy.engine import ClientSession, Engine
 from proxy.listener import Listener
 from proxy.mysql.engine import MYSQL

@@ -139,7 +139,10 @@ def _add_rotate_parser(commands: Any) -> None:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    from proxy.rotation import STEPS, RotationError, RotationSettings, rotate_command
+    from proxy.rotation.command import rotate_command
+    from proxy.rotation.errors import RotationError
+    from proxy.rotation.settings import RotationSettings
+    from proxy.rotation.steps import STEPS
 
     pauses: dict[str, float] = {}
     try:

@@ -26,16 +26,12 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.local.throwaway import (
-    LocalSecretsManager,
-    ProxyProcess,
-    ThrowawayMariaDB,
-    ThrowawayPostgres,
-    TlsFiles,
-    create_secret,
-    free_port,
-    make_tls_files,
-)
+from proxy.local.mariadb import ThrowawayMariaDB
+from proxy.local.postgres import ThrowawayPostgres
+from proxy.local.process import free_port
+from proxy.local.proxy_process import ProxyProcess
+from proxy.local.secrets_manager import LocalSecretsManager, create_secret
+from proxy.local.tls import TlsFiles, make_tls_files
 
 
 @dataclass

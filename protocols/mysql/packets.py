@@ -136,7 +136,7 @@ class PacketReader(ReceiveBuffer):
         super().__init__()
         self.max_payload_size = max_payload_size
 
-    def next_packet(self) -> Packet | NeedData:
+    def next_event(self) -> Packet | NeedData:
         data = self._data
         offset = 0
         total = 0

@@ -1,9 +1,10 @@
 """Follow a relayed MySQL session to know when the server connection is at a safe point.
 
-Theory of operation: the relay forwards every server chunk as it arrives and feeds the same
-chunk to ``ResponseTracker.feed_server``; it hands every whole client packet to
-``client_command`` (sequence id 0) or ``client_data`` (later in the same exchange). Each
-command that owes a response queues the grammar of that response (clients may pipeline).
+Theory of operation: the relay hands every whole client packet to ``ResponseTracker.send``
+as it goes to the server (a command opens an exchange with sequence id 0; later packets of
+the exchange are LOCAL INFILE data), and shows it every server chunk as it arrives
+(``receive_data``). Each command that owes a response queues the grammar of that response
+(clients may pipeline).
 The tracker walks the server stream by packet headers, looks at the first byte of each
 logical packet and, in the current phase of the response, decides from that byte and the
 packet length what the packet is. Only OK, EOF, ERR, column-count and prepare-OK packets,
@@ -42,10 +43,10 @@ MARIADB_CLIENT_CACHE_METADATA (a "metadata follows" byte after the column count,
 possibly no column definitions) and MySQL's CLIENT_OPTIONAL_RESULTSET_METADATA (likewise).
 Sequence ids are not checked here: the relay forwards bytes, and both ends check them.
 
-Call ``client_command`` no later than the callback that forwards the command, so the
-tracker expects the answer before any of it can arrive. COM_QUIT owes no response: it only
-sets ``quit_received`` (the server closes the connection after it). After a
-ProtocolViolation the tracker is in no defined state: close the connection.
+Call ``send`` no later than the callback that forwards the command, so the tracker expects
+the answer before any of it can arrive. COM_QUIT owes no response: it only sets
+``quit_received`` (the server closes the connection after it). After a ProtocolViolation
+the tracker is in no defined state: close the connection.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ from protocols.mysql.constants import (
     SERVER_STATUS_IN_TRANS,
 )
 from protocols.mysql.messages import EOF_PACKET_LIMIT, EofPacket, ErrPacket, OkPacket, command_byte
-from protocols.mysql.packets import HEADER, HEADER_SIZE, decode_lenenc_int
+from protocols.mysql.packets import HEADER, HEADER_SIZE, Packet, decode_lenenc_int
 
 # An OK packet carrying session-state changes (session_track_system_variables='*') can run
 # to kilobytes; nothing the tracker keeps whole is legitimately anywhere near this.
@@ -248,13 +249,16 @@ class ResponseTracker:
 
     # --- client → server ---------------------------------------------------------------------
 
-    def client_command(self, payload: bytes) -> None:
+    def send(self, packet: Packet) -> None:
+        """A client packet on its way to the server."""
         if self._unknown:
             return
-        if self._phase == INFILE_DATA:
-            # Sequence ids wrap at 256, so a long file has packets with id 0: while the client
-            # owes its file, every packet it sends is file data.
-            self.client_data(payload)
+        payload = packet.payload
+        # A command opens an exchange with sequence id 0. Ids wrap at 256, so a long LOCAL
+        # INFILE file has packets with id 0 too: while the client owes its file, every packet
+        # it sends is file data.
+        if self._phase == INFILE_DATA or packet.sequence_id != 0 or not payload:
+            self._infile_data(payload)
             return
         command = command_byte(payload)
         response = _COMMAND_RESPONSES.get(command)
@@ -269,9 +273,7 @@ class ResponseTracker:
         if len(self._expected) == 1:
             self._start_response()
 
-    def client_data(self, payload: bytes) -> None:
-        if self._unknown:
-            return
+    def _infile_data(self, payload: bytes) -> None:
         if self._phase != INFILE_DATA:
             raise ProtocolViolation("client sent data outside a LOCAL INFILE transfer")
         if not payload:
@@ -279,7 +281,8 @@ class ResponseTracker:
 
     # --- server → client ---------------------------------------------------------------------
 
-    def feed_server(self, data: bytes) -> None:
+    def receive_data(self, data: bytes) -> None:
+        """Server bytes on their way to the client."""
         if self._unknown:
             return
         position, size = 0, len(data)

@@ -13,7 +13,7 @@ import hashlib
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import ClassVar, Self, TypeVar
 
 from protocols.errors import LocalProtocolError, ProtocolViolation
 from protocols.postgres.messages import (
@@ -216,33 +216,31 @@ class Bind:
 
 
 @dataclass(frozen=True, slots=True)
-class Describe:
+class _Target:
+    """A message naming a prepared statement or a portal: Describe and Close."""
+
+    MESSAGE_TYPE: ClassVar[bytes]
     kind: bytes  # TARGET_STATEMENT or TARGET_PORTAL
     name: str
 
     def encode(self) -> bytes:
         if self.kind not in TARGET_KINDS:
-            raise LocalProtocolError(f"Describe of unknown kind {self.kind!r}")
-        return frame(DESCRIBE, self.kind + _text(self.name))
+            raise LocalProtocolError(f"{type(self).__name__} of unknown kind {self.kind!r}")
+        return frame(self.MESSAGE_TYPE, self.kind + _text(self.name))
 
     @classmethod
-    def decode(cls, payload: bytes) -> Describe:
-        return cls(*_read_target(payload, "Describe"))
+    def decode(cls, payload: bytes) -> Self:
+        return cls(*_read_target(payload, cls.__name__))
 
 
 @dataclass(frozen=True, slots=True)
-class Close:
-    kind: bytes  # TARGET_STATEMENT or TARGET_PORTAL
-    name: str
+class Describe(_Target):
+    MESSAGE_TYPE: ClassVar[bytes] = DESCRIBE
 
-    def encode(self) -> bytes:
-        if self.kind not in TARGET_KINDS:
-            raise LocalProtocolError(f"Close of unknown kind {self.kind!r}")
-        return frame(CLOSE, self.kind + _text(self.name))
 
-    @classmethod
-    def decode(cls, payload: bytes) -> Close:
-        return cls(*_read_target(payload, "Close"))
+@dataclass(frozen=True, slots=True)
+class Close(_Target):
+    MESSAGE_TYPE: ClassVar[bytes] = CLOSE
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,25 +266,28 @@ class Execute:
 
 
 @dataclass(frozen=True, slots=True)
-class Sync:
+class _Bare:
+    """A message that is its type alone: Sync and Flush."""
+
+    MESSAGE: ClassVar[bytes]
+
     def encode(self) -> bytes:
-        return SYNC_MESSAGE
+        return self.MESSAGE
 
     @classmethod
-    def decode(cls, payload: bytes) -> Sync:
-        _expect_end(payload, 0, "Sync")
+    def decode(cls, payload: bytes) -> Self:
+        _expect_end(payload, 0, cls.__name__)
         return cls()
 
 
 @dataclass(frozen=True, slots=True)
-class Flush:
-    def encode(self) -> bytes:
-        return FLUSH_MESSAGE
+class Sync(_Bare):
+    MESSAGE: ClassVar[bytes] = frame(SYNC)
 
-    @classmethod
-    def decode(cls, payload: bytes) -> Flush:
-        _expect_end(payload, 0, "Flush")
-        return cls()
+
+@dataclass(frozen=True, slots=True)
+class Flush(_Bare):
+    MESSAGE: ClassVar[bytes] = frame(FLUSH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,8 +325,8 @@ def decode_frontend(message: RawMessage) -> FrontendMessage:
 
 
 # --- fixed messages (built once) -------------------------------------------------------------
-SYNC_MESSAGE = frame(SYNC)
-FLUSH_MESSAGE = frame(FLUSH)
+SYNC_MESSAGE = Sync.MESSAGE
+FLUSH_MESSAGE = Flush.MESSAGE
 PARSE_COMPLETE_MESSAGE = frame(PARSE_COMPLETE)
 BIND_COMPLETE_MESSAGE = frame(BIND_COMPLETE)
 CLOSE_COMPLETE_MESSAGE = frame(CLOSE_COMPLETE)

@@ -20,7 +20,7 @@ a PASS Sync or Query entry at the head already passes everything up to its Ready
 Plain requests wait in ``_open`` and are dropped when their group's Sync or Query arrives;
 they become entries only when something that needs matching follows them in the same group,
 or when the server starts answering before the group is complete. While the head entry is a
-PASS Sync or Query, ``feed`` forwards server bytes as they come and walks only the message
+PASS Sync or Query, ``receive_data`` forwards server bytes as they come and walks only the message
 headers (looking inside ReadyForQuery and ParameterStatus); otherwise it reads whole messages
 and matches each one.
 """
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from protocols.errors import ProtocolViolation
 from protocols.events import NeedData
-from protocols.postgres.framing import MessageReader
+from protocols.postgres.framing import END_OF_CHUNK, FrameReader, HeaderWalk
 from protocols.postgres.messages import (
     ERROR_RESPONSE,
     HEADER,
@@ -41,9 +41,9 @@ from protocols.postgres.messages import (
     PARAMETER_STATUS,
     READY_FOR_QUERY,
     STATUS_IDLE,
-    UINT32,
 )
 from protocols.postgres.tracker import (
+    BACKEND_STOPS,
     PARAMETER_STATUS_BYTE,
     READY_FOR_QUERY_BYTE,
     TRACKED_BODY_LIMIT,
@@ -112,9 +112,8 @@ class ResponsePlan:
         self.ready_count = 0  # ReadyForQuery messages seen (requests answered)
         self.idle_count = 0  # of them, with status idle (transactions ended)
         self.status = STATUS_IDLE
-        self._reader = MessageReader()
-        self._skip = 0  # body bytes of a passed message still to come (header walk)
-        self._partial = b""  # an incomplete header, or an observed message not yet whole
+        self._reader = FrameReader()
+        self._header_walk = HeaderWalk(BACKEND_STOPS, TRACKED_BODY_LIMIT, "server")
 
     def follow(self, parameters: dict[str, str]) -> None:
         """Start on another server connection (this plan must be at rest), following its settings."""
@@ -130,22 +129,23 @@ class ResponsePlan:
     @property
     def at_rest(self) -> bool:
         """Every request answered and no server message half-received."""
-        return not (self._entries or self._open or len(self._reader) or self._skip or self._partial)
+        return not (self._entries or self._open or len(self._reader)) and self._header_walk.at_boundary
 
     @property
     def mid_message(self) -> bool:
         """Whether the client has been sent part of a server message (so nothing may be added)."""
-        return self._skip > 0
+        return self._header_walk.mid_body
 
     # --- client side -------------------------------------------------------------------------
-    def expect(
+    def send(
         self,
         request: Request,
         handling: Handling = Handling.PASS,
         answer: bytes = b"",
         statement: str | None = None,
     ) -> bytes:
-        """Queue a request; return bytes due to the client now (a synthetic answer at the head)."""
+        """A request sent to the server (or answered in its place, SYNTHETIC), queued for its
+        answer; return the bytes due to the client now (a synthetic answer at the head)."""
         if handling is Handling.PASS and statement is None:
             if request is Request.SYNC or request is Request.QUERY:  # (enum hashing is slow)
                 self._open.clear()  # the PASS Sync/Query entry passes their answers too
@@ -162,7 +162,7 @@ class ResponsePlan:
         self._open.clear()
 
     # --- server side -------------------------------------------------------------------------
-    def feed(self, data: bytes) -> bytes:
+    def receive_data(self, data: bytes) -> bytes:
         """Server bytes in; the bytes the client gets for them out."""
         out: list[bytes] = []
         while data:
@@ -171,11 +171,11 @@ class ResponsePlan:
                 continue
             self._reader.receive_data(data)
             data = b""
-            while not isinstance(message := self._reader.next_message(), NeedData):
-                kind, payload = message.type, message.payload
-                if kind in (READY_FOR_QUERY, PARAMETER_STATUS):
-                    self._observe(kind[0], payload)
-                out.append(self.server_message(kind, message.encode()))
+            while not isinstance(message := self._reader.next_event(), NeedData):
+                kind = message[0]
+                if kind in (READY_FOR_QUERY_BYTE, PARAMETER_STATUS_BYTE):
+                    self._observe(kind, message[HEADER.size :])
+                out.append(self.match(message))
                 if self._group_passes():
                     data = self._reader.take_buffer()
                     break
@@ -184,7 +184,7 @@ class ResponsePlan:
     @property
     def _walking(self) -> bool:
         """Whether the header walk applies: inside a passed message, or a PASS group at the head."""
-        return bool(self._skip or self._partial) or (not len(self._reader) and self._group_passes())
+        return not self._header_walk.at_boundary or (not len(self._reader) and self._group_passes())
 
     def _group_passes(self) -> bool:
         """Whether the head entry is a PASS Sync or Query: all up to its ReadyForQuery passes."""
@@ -196,40 +196,18 @@ class ResponsePlan:
 
     def _walk(self, data: bytes, out: list[bytes]) -> bytes:
         """Pass whole groups' answers by their headers; return what the walk leaves to match."""
-        if self._partial:
-            data, self._partial = self._partial + data, b""
-        size = len(data)
-        pos = min(self._skip, size)
-        self._skip -= pos
-        while pos < size:
-            if size - pos < HEADER.size:
-                self._partial = data[pos:]
-                break
-            kind = data[pos]
-            (length,) = UINT32.unpack_from(data, pos + 1)
-            if length < 4:
-                raise ProtocolViolation(f"server message declares length {length} (< 4)")
-            end = pos + 1 + length
-            if kind != READY_FOR_QUERY_BYTE and kind != PARAMETER_STATUS_BYTE:
-                if end > size:
-                    self._skip = end - size
-                    pos = size
-                    break
-                pos = end
-                continue
-            if end > size:
-                if length > TRACKED_BODY_LIMIT:
-                    raise ProtocolViolation(f"server message {chr(kind)!r} is too long")
-                self._partial = data[pos:]
-                break
-            self._observe(kind, data[pos + HEADER.size : end])
-            pos = end
+        walk = self._header_walk
+        walk.receive_data(data)
+        while (kind := walk.next_stop()) != END_OF_CHUNK:
+            self._observe(kind, walk.body())
             if kind == READY_FOR_QUERY_BYTE:
                 self._entries.popleft()
                 if not self._group_passes():
-                    out.append(data[:pos])
-                    return data[pos:]
-        out.append(data[:pos])
+                    end = walk.end
+                    out.append(walk.data[:end])
+                    return walk.data[end:]
+        # Up to where the walk stopped (past the chunk when a body runs on); the rest is carried.
+        out.append(walk.data[: walk.end])
         return b""
 
     def _observe(self, kind: int, body: bytes) -> None:
@@ -242,8 +220,11 @@ class ResponsePlan:
         if status == STATUS_IDLE:
             self.idle_count += 1
 
-    def server_message(self, kind: bytes, message: bytes) -> bytes:
-        """One whole server message; return what the client gets for it (maybe nothing, maybe more)."""
+    def match(self, message: bytes) -> bytes:
+        """Match one whole server message to the request it answers; return what the client
+        gets for it (maybe nothing, maybe more). ``receive_data`` does this for every message
+        it does not pass by its header."""
+        kind = message[:1]
         if kind in _ASYNC:
             return message
         if not self._entries:

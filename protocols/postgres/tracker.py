@@ -1,8 +1,9 @@
 """Trackers that follow a relayed PostgreSQL stream by its message headers alone.
 
-Theory of operation: the relay forwards every chunk as it arrives and feeds the same chunk
-to a tracker. A tracker walks the message headers (type byte + length), skipping bodies
-without copying them, and keeps only what the proxy decides with:
+Theory of operation: the relay forwards every chunk as it arrives and shows the same chunk
+to a tracker: ``FrontendTracker.send`` what goes to the server, ``BackendTracker.receive_data``
+what the server answered. A tracker walks the message headers (type byte + length) with a
+``HeaderWalk``, skipping bodies without copying them, and keeps only what the proxy decides with:
 
 * ``FrontendTracker`` (client → server) counts the requests that each owe exactly one
   ReadyForQuery (Query, Sync, FunctionCall), notices extended-protocol messages not yet
@@ -17,130 +18,118 @@ messages with no open extended-protocol batch (see ``at_safe_point``).
 
 from __future__ import annotations
 
+from typing import Final
+
 from protocols.errors import ProtocolViolation
+from protocols.postgres.framing import (
+    END_OF_CHUNK,
+    MARK,
+    STOP_AT_HEADER,
+    STOP_WHEN_WHOLE,
+    HeaderWalk,
+    stop_table,
+)
 from protocols.postgres.messages import (
-    HEADER,
+    BIND,
+    CLOSE,
+    DESCRIBE,
+    EXECUTE,
+    FUNCTION_CALL,
     PARAMETER_STATUS,
+    PARSE,
+    QUERY,
     READY_FOR_QUERY,
     STATUS_IDLE,
+    SYNC,
+    TERMINATE,
     TRANSACTION_STATUSES,
-    UINT32,
     read_cstring,
 )
 
-READY_FOR_QUERY_BYTE = READY_FOR_QUERY[0]
-PARAMETER_STATUS_BYTE = PARAMETER_STATUS[0]
+READY_FOR_QUERY_BYTE: Final = READY_FOR_QUERY[0]
+PARAMETER_STATUS_BYTE: Final = PARAMETER_STATUS[0]
 # Bodies the backend tracker must see whole; a ParameterStatus is a name and a short value.
-TRACKED_BODY_LIMIT = 64 * 1024
+TRACKED_BODY_LIMIT: Final = 64 * 1024
+# The server messages a tracker reads: every other one is stepped over by its header.
+BACKEND_STOPS: Final = stop_table({READY_FOR_QUERY: STOP_WHEN_WHOLE, PARAMETER_STATUS: STOP_WHEN_WHOLE})
 
-_FRONTEND_SYNC_POINTS = frozenset(b"QSF")  # Query, Sync, FunctionCall
-_FRONTEND_EXTENDED = frozenset(b"PBEDC")  # Parse, Bind, Execute, Describe, Close
-_FRONTEND_SYNC = ord("S")
-_FRONTEND_TERMINATE = ord("X")
+_SYNC_BYTE: Final = SYNC[0]
+_TERMINATE_BYTE: Final = TERMINATE[0]
+# The client messages the frontend walk stops at: Query, Sync and FunctionCall (each owes one
+# ReadyForQuery) and Terminate. The extended-protocol messages only open a batch: the walk
+# steps over them, marking that one went by.
+_FRONTEND_STOPS: Final = stop_table(
+    {
+        **dict.fromkeys((QUERY, SYNC, FUNCTION_CALL, TERMINATE), STOP_AT_HEADER),
+        **dict.fromkeys((PARSE, BIND, EXECUTE, DESCRIBE, CLOSE), MARK),
+    }
+)
 
 
 class FrontendTracker:
     """Follows client → server messages; see the module docstring."""
 
-    __slots__ = ("_partial", "_skip", "_torn", "sync_points", "terminated", "unsynced")
+    __slots__ = ("_torn", "_walk", "sync_points", "terminated", "unsynced")
 
     def __init__(self) -> None:
         self.sync_points = 0
         self.unsynced = False
         self.terminated = False
-        self._skip = 0
-        self._partial = b""
+        self._walk = HeaderWalk(_FRONTEND_STOPS, 0, "client")
         # Set when the start of a Terminate header was already forwarded with the chunk
         # before: the server then holds a torn message and the connection cannot be reused.
         self._torn = False
 
     @property
     def at_boundary(self) -> bool:
-        return self._skip == 0 and not self._partial and not self._torn
+        return self._walk.at_boundary and not self._torn
 
-    def feed(self, data: bytes) -> int:
-        """Follow ``data``; return how many of its bytes to forward (all, unless Terminate)."""
+    def send(self, data: bytes) -> int:
+        """Client bytes on their way to the server: how many of them to forward (all, unless
+        they hold a Terminate: up to it, for the proxy keeps the server connection)."""
         if self.terminated:
             return 0
-        offset = len(self._partial)
-        if offset:
-            data = self._partial + data
-            self._partial = b""
-        pos = self._skip
-        size = len(data)
-        while pos < size:
-            if size - pos < HEADER.size:
-                self._partial = data[pos:]
-                self._skip = 0
-                return len(data) - offset
-            kind = data[pos]
-            (length,) = UINT32.unpack_from(data, pos + 1)
-            if length < 4:
-                raise ProtocolViolation(f"client message declares length {length} (< 4)")
-            if kind == _FRONTEND_TERMINATE:
-                self.terminated = True
-                self._skip = 0
-                self._torn = pos < offset
-                return max(pos - offset, 0)
-            if kind in _FRONTEND_SYNC_POINTS:
-                self.sync_points += 1
-                if kind == _FRONTEND_SYNC:
-                    self.unsynced = False
-            elif kind in _FRONTEND_EXTENDED:
+        walk = self._walk
+        walk.receive_data(data)
+        while (kind := walk.next_stop()) != END_OF_CHUNK:
+            if walk.marked:  # extended-protocol messages went by before this one
                 self.unsynced = True
-            pos += 1 + length
-        self._skip = pos - size
-        return len(data) - offset
+            if kind == _TERMINATE_BYTE:
+                self.terminated = True
+                self._torn = walk.start < walk.carried
+                return max(walk.start - walk.carried, 0)
+            self.sync_points += 1  # a Query, Sync or FunctionCall
+            if kind == _SYNC_BYTE:
+                self.unsynced = False
+        if walk.marked:
+            self.unsynced = True
+        return len(data)
 
 
 class BackendTracker:
     """Follows server → client messages; see the module docstring."""
 
-    __slots__ = ("_partial", "_skip", "parameters", "ready_count", "transaction_status")
+    __slots__ = ("_walk", "parameters", "ready_count", "transaction_status")
 
     def __init__(self, parameters: dict[str, str] | None = None) -> None:
         self.ready_count = 0
         self.transaction_status = STATUS_IDLE
         self.parameters: dict[str, str] = dict(parameters or {})
-        self._skip = 0
-        self._partial = b""
+        self._walk = HeaderWalk(BACKEND_STOPS, TRACKED_BODY_LIMIT, "server")
 
     @property
     def at_boundary(self) -> bool:
-        return self._skip == 0 and not self._partial
+        return self._walk.at_boundary
 
-    def feed(self, data: bytes) -> None:
-        if self._partial:
-            data = self._partial + data
-            self._partial = b""
-        pos = self._skip
-        size = len(data)
-        while pos < size:
-            if size - pos < HEADER.size:
-                self._partial = data[pos:]
-                self._skip = 0
-                return
-            kind = data[pos]
-            (length,) = UINT32.unpack_from(data, pos + 1)
-            if length < 4:
-                raise ProtocolViolation(f"server message declares length {length} (< 4)")
-            end = pos + 1 + length
-            if kind in (READY_FOR_QUERY_BYTE, PARAMETER_STATUS_BYTE):
-                if end > size:
-                    if length > TRACKED_BODY_LIMIT:
-                        raise ProtocolViolation(f"server message {chr(kind)!r} is too long")
-                    self._partial = data[pos:]
-                    self._skip = 0
-                    return
-                self._observe(kind, data[pos + HEADER.size : end])
-            pos = end
-        self._skip = pos - size
-
-    def _observe(self, kind: int, body: bytes) -> None:
-        status = observe_backend_state(kind, body, self.parameters)
-        if status is not None:
-            self.ready_count += 1
-            self.transaction_status = status
+    def receive_data(self, data: bytes) -> None:
+        """Server bytes on their way to the client."""
+        walk = self._walk
+        walk.receive_data(data)
+        while (kind := walk.next_stop()) != END_OF_CHUNK:
+            status = observe_backend_state(kind, walk.body(), self.parameters)
+            if status is not None:
+                self.ready_count += 1
+                self.transaction_status = status
 
 
 def observe_backend_state(kind: int, body: bytes, parameters: dict[str, str]) -> bytes | None:

@@ -30,7 +30,8 @@ from rich.text import Text
 from proxy.bench.charts import timeline_chart
 from proxy.bench.timeline import Timeline, percentile
 from proxy.local.stack import DATABASE, LocalStack, Upstream, local_stack
-from proxy.rotation import RotationSettings, Rotator, Strategy
+from proxy.rotation.settings import RotationSettings, Strategy
+from proxy.rotation.steps import Rotator
 
 MAX_SERVER_CONNECTIONS = 6
 TRANSACTIONS_PER_SESSION = 5  # clients reconnect now and then, as real ones do

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from proxy.bench.timeline import half_range
+from proxy.local.process import free_port
 from proxy.local.stack import DATABASE, USER, LocalStack
-from proxy.local.throwaway import free_port
 
 SELECT_ONE = "SELECT 1;\n"
 SESSION_MODE = "rotaproxy-session"

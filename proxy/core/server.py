@@ -9,10 +9,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Protocol
 
-from proxy.credentials import Credentials
+from proxy.credentials.base import Credentials
 
 
 class ConnectionState(enum.Enum):
+    """Where a pooled connection is; which may follow which is the pool's transition table
+    (``proxy.pool.states``), and only the pool moves a connection."""
+
     IDLE = "idle"
     BUSY = "busy"
     KEPT = "kept"  # attached to an idle transaction-mode client; the pool takes it back at need
@@ -32,7 +35,7 @@ class ServerConnection(ABC):
         self.variant: Hashable = None  # set by the pool to what the borrower asked for
         self.created_at = time.monotonic()
         self.idle_since = self.created_at
-        self.state: ConnectionState | None = None
+        self.state: ConnectionState | None = None  # None until the pool places it
         self.on_lost: Callable[[ServerConnection], None] | None = None
 
     @property

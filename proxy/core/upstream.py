@@ -14,7 +14,7 @@ from protocols.errors import ProtocolViolation
 from proxy.config import PoolConfig
 from proxy.core.endpoint import ConnectionClosed, Endpoint, Reader
 from proxy.core.errors import PoolError, UpstreamUnavailable
-from proxy.credentials import Credentials
+from proxy.credentials.base import Credentials
 
 T = TypeVar("T")
 

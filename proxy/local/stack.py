@@ -13,18 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from proxy.local.throwaway import (
-    LocalSecretsManager,
-    ProxyProcess,
-    ThrowawayError,
-    ThrowawayMariaDB,
-    ThrowawayPostgres,
-    TlsFiles,
-    create_secret,
-    find_mariadb_binaries,
-    free_port,
-    make_tls_files,
-)
+from proxy.local.mariadb import ThrowawayMariaDB, find_mariadb_binaries
+from proxy.local.postgres import ThrowawayPostgres
+from proxy.local.process import ThrowawayError, free_port
+from proxy.local.proxy_process import ProxyProcess
+from proxy.local.secrets_manager import LocalSecretsManager, create_secret
+from proxy.local.tls import TlsFiles, make_tls_files
 
 DATABASE = "orders"
 USER = "app"

@@ -31,15 +31,10 @@ from protocols.mysql import constants as c
 from protocols.mysql.messages import ErrPacket, HandshakeResponse41, HandshakeV10, OkPacket, is_ssl_request
 from protocols.mysql.packets import Packet, PacketReader, frame
 from protocols.mysql.tracker import ResponseTracker
-from proxy.core.counters import (
-    REJECTED_BORROW_TIMEOUT,
-    REJECTED_UNKNOWN_DATABASE,
-    REJECTED_UPSTREAM,
-    ClientMeter,
-)
+from proxy.core.counters import REJECTED_UNKNOWN_DATABASE, ClientMeter
 from proxy.core.endpoint import ConnectionClosed, Endpoint
 from proxy.core.errors import BorrowTimeout, PoolError
-from proxy.core.relay import CLIENT_CLOSED, GOODBYE, SERVER_CLOSED, await_next_request, relay
+from proxy.core.relay import EndReason, await_next_request
 from proxy.engine import SessionHost
 from proxy.mysql.server import (
     MAX_PACKET_SIZE,
@@ -50,6 +45,7 @@ from proxy.mysql.server import (
     MySqlServerConnection,
 )
 from proxy.pool.pool import Pool
+from proxy.session_mode import SessionRelay, borrow_for_client, give_back
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +60,6 @@ KILL_STATEMENT = re.compile(rb"^\s*KILL\s+(?:(QUERY)\s+|CONNECTION\s+)?(\d+)\s*;
 SQLSTATE_GENERAL = "HY000"
 KILL_TIMEOUT = 5.0
 HANDSHAKE_LIMIT = 64 * 1024
-CLIENT_QUIT = "client quit"
 ER_SERVER_SHUTDOWN = 1053  # what a MySQL server tells its clients when it shuts down
 SQLSTATE_SHUTDOWN = "08S01"
 
@@ -105,8 +100,7 @@ class MySqlClientSession:
         self.closing: str | None = None  # why, once asked to end at the next idle point
         self._phase = PHASE_GREETING
         self._task: asyncio.Task[None] | None = None
-        self._tracker: ResponseTracker | None = None
-        self._relay_done: asyncio.Future[str] | None = None
+        self._relay: MySqlSessionRelay | None = None  # once logged in
 
     def __repr__(self) -> str:
         return f"MySqlClientSession(id={self.connection_id}, peer={self.peer})"
@@ -120,21 +114,9 @@ class MySqlClientSession:
             self._say_goodbye()
             if self._task is not None:
                 self._task.cancel()
-        elif self._phase == PHASE_RELAY and self._idle():
-            assert self._relay_done is not None
-            if not self._relay_done.done():
-                self._relay_done.set_result(GOODBYE)
+        elif self._phase == PHASE_RELAY and self._relay is not None:
+            self._relay.close_gracefully()
         # PHASE_LOGIN: looked at once the character set is applied.
-
-    def _idle(self) -> bool:
-        """No response outstanding, no half-received command, no transaction open."""
-        tracker = self._tracker
-        return (
-            tracker is not None
-            and tracker.at_safe_point
-            and not tracker.in_transaction
-            and len(self.reader) == 0
-        )
 
     def _say_goodbye(self) -> None:
         assert self.closing is not None
@@ -181,7 +163,7 @@ class MySqlClientSession:
         self._phase = PHASE_HANDSHAKE
         # A handshake response is a few hundred bytes; do not buffer more for a stranger.
         self.reader.max_payload_size = HANDSHAKE_LIMIT
-        packet = await self.endpoint.receive(self.reader.next_packet)
+        packet = await self.endpoint.receive(self.reader.next_event)
         self.reader.max_payload_size = MAX_PACKET_SIZE
         self._sequence = (packet.last_sequence_id + 1) % 256
         if packet.sequence_id != 1:
@@ -202,47 +184,51 @@ class MySqlClientSession:
     async def _serve_on(self, pool: Pool, response: HandshakeResponse41) -> None:
         variant = response.capabilities & VARIANT_CAPABILITIES
         self._phase = PHASE_BORROWING
-        try:
-            server = await pool.borrow(variant)
-        except BorrowTimeout as exc:
-            pool.metrics.reject(REJECTED_BORROW_TIMEOUT)
-            raise ClientError(c.ER_CON_COUNT_ERROR, str(exc), "08004") from None
-        except PoolError as exc:
-            pool.metrics.reject(REJECTED_UPSTREAM)
-            log.warning("client %s refused: %s", self.peer, exc)
-            raise ClientError(c.ER_UNKNOWN_ERROR, str(exc)) from None
+        server = await borrow_for_client(pool, self._refused, variant)
         assert isinstance(server, MySqlServerConnection)
         self.server = server
         self._phase = PHASE_LOGIN
-        reusable = False
         try:
             await self._apply_character_set(server, response.character_set)
-            if self.closing is not None:
-                self._say_goodbye()  # the answer to the login, as a server shutting down gives
-                reusable = True
-                return
-            self._phase = PHASE_RELAY
-            self._send(OkPacket(0, 0, server.status_flags, 0).encode())
-            pool.metrics.clients_accepted += 1
-            log.debug(
-                'pool "%s": client %s (id %d) attached to %r',
-                pool.name,
-                self.peer,
-                self.connection_id,
-                server,
-            )
-            reason, reusable = await self._relay(server)
+        except BaseException:
+            self.server = None
+            give_back(pool, server, reusable=False)
+            raise
+        if self.closing is not None:
+            self._say_goodbye()  # the answer to the login, as a server shutting down gives
+            self.server = None
+            give_back(pool, server, reusable=True)
+            return
+        self._phase = PHASE_RELAY
+        self._send(OkPacket(0, 0, server.status_flags, 0).encode())
+        pool.metrics.clients_accepted += 1
+        log.debug(
+            'pool "%s": client %s (id %d) attached to %r',
+            pool.name,
+            self.peer,
+            self.connection_id,
+            server,
+        )
+        assert self.meter is not None
+        self._relay = MySqlSessionRelay(self, pool, server, self.meter)
+        try:
+            reason = await self._relay.run()
         finally:
             self.server = None
-            server.endpoint.stop_relay()
-            pool.release(server, reusable=reusable and not server.is_closed)
-        if reason == GOODBYE:
+        if reason is EndReason.GOODBYE:
             await await_next_request(self.endpoint)
             # The answer to the client's next command (sequence 1), sent or not yet. MariaDB
             # sends it unasked with sequence 0, which drivers such as PyMySQL then report as a
             # lost connection instead of the error.
             self._sequence = 1
             self._say_goodbye()
+
+    def _refused(self, exc: PoolError) -> ClientError:
+        """What a client is told when no server connection can be had for its login."""
+        if isinstance(exc, BorrowTimeout):
+            return ClientError(c.ER_CON_COUNT_ERROR, str(exc), "08004")
+        log.warning("client %s refused: %s", self.peer, exc)
+        return ClientError(c.ER_UNKNOWN_ERROR, str(exc))
 
     async def _upstream_greeting(self, pool: Pool) -> Greeting:
         connector = pool.connector
@@ -285,107 +271,32 @@ class MySqlClientSession:
             await server.query("SET NAMES utf8mb4")
             server.collation_id = None
 
-    async def _relay(self, server: MySqlServerConnection) -> tuple[str, bool]:
-        """Relay until either side leaves; why, and whether the server connection may be reused."""
-        client, upstream = self.endpoint, server.endpoint
-        tracker = self._tracker = ResponseTracker(server.capabilities, status_flags=server.status_flags)
-        done = self._relay_done = asyncio.get_running_loop().create_future()
-        reusable_variant = True
-        assert self.pool is not None and self.meter is not None
-        metrics, meter = self.pool.metrics, self.meter
-        commands_pending = False  # a command was sent whose response has not fully arrived
-
-        def handle(packet: Packet) -> str | None:
-            nonlocal reusable_variant, commands_pending
-            payload = packet.payload
-            if packet.sequence_id == 0 and payload:
-                command = payload[0]
-                if command == c.COM_QUIT:
-                    return CLIENT_QUIT
-                if command == c.COM_CHANGE_USER:
-                    self._sequence = 1
-                    self._send(
-                        ErrPacket(
-                            c.ER_NOT_SUPPORTED_YET,
-                            "COM_CHANGE_USER is not supported by rotaproxy: connect again instead",
-                        ).encode()
-                    )
-                    return None
-                target = self._kill_target(payload)
-                if target is not None:
-                    self._spawn(self._kill(*target))
-                    return None
-                if command == c.COM_SET_OPTION:
-                    reusable_variant = False  # the connection no longer matches its variant
-                tracker.client_command(payload)
-                commands_pending = True
-                metrics.queries += 1
-            else:
-                tracker.client_data(payload)
-            data, _ = frame(payload, packet.sequence_id)
-            upstream.write(data)
-            return None
-
-        def from_client(data: bytes) -> str | None:
-            metrics.bytes_in += len(data)
-            self.reader.receive_data(data)
-            while isinstance(packet := self.reader.next_packet(), Packet):
-                if (reason := handle(packet)) is not None:
-                    return reason
-            return None
-
-        def from_server(data: bytes) -> None:
-            nonlocal commands_pending
-            metrics.bytes_out += len(data)
-            tracker.feed_server(data)
-            if commands_pending and not tracker.awaiting_response:
-                commands_pending = False
-                # Pipelined commands answered in one chunk count as one transaction here.
-                idle = not tracker.in_transaction
-                if idle:
-                    metrics.transactions += 1
-                    if self.closing is not None and self._idle() and not done.done():
-                        done.set_result(GOODBYE)  # the client's transaction is over: now
-                meter.in_transaction = not idle
-
-        reason = await relay(
-            client,
-            upstream,
-            from_client,
-            from_server,
-            client_name=self.peer,
-            server_name=repr(server),
-            done=done,
-        )
-        server.status_flags = tracker.status_flags
-        if reason == GOODBYE:
-            return reason, tracker.at_safe_point and reusable_variant
-        if reason == SERVER_CLOSED:
-            return reason, False
-        safe = tracker.at_safe_point and len(self.reader) == 0
-        client_left = reason in (CLIENT_CLOSED, CLIENT_QUIT)
-        if not safe and client_left and tracker.awaiting_response:
-            log.info('pool "%s": client %s left mid-query; killing it on %r', server.pool, self.peer, server)
-            try:
-                async with asyncio.timeout(KILL_TIMEOUT):
-                    await server.kill_query()
-            except Exception as exc:
-                log.warning("could not kill the abandoned query on %r: %s", server, exc)
-            return reason, False
-        return reason, safe and reusable_variant and client_left
-
-    # --- KILL of a proxy connection id -------------------------------------------------------
-    def _kill_target(self, payload: bytes) -> tuple[int, bool] | None:
-        """(proxy connection id, query only) if this command kills one of our connections."""
-        if payload[0] == c.COM_PROCESS_KILL and len(payload) == 5:
+    # --- what the proxy answers itself -------------------------------------------------------
+    def answers(self, payload: bytes) -> bool:
+        """Answer a command the server must not get; True if it was one: COM_CHANGE_USER
+        (refused) or a KILL of one of the proxy's connection ids (translated)."""
+        command = payload[0]
+        if command == c.COM_CHANGE_USER:
+            self._sequence = 1
+            self._send(
+                ErrPacket(
+                    c.ER_NOT_SUPPORTED_YET,
+                    "COM_CHANGE_USER is not supported by rotaproxy: connect again instead",
+                ).encode()
+            )
+            return True
+        if command == c.COM_PROCESS_KILL and len(payload) == 5:
             connection_id = int.from_bytes(payload[1:5], "little")
             query_only = False
-        elif payload[0] == c.COM_QUERY and (match := KILL_STATEMENT.match(payload[1:])):
+        elif command == c.COM_QUERY and (match := KILL_STATEMENT.match(payload[1:])):
             connection_id = int(match.group(2))
             query_only = match.group(1) is not None
         else:
-            return None
-        return (connection_id, query_only) if connection_id >= FIRST_CONNECTION_ID else None
+            return False
+        if connection_id < FIRST_CONNECTION_ID:
+            return False  # an upstream thread id: the server kills it
+        self._spawn(self._kill(connection_id, query_only))
+        return True
 
     async def _kill(self, connection_id: int, query_only: bool) -> None:
         self._sequence = 1
@@ -414,3 +325,80 @@ class MySqlClientSession:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class MySqlSessionRelay(SessionRelay[MySqlServerConnection]):
+    """Session mode for MySQL: client commands read whole (COM_QUIT, COM_CHANGE_USER and KILL
+    are handled here), server bytes forwarded as they come while a tracker follows where
+    each response ends."""
+
+    def __init__(
+        self, session: MySqlClientSession, pool: Pool, server: MySqlServerConnection, meter: ClientMeter
+    ) -> None:
+        super().__init__(session.endpoint, pool, server, meter, session.peer)
+        self.session = session
+        self.reader = session.reader
+        self.upstream = server.endpoint
+        self.tracker = ResponseTracker(server.capabilities, status_flags=server.status_flags)
+        self.reusable_variant = True  # False once COM_SET_OPTION changed what the variant promises
+        self.commands_pending = False  # a command was sent whose response has not fully arrived
+
+    def from_client(self, data: bytes) -> EndReason | None:
+        reader = self.reader
+        reader.receive_data(data)
+        while isinstance(packet := reader.next_event(), Packet):
+            if (reason := self._command(packet)) is not None:
+                return reason
+        return None
+
+    def _command(self, packet: Packet) -> EndReason | None:
+        payload = packet.payload
+        if packet.sequence_id == 0 and payload:
+            command = payload[0]
+            if command == c.COM_QUIT:
+                return EndReason.CLIENT_QUIT
+            if self.session.answers(payload):
+                return None
+            if command == c.COM_SET_OPTION:
+                self.reusable_variant = False  # the connection no longer matches its variant
+            self.tracker.send(packet)
+            self.commands_pending = True
+            self.metrics.queries += 1
+        else:
+            self.tracker.send(packet)
+        data, _ = frame(payload, packet.sequence_id)
+        self.upstream.write(data)
+        return None
+
+    def from_server(self, data: bytes) -> int:
+        tracker = self.tracker
+        tracker.receive_data(data)
+        if self.commands_pending and not tracker.awaiting_response:
+            self.commands_pending = False
+            self.idle = not tracker.in_transaction
+            return 1  # pipelined commands answered in one chunk count as one transaction here
+        return 0
+
+    def at_idle_point(self) -> bool:
+        """No response outstanding, no half-received command, no transaction open."""
+        tracker = self.tracker
+        return tracker.at_safe_point and not tracker.in_transaction and len(self.reader) == 0
+
+    async def reusable_after(self, reason: EndReason) -> bool:
+        server, tracker = self.server, self.tracker
+        server.status_flags = tracker.status_flags
+        if reason is EndReason.GOODBYE:
+            return tracker.at_safe_point and self.reusable_variant
+        if reason is EndReason.SERVER_CLOSED:
+            return False
+        safe = tracker.at_safe_point and len(self.reader) == 0
+        client_left = reason is EndReason.CLIENT_CLOSED or reason is EndReason.CLIENT_QUIT
+        if not safe and client_left and tracker.awaiting_response:
+            log.info('pool "%s": client %s left mid-query; killing it on %r', server.pool, self.peer, server)
+            try:
+                async with asyncio.timeout(KILL_TIMEOUT):
+                    await server.kill_query()
+            except Exception as exc:
+                log.warning("could not kill the abandoned query on %r: %s", server, exc)
+            return False
+        return safe and self.reusable_variant and client_left

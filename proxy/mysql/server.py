@@ -35,9 +35,9 @@ from protocols.mysql.packets import (
 from proxy.config import PoolConfig
 from proxy.core.endpoint import Endpoint
 from proxy.core.errors import PoolError, UpstreamLoginError
-from proxy.core.server import ServerConnection
 from proxy.core.upstream import Target, dial, start_tls, upstream_ssl_context
-from proxy.credentials import Credentials
+from proxy.core.upstream_connection import UpstreamConnection
+from proxy.credentials.base import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ OFFERED_CAPABILITIES = BASE_CAPABILITIES | VARIANT_CAPABILITIES
 DEFAULT_VARIANT = c.CLIENT_MULTI_RESULTS | c.CLIENT_PS_MULTI_RESULTS
 MAX_PACKET_SIZE = 1 << 30
 CONNECT_ATTRIBUTES = {"_client_name": "rotaproxy", "program_name": "rotaproxy"}
+QUIT_PACKET = frame(bytes([c.COM_QUIT]), 0)[0]  # what a connection says before it closes
 
 
 def collation_query(collation_id: int) -> str:
@@ -103,7 +104,9 @@ class Greeting:
     capabilities: int
 
 
-class MySqlServerConnection(ServerConnection):
+class MySqlServerConnection(UpstreamConnection[PacketReader]):
+    farewell = QUIT_PACKET
+
     def __init__(
         self,
         endpoint: Endpoint,
@@ -116,11 +119,7 @@ class MySqlServerConnection(ServerConnection):
         connector: MySqlConnector,
         credentials: Credentials,
     ) -> None:
-        super().__init__(generation)
-        self.endpoint = endpoint
-        self.reader = reader
-        self.target = target
-        self.pool = pool
+        super().__init__(endpoint, reader, target, pool, generation)
         self.capabilities = capabilities
         self.thread_id = greeting.connection_id
         self.status_flags = greeting.status_flags
@@ -129,14 +128,9 @@ class MySqlServerConnection(ServerConnection):
         self.collation_id: int | None = self.login_collation_id
         self._connector = connector
         self._credentials = credentials
-        endpoint.on_lost(lambda _: self.connection_lost())
 
     def __repr__(self) -> str:
         return f"MySqlServerConnection({self.target}, thread={self.thread_id}, gen={self.generation})"
-
-    @property
-    def is_closed(self) -> bool:
-        return self.endpoint.closed
 
     @property
     def in_transaction(self) -> bool:
@@ -147,7 +141,7 @@ class MySqlServerConnection(ServerConnection):
         self.endpoint.write(b"".join(frame(payload, 0)[0] for payload in payloads))
         errors = []
         for _ in payloads:
-            packet = await self.endpoint.receive(self.reader.next_packet)
+            packet = await self.endpoint.receive(self.reader.next_event)
             answer = packet.payload
             if answer[:1] == bytes([c.OK]):
                 self.status_flags = OkPacket.decode(answer, self.capabilities).status_flags
@@ -195,7 +189,7 @@ class MySqlServerConnection(ServerConnection):
         self.endpoint.write(frame(bytes([c.COM_QUERY]) + sql.encode(), 0)[0])
         rows: list[tuple[str | None, ...]] = []
         while True:
-            payload = (await self.endpoint.receive(self.reader.next_packet)).payload
+            payload = (await self.endpoint.receive(self.reader.next_event)).payload
             if payload[:1] == bytes([c.ERR]):
                 error = ErrPacket.decode(payload)
                 raise PoolError(f"{error.message} ({error.code})")
@@ -206,11 +200,11 @@ class MySqlServerConnection(ServerConnection):
                 if columns is None:  # 0xFB: the server asks for a LOCAL INFILE upload
                     raise ProtocolViolation("fetch_rows got a LOCAL INFILE request")
                 for _ in range(columns):  # column definitions: not needed for text values
-                    await self.endpoint.receive(self.reader.next_packet)
-                if not is_eof_packet((await self.endpoint.receive(self.reader.next_packet)).payload):
+                    await self.endpoint.receive(self.reader.next_event)
+                if not is_eof_packet((await self.endpoint.receive(self.reader.next_event)).payload):
                     raise ProtocolViolation("expected EOF after the column definitions")
                 while True:
-                    payload = (await self.endpoint.receive(self.reader.next_packet)).payload
+                    payload = (await self.endpoint.receive(self.reader.next_event)).payload
                     if payload[:1] == bytes([c.ERR]):
                         error = ErrPacket.decode(payload)
                         raise PoolError(f"{error.message} ({error.code})")
@@ -220,12 +214,6 @@ class MySqlServerConnection(ServerConnection):
                     rows.append(_decode_text_row(payload, columns))
             if not self.status_flags & c.SERVER_MORE_RESULTS_EXISTS:
                 return rows
-
-    def close(self) -> None:
-        if not self.endpoint.closed:
-            data, _ = frame(bytes([c.COM_QUIT]), 0)
-            self.endpoint.write(data)
-            self.endpoint.close()
 
     async def kill_query(self) -> None:
         """Stop what this connection's thread runs, from a side connection (as the mysql CLI)."""
@@ -276,7 +264,7 @@ class MySqlConnector:
         generation: int,
         variant: Hashable,
     ) -> MySqlServerConnection:
-        first = await endpoint.receive(reader.next_packet)
+        first = await endpoint.receive(reader.next_event)
         if first.payload[:1] == bytes([c.ERR]):
             raise UpstreamAuthError(ErrPacket.decode(first.payload))
         greeting = HandshakeV10.decode(first.payload)
@@ -318,7 +306,7 @@ class MySqlConnector:
         data, sequence = frame(response.encode(), sequence)
         endpoint.write(data)
         while not authenticator.done:
-            packet = await endpoint.receive(reader.next_packet)
+            packet = await endpoint.receive(reader.next_event)
             answer = authenticator.respond(packet.payload)
             if answer is not None:
                 data, _ = frame(answer, packet.last_sequence_id + 1)

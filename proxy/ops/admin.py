@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.config import Address
-from proxy.credentials import CredentialsError
+from proxy.credentials.base import CredentialsError
 from proxy.ops.view import ProxyView
 from proxy.pool.pool import Pool
 

@@ -46,28 +46,16 @@ from protocols.postgres.messages import (
     StartupMessage,
 )
 from protocols.postgres.tracker import BackendTracker, FrontendTracker, at_safe_point
-from proxy.core.counters import (
-    REJECTED_BORROW_TIMEOUT,
-    REJECTED_CLIENT,
-    REJECTED_UNKNOWN_DATABASE,
-    REJECTED_UPSTREAM,
-    ClientMeter,
-)
+from proxy.core.counters import REJECTED_CLIENT, REJECTED_UNKNOWN_DATABASE, ClientMeter
 from proxy.core.endpoint import ConnectionClosed, Endpoint
 from proxy.core.errors import BorrowTimeout, PoolError
-from proxy.core.relay import (
-    CLIENT_CLOSED,
-    CLIENT_TERMINATED,
-    GOODBYE,
-    SERVER_CLOSED,
-    await_next_request,
-    relay,
-)
+from proxy.core.relay import EndReason, await_next_request
 from proxy.engine import SessionHost
 from proxy.pool.pool import Pool
 from proxy.postgres.server import PgServerConnection
 from proxy.postgres.settings import ClientError, session_settings, set_config_query
 from proxy.postgres.transaction import TransactionRelay
+from proxy.session_mode import SessionRelay, borrow_for_client
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +82,9 @@ class PgClientSession:
         self.closing: str | None = None  # why, once asked to end at the next idle point
         self._phase = PHASE_STARTUP
         self._task: asyncio.Task[None] | None = None
+        # Once logged in, one of the two serves the client.
         self._transaction_relay: TransactionRelay | None = None
-        # Session mode: the relay's trackers and the future that ends it from outside.
-        self._frontend: FrontendTracker | None = None
-        self._backend: BackendTracker | None = None
-        self._relay_done: asyncio.Future[str] | None = None
+        self._session_relay: PgSessionRelay | None = None
 
     def __repr__(self) -> str:
         return f"PgClientSession(peer={self.peer}, pool={self.pool.name if self.pool else None})"
@@ -128,19 +114,16 @@ class PgClientSession:
         elif self._phase == PHASE_RELAY:
             if self._transaction_relay is not None:
                 self._transaction_relay.close_gracefully()
-            elif self._session_idle() and self._relay_done is not None and not self._relay_done.done():
-                self._relay_done.set_result(GOODBYE)
+            elif self._session_relay is not None:
+                self._session_relay.close_gracefully()
         # PHASE_LOGIN: looked at once the client's settings are on the connection.
 
-    def _session_idle(self) -> bool:
-        """Session mode: the server owes the client nothing and no transaction is open."""
-        frontend, backend = self._frontend, self._backend
-        return (
-            frontend is not None
-            and backend is not None
-            and backend.transaction_status == STATUS_IDLE
-            and at_safe_point(frontend, backend)
-        )
+    def moved_to(self, pool: Pool) -> None:
+        """Transaction mode: a reload replaced the client's pool and the client moved on to
+        ``pool``; the goodbye it was due is off."""
+        self.pool = pool
+        self.closing = None
+        self.listener.session_changed()
 
     async def run(self) -> None:
         self._task = asyncio.current_task()
@@ -208,15 +191,7 @@ class PgClientSession:
     async def _serve_on(self, pool: Pool, parameters: dict[str, str], user: str) -> None:
         settings = session_settings(parameters)
         self._phase = PHASE_BORROWING
-        try:
-            server = await pool.borrow()
-        except BorrowTimeout as exc:
-            pool.metrics.reject(REJECTED_BORROW_TIMEOUT)
-            raise ClientError(SQLSTATE_TOO_MANY_CONNECTIONS, str(exc)) from None
-        except PoolError as exc:
-            pool.metrics.reject(REJECTED_UPSTREAM)
-            log.warning("client %s refused: %s", self.peer, exc)
-            raise ClientError(SQLSTATE_CANNOT_CONNECT, str(exc)) from None
+        server = await borrow_for_client(pool, self._refused)
         assert isinstance(server, PgServerConnection)
         self._phase = PHASE_LOGIN
         server.dirty = True  # the client's settings and whatever it does stay on it: reset later
@@ -238,28 +213,34 @@ class PgClientSession:
             return
         self._phase = PHASE_RELAY
         pool.metrics.clients_accepted += 1
+        assert self.meter is not None
         try:
             if transaction_mode:
                 # The client's settings travel with the client from here on.
                 self._greet(server, process_id=secrets.randbits(31))
                 pool.release(server, reusable=True)
-                self._transaction_relay = TransactionRelay(self, pool, parameters)
-                await self._transaction_relay.run()
+                self._transaction_relay = TransactionRelay(self, self.endpoint, pool, self.meter, parameters)
+                await self._transaction_relay.run(closing=self.closing is not None)
                 return
             self.server = server
             self._greet(server)
             log.debug('pool "%s": client %s (user %r) attached to %r', pool.name, self.peer, user, server)
-            reusable = False
+            self._session_relay = PgSessionRelay(self.endpoint, pool, server, self.meter, self.peer)
             try:
-                reason, reusable = await self._relay(server)
+                reason = await self._session_relay.run()
             finally:
                 self.server = None
-                server.endpoint.stop_relay()
-                pool.release(server, reusable=reusable and not server.is_closed)
-            if reason == GOODBYE:
+            if reason is EndReason.GOODBYE:
                 await self.say_goodbye_at_idle()
         finally:
             self.listener.forget_key(self.cancel_key)
+
+    def _refused(self, exc: PoolError) -> ClientError:
+        """What a client is told when no server connection can be had for its login."""
+        if isinstance(exc, BorrowTimeout):
+            return ClientError(SQLSTATE_TOO_MANY_CONNECTIONS, str(exc))
+        log.warning("client %s refused: %s", self.peer, exc)
+        return ClientError(SQLSTATE_CANNOT_CONNECT, str(exc))
 
     async def _apply_settings(self, server: PgServerConnection, settings: dict[str, str]) -> dict[str, str]:
         """The client's startup settings, normalised by the server; its ParameterStatus after."""
@@ -282,64 +263,6 @@ class PgClientSession:
         greeting.append(ReadyForQuery(server.transaction_status).encode())
         self.endpoint.write(b"".join(greeting))
 
-    async def _relay(self, server: PgServerConnection) -> tuple[str, bool]:
-        """Relay until either side leaves; why, and whether the server connection may be reused."""
-        client, upstream = self.endpoint, server.endpoint
-        frontend = self._frontend = FrontendTracker()
-        backend = self._backend = BackendTracker(server.parameters)
-        done = self._relay_done = asyncio.get_running_loop().create_future()
-        assert self.pool is not None and self.meter is not None
-        metrics, meter = self.pool.metrics, self.meter
-
-        def from_client(data: bytes) -> str | None:
-            metrics.bytes_in += len(data)
-            count = frontend.feed(data)
-            upstream.write(data if count == len(data) else data[:count])
-            return CLIENT_TERMINATED if frontend.terminated else None
-
-        def from_server(data: bytes) -> None:
-            metrics.bytes_out += len(data)
-            answered = backend.ready_count
-            backend.feed(data)
-            answered = backend.ready_count - answered
-            if answered:  # at most once per chunk: a few int operations per query
-                metrics.queries += answered
-                idle = backend.transaction_status == STATUS_IDLE
-                if idle:
-                    # Several answers in one chunk are autocommit statements, unless the
-                    # chunk closes a transaction (the tracker keeps only the last status).
-                    metrics.transactions += 1 if meter.in_transaction else answered
-                    if self.closing is not None and at_safe_point(frontend, backend) and not done.done():
-                        done.set_result(GOODBYE)  # the client's transaction is over: now
-                meter.in_transaction = not idle
-
-        reason = await relay(
-            client,
-            upstream,
-            from_client,
-            from_server,
-            client_name=self.peer,
-            server_name=repr(server),
-            done=done,
-        )
-        server.transaction_status = backend.transaction_status
-        server.parameters = backend.parameters
-        safe = at_safe_point(frontend, backend)
-        if reason == GOODBYE:
-            return reason, safe
-        if reason == SERVER_CLOSED:
-            if backend.at_boundary and not client.closed:
-                self._fatal(
-                    SQLSTATE_CONNECTION_FAILURE,
-                    f'pool "{server.pool}": the server connection was lost',
-                )
-            return reason, False
-        client_left = reason in (CLIENT_CLOSED, CLIENT_TERMINATED)
-        if not safe and client_left:
-            await server.cancel_abandoned(self.peer)
-            return reason, False
-        return reason, safe and client_left
-
     def _claim_cancel_key(self, process_id: int) -> tuple[int, int]:
         """The key the client will cancel with: the server's real PID and a secret of ours."""
         while True:
@@ -358,6 +281,57 @@ class PgClientSession:
             log.warning("cancel for client %s failed: %s", session.peer, exc)
 
     async def cancel_current_query(self) -> None:
-        server = self.server
+        relay = self._transaction_relay
+        server = relay.cancel_target if relay is not None else self.server
         if server is not None:
             await server.cancel_query()
+
+
+class PgSessionRelay(SessionRelay[PgServerConnection]):
+    """Session mode for PostgreSQL: trackers follow the message headers both ways."""
+
+    def __init__(
+        self, client: Endpoint, pool: Pool, server: PgServerConnection, meter: ClientMeter, peer: str
+    ) -> None:
+        super().__init__(client, pool, server, meter, peer)
+        self.upstream = server.endpoint
+        self.frontend = FrontendTracker()
+        self.backend = BackendTracker(server.parameters)
+
+    def from_client(self, data: bytes) -> EndReason | None:
+        frontend = self.frontend
+        count = frontend.send(data)
+        self.upstream.write(data if count == len(data) else data[:count])
+        return EndReason.CLIENT_TERMINATED if frontend.terminated else None
+
+    def from_server(self, data: bytes) -> int:
+        backend = self.backend
+        answered = backend.ready_count
+        backend.receive_data(data)
+        answered = backend.ready_count - answered
+        if answered:  # a ReadyForQuery per answer
+            self.metrics.queries += answered
+            self.idle = backend.transaction_status == STATUS_IDLE
+        return answered
+
+    def at_idle_point(self) -> bool:
+        backend = self.backend
+        return backend.transaction_status == STATUS_IDLE and at_safe_point(self.frontend, backend)
+
+    async def reusable_after(self, reason: EndReason) -> bool:
+        server, frontend, backend = self.server, self.frontend, self.backend
+        server.transaction_status = backend.transaction_status
+        server.parameters = backend.parameters
+        safe = at_safe_point(frontend, backend)
+        if reason is EndReason.GOODBYE:
+            return safe
+        if reason is EndReason.SERVER_CLOSED:
+            if backend.at_boundary and not self.client.closed:
+                message = f'pool "{server.pool}": the server connection was lost'
+                self.client.write(ErrorResponse.build("FATAL", SQLSTATE_CONNECTION_FAILURE, message).encode())
+            return False
+        client_left = reason is EndReason.CLIENT_CLOSED or reason is EndReason.CLIENT_TERMINATED
+        if not safe and client_left:
+            await server.cancel_abandoned(self.peer)
+            return False
+        return safe and client_left

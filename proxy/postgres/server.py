@@ -39,9 +39,9 @@ from protocols.postgres.messages import (
 from proxy.config import PoolConfig
 from proxy.core.endpoint import ConnectionClosed, Endpoint
 from proxy.core.errors import PoolError, UpstreamLoginError
-from proxy.core.server import ServerConnection
 from proxy.core.upstream import Target, dial, start_tls, upstream_ssl_context
-from proxy.credentials import Credentials
+from proxy.core.upstream_connection import UpstreamConnection
+from proxy.credentials.base import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,9 @@ async def _negotiate_tls(endpoint: Endpoint, reader: MessageReader, target: Targ
     await start_tls(endpoint, target)
 
 
-class PgServerConnection(ServerConnection):
+class PgServerConnection(UpstreamConnection[MessageReader]):
+    farewell = TERMINATE_MESSAGE
+
     def __init__(
         self,
         endpoint: Endpoint,
@@ -89,11 +91,7 @@ class PgServerConnection(ServerConnection):
         generation: int,
         username: str,
     ) -> None:
-        super().__init__(generation)
-        self.endpoint = endpoint
-        self.reader = reader
-        self.target = target
-        self.pool = pool
+        super().__init__(endpoint, reader, target, pool, generation)
         self.username = username
         self.parameters: dict[str, str] = {}
         self.backend_key: BackendKeyData | None = None
@@ -102,7 +100,6 @@ class PgServerConnection(ServerConnection):
         self.dirty = False
         # Transaction mode: server-side prepared statements on this connection, LRU order.
         self.prepared: OrderedDict[str, None] = OrderedDict()
-        endpoint.on_lost(lambda _: self.connection_lost())
 
     def __repr__(self) -> str:
         pid = self.backend_key.process_id if self.backend_key else None
@@ -112,12 +109,8 @@ class PgServerConnection(ServerConnection):
     def backend_pid(self) -> int:
         return self.backend_key.process_id if self.backend_key else 0
 
-    @property
-    def is_closed(self) -> bool:
-        return self.endpoint.closed
-
     async def read_message(self) -> BackendMessage:
-        raw = await self.endpoint.receive(self.reader.next_message)
+        raw = await self.endpoint.receive(self.reader.next_event)
         return decode_backend(raw)
 
     async def run_queries(self, *queries: str) -> list[ErrorResponse]:
@@ -181,11 +174,6 @@ class PgServerConnection(ServerConnection):
         if error is not None:
             raise PoolError(f"{error.message} ({error.code})")
         return rows
-
-    def close(self) -> None:
-        if not self.endpoint.closed:
-            self.endpoint.write(TERMINATE_MESSAGE)
-            self.endpoint.close()
 
     async def cancel_abandoned(self, client: str) -> None:
         """A client left with a query running: stop it (best effort, bounded) before the

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from protocols.postgres import sql
 from protocols.postgres.messages import SQLSTATE_FEATURE_NOT_SUPPORTED, SQLSTATE_PROTOCOL_VIOLATION
 
 # Startup parameters that are not session settings.
@@ -19,11 +20,6 @@ class ClientError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def quote_literal(text: str) -> str:
-    """An escape-string literal, safe whatever standard_conforming_strings says."""
-    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def parse_options(options: str) -> dict[str, str]:
@@ -74,7 +70,7 @@ def session_settings(parameters: Mapping[str, str]) -> dict[str, str]:
 
 def set_config_query(settings: Mapping[str, str]) -> str:
     calls = ", ".join(
-        f"pg_catalog.set_config({quote_literal(name)}, {quote_literal(value)}, false)"
+        f"pg_catalog.set_config({sql.literal(name)}, {sql.literal(value)}, false)"
         for name, value in settings.items()
     )
     return f"SELECT {calls}"

@@ -16,7 +16,10 @@ import psycopg
 import pytest
 
 from proxy.cli import status_table
-from proxy.local.throwaway import ProxyProcess, ThrowawayPostgres, free_port, put_secret_json
+from proxy.local.postgres import ThrowawayPostgres
+from proxy.local.process import free_port
+from proxy.local.proxy_process import ProxyProcess
+from proxy.local.secrets_manager import put_secret_json
 from tests.conftest import (
     ProxyLauncher,
     Secrets,

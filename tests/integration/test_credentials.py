@@ -17,19 +17,18 @@ from urllib.parse import unquote
 import botocore.auth
 import pytest
 
-from proxy import credentials as credentials_module
 from proxy.config import AwsConfig, CredentialsConfig
-from proxy.credentials import (
-    Credentials,
-    CredentialsError,
-    RdsIamSource,
+from proxy.credentials import rds_iam
+from proxy.credentials.base import ERROR_RETRY_INTERVAL, Credentials, CredentialsError
+from proxy.credentials.rds_iam import RdsIamSource
+from proxy.credentials.secrets_manager import (
     SecretsManagerClients,
     SecretsManagerSource,
-    StaticCredentialSource,
     credentials_from_secret_string,
-    make_source,
 )
-from proxy.local.throwaway import LocalSecretsManager, create_secret, put_secret_json
+from proxy.credentials.sources import make_source
+from proxy.credentials.static import StaticCredentialSource
+from proxy.local.secrets_manager import LocalSecretsManager, create_secret, put_secret_json
 from proxy.redaction import MASK, RedactingFilter, redact, register_secret
 from tests.conftest import Secrets, new_secret
 
@@ -312,7 +311,7 @@ async def test_a_missing_secret_fails_then_is_rate_limited_then_retried(
     assert second.value is first.value
     assert (source.fetches, source.errors) == (0, 1)
 
-    await asyncio.sleep(credentials_module.ERROR_RETRY_INTERVAL + 0.05)
+    await asyncio.sleep(ERROR_RETRY_INTERVAL + 0.05)
 
     credentials = await source.current()
     assert credentials.password == password
@@ -489,7 +488,7 @@ async def test_replaced_rds_iam_tokens_are_unmasked_once_expired_but_never_one_i
 ) -> None:
     signing_times = iter(datetime(2030, 1, 1, 12, minute) for minute in (0, 1, 1))
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda remove_tzinfo=True: next(signing_times))
-    monkeypatch.setattr(credentials_module, "TOKEN_LIFETIME", 0.0)  # each token expires at once
+    monkeypatch.setattr(rds_iam, "TOKEN_LIFETIME", 0.0)  # each token expires at once
     iam_source.token_reuse = 0.0  # and every login signs a new one
     credentials = await iam_source.current()
 

@@ -24,7 +24,10 @@ import psycopg
 import pymysql
 import pytest
 
-from proxy.local.throwaway import ProxyProcess, ThrowawayMariaDB, ThrowawayPostgres, free_port
+from proxy.local.mariadb import ThrowawayMariaDB
+from proxy.local.postgres import ThrowawayPostgres
+from proxy.local.process import free_port
+from proxy.local.proxy_process import ProxyProcess
 from tests.conftest import (
     MySqlUsers,
     ProxyLauncher,

@@ -19,7 +19,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from proxy.local.throwaway import LocalSecretsManager, ThrowawayPostgres, free_port
+from proxy.local.postgres import ThrowawayPostgres
+from proxy.local.process import free_port
+from proxy.local.secrets_manager import LocalSecretsManager
 from proxy.logs import setup_logging
 from proxy.redaction import MASK, register_secret
 from tests.conftest import ProxyLauncher, Secrets, Users, new_secret, pool_toml, rds_secret

@@ -17,8 +17,11 @@ from prometheus_client import generate_latest
 from proxy.app import Proxy
 from proxy.config import parse_config
 from proxy.core.counters import BORROW_WAIT_BUCKETS, Histogram
-from proxy.local.throwaway import ThrowawayMariaDB, ThrowawayPostgres, free_port
-from proxy.rotation import RotationSettings, Rotator
+from proxy.local.mariadb import ThrowawayMariaDB
+from proxy.local.postgres import ThrowawayPostgres
+from proxy.local.process import free_port
+from proxy.rotation.settings import RotationSettings
+from proxy.rotation.steps import Rotator
 from tests.conftest import (
     MySqlUsers,
     ProxyLauncher,

@@ -22,7 +22,9 @@ import mysql.connector
 import pymysql
 import pytest
 
-from proxy.local.throwaway import ProxyProcess, ThrowawayMariaDB, TlsFiles
+from proxy.local.mariadb import ThrowawayMariaDB
+from proxy.local.proxy_process import ProxyProcess
+from proxy.local.tls import TlsFiles
 from tests.conftest import (
     MySqlUsers,
     ProxyLauncher,

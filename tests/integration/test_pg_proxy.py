@@ -21,7 +21,10 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy.local.throwaway import ProxyProcess, ThrowawayPostgres, TlsFiles, free_port
+from proxy.local.postgres import ThrowawayPostgres
+from proxy.local.process import free_port
+from proxy.local.proxy_process import ProxyProcess
+from proxy.local.tls import TlsFiles
 from tests.conftest import (
     ProxyLauncher,
     Secrets,

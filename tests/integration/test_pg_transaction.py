@@ -19,7 +19,9 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy.local.throwaway import ProxyProcess, ThrowawayPostgres, free_port
+from proxy.local.postgres import ThrowawayPostgres
+from proxy.local.process import free_port
+from proxy.local.proxy_process import ProxyProcess
 from tests.conftest import (
     ProxyLauncher,
     Users,

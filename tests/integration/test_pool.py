@@ -12,9 +12,10 @@ import pytest
 from proxy.config import Address, CredentialsConfig, PoolConfig
 from proxy.core.errors import BorrowTimeout, PoolClosed
 from proxy.core.server import ConnectionState, ServerConnection
-from proxy.credentials import StaticCredentialSource
-from proxy.local.throwaway import ThrowawayPostgres
-from proxy.pool.pool import KEEP_LIMIT, Pool
+from proxy.credentials.static import StaticCredentialSource
+from proxy.local.postgres import ThrowawayPostgres
+from proxy.pool.keep import KEEP_LIMIT
+from proxy.pool.pool import Pool
 from proxy.postgres.server import PgConnector, PgServerConnection
 from tests.conftest import Users
 
@@ -219,10 +220,10 @@ class _Holder:
     """A transaction-mode client as the pool sees it while it keeps a connection."""
 
     def __init__(self, pool: Pool, connection: ServerConnection) -> None:
-        self.pool, self.connection, self.given_back = pool, connection, 0
+        self.pool, self.connection, self.taken_back = pool, connection, 0
 
-    def give_back(self) -> None:
-        self.given_back += 1
+    def take_back(self) -> None:
+        self.taken_back += 1
         self.pool.release(self.connection, reusable=True)
 
 
@@ -230,7 +231,7 @@ async def _kept(pool: Pool) -> _Holder:
     """A connection borrowed, its transaction over, and kept by its client."""
     holder = _Holder(pool, await pool.borrow())
     holder.connection.transaction_status = b"I"  # type: ignore[attr-defined]
-    assert pool.keep(holder.connection, holder.give_back)
+    assert pool.keep(holder.connection, holder.take_back)
     assert pool.counts[ConnectionState.KEPT] == 1 and pool.borrowed == 0
     return holder
 
@@ -241,12 +242,12 @@ async def test_a_kept_connection_is_taken_back_for_a_borrower_not_opened_anew(
     pool = make_pool(max_server_connections=3)
     holder = await _kept(pool)
     # The client uses it again: no borrow at all.
-    pool.unkeep(holder.connection)
+    pool.use_again(holder.connection)
     assert pool.borrowed == 1 and pool.counts[ConnectionState.KEPT] == 0
-    assert pool.keep(holder.connection, holder.give_back)
+    assert pool.keep(holder.connection, holder.take_back)
     # Someone else needs one: the pool could open a second, but an idle one is at hand.
     other = await pool.borrow()
-    assert other is holder.connection and holder.given_back == 1
+    assert other is holder.connection and holder.taken_back == 1
     assert pool.opened_total == 1 and pool.counts[ConnectionState.KEPT] == 0
     pool.release(other, reusable=True)
 
@@ -275,7 +276,7 @@ async def test_the_janitor_takes_back_what_an_idle_client_kept(make_pool: Callab
     await pool.start()
     holder = await _kept(pool)
     started = time.monotonic()
-    await _wait_until(lambda: holder.given_back == 1)
+    await _wait_until(lambda: holder.taken_back == 1)
     assert time.monotonic() - started >= KEEP_LIMIT
     assert pool.counts[ConnectionState.IDLE] == 1 and pool.counts[ConnectionState.KEPT] == 0
 
@@ -284,7 +285,7 @@ async def test_a_drain_closes_kept_connections(make_pool: Callable[..., Pool]) -
     pool = make_pool()
     holder = await _kept(pool)
     assert pool.reconnect()["idle_closed"] == 1
-    assert holder.given_back == 1 and holder.connection.state is ConnectionState.CLOSED
+    assert holder.taken_back == 1 and holder.connection.state is ConnectionState.CLOSED
     assert pool.size == 0
 
 

@@ -28,14 +28,18 @@ import psycopg
 import pymysql
 import pytest
 
+from protocols.postgres import sql as pg_sql
 from proxy.config import Address, AwsConfig, CredentialsConfig, PoolConfig
 from proxy.core.errors import BorrowTimeout, UpstreamLoginError
 from proxy.core.server import ServerConnection
-from proxy.credentials import RDS_IAM_VERSION, RdsIamSource
-from proxy.local.throwaway import LocalSecretsManager, ThrowawayMariaDB, ThrowawayPostgres, TlsFiles
+from proxy.credentials.rds_iam import RDS_IAM_VERSION, RdsIamSource
+from proxy.local.mariadb import ThrowawayMariaDB
+from proxy.local.postgres import ThrowawayPostgres
+from proxy.local.secrets_manager import LocalSecretsManager
+from proxy.local.tls import TlsFiles
 from proxy.pool.pool import Pool
 from proxy.postgres.server import PgConnector, PgServerConnection
-from proxy.rotation import pg_literal, scram_verifier
+from proxy.rotation.postgres import scram_verifier
 from tests.conftest import ProxyLauncher, Secrets
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -290,7 +294,7 @@ class IamPool:
 
 def set_password(pg: ThrowawayPostgres, user: str, token: str) -> None:
     """As the rotation code does: a SCRAM verifier in the SQL, never the token itself."""
-    pg.sql(f'ALTER ROLE "{user}" PASSWORD {pg_literal(scram_verifier(token))}')
+    pg.sql(f'ALTER ROLE "{user}" PASSWORD {pg_sql.literal(scram_verifier(token))}')
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Secrets Manager rotation (proxy/rotation.py) against the throwaway PostgreSQL and MariaDB and
+"""Secrets Manager rotation (proxy/rotation/) against the throwaway PostgreSQL and MariaDB and
 the local Secrets Manager: single-user and alternating-users, idempotent steps, the CLI, the
 Lambda handler, and no secret value in any output."""
 
@@ -23,30 +23,20 @@ import psycopg
 import pymysql
 import pytest
 
-from proxy.local.throwaway import (
-    LocalSecretsManager,
-    ThrowawayMariaDB,
-    ThrowawayPostgres,
-    TlsFiles,
-    put_secret_json,
-)
-from proxy.rotation import (
-    AWSCURRENT,
-    AWSPENDING,
-    AWSPREVIOUS,
-    PASSWORD_ALPHABET,
-    STEPS,
-    RotationError,
-    RotationSettings,
-    Rotator,
-    alternate_username,
-    clone_grant,
-    generate_password,
-    lambda_handler,
-    mysql_literal,
-    pg_literal,
-    scram_verifier,
-)
+from protocols.mysql import sql as mysql_sql
+from protocols.postgres import sql as pg_sql
+from proxy.credentials.secrets_manager import AWSCURRENT, AWSPENDING, AWSPREVIOUS
+from proxy.local.mariadb import ThrowawayMariaDB
+from proxy.local.postgres import ThrowawayPostgres
+from proxy.local.secrets_manager import LocalSecretsManager, put_secret_json
+from proxy.local.tls import TlsFiles
+from proxy.rotation import lambda_handler  # the dotted path the Lambda's Handler names
+from proxy.rotation.errors import RotationError
+from proxy.rotation.mysql import clone_grant
+from proxy.rotation.postgres import scram_verifier
+from proxy.rotation.secret import PASSWORD_ALPHABET, alternate_username, generate_password
+from proxy.rotation.settings import RotationSettings
+from proxy.rotation.steps import STEPS, Rotator
 from tests.conftest import Secrets, rds_mysql_secret, rds_secret
 
 # --- the two databases behind one interface ----------------------------------------------------
@@ -283,10 +273,10 @@ def test_usernames_alternate_between_user_and_clone() -> None:
 
 
 def test_literals_are_quoted_for_either_backslash_mode() -> None:
-    assert pg_literal("it's") == "'it''s'"
-    assert pg_literal("a\\b") == "E'a\\\\b'"
-    assert mysql_literal("it's a\\b") == "'it''s a\\\\b'"
-    assert mysql_literal("it's a\\b", backslash_escapes=False) == "'it''s a\\b'"
+    assert pg_sql.literal("it's") == "'it''s'"
+    assert pg_sql.literal("a\\b") == "E'a\\\\b'"
+    assert mysql_sql.literal("it's a\\b") == "'it''s a\\\\b'"
+    assert mysql_sql.literal("it's a\\b", backslash_escapes=False) == "'it''s a\\b'"
 
 
 def test_clone_grant_rewrites_the_grantee_and_drops_the_password_hash() -> None:

@@ -19,15 +19,13 @@ import aiomysql
 import asyncpg
 import pytest
 
-from proxy.local.throwaway import (
-    LocalSecretsManager,
-    ProxyProcess,
-    ThrowawayMariaDB,
-    ThrowawayPostgres,
-    free_port,
-    put_secret_json,
-)
-from proxy.rotation import RotationSettings, Rotator
+from proxy.local.mariadb import ThrowawayMariaDB
+from proxy.local.postgres import ThrowawayPostgres
+from proxy.local.process import free_port
+from proxy.local.proxy_process import ProxyProcess
+from proxy.local.secrets_manager import LocalSecretsManager, put_secret_json
+from proxy.rotation.settings import RotationSettings
+from proxy.rotation.steps import Rotator
 from tests.conftest import ProxyLauncher, Secrets, get_json, new_secret, pool_toml
 
 CLIENTS = 20

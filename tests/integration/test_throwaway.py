@@ -1,4 +1,5 @@
-"""Checks proxy.local.throwaway against real servers: PostgreSQL auth and TLS, moto restarts."""
+"""Checks proxy.local.postgres and proxy.local.secrets_manager against real servers:
+PostgreSQL auth and TLS, moto restarts."""
 
 from __future__ import annotations
 
@@ -14,16 +15,10 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 
-from proxy.local.throwaway import (
-    LocalSecretsManager,
-    ThrowawayError,
-    ThrowawayPostgres,
-    TlsFiles,
-    create_secret,
-    find_postgres_bindir,
-    make_tls_files,
-    put_secret_json,
-)
+from proxy.local.postgres import ThrowawayPostgres, find_postgres_bindir
+from proxy.local.process import ThrowawayError
+from proxy.local.secrets_manager import LocalSecretsManager, create_secret, put_secret_json
+from proxy.local.tls import TlsFiles, make_tls_files
 
 # Quotes and a backslash make sure literals are escaped, not just wrapped.
 PASSWORD = "s3cret 'pass' \\word"

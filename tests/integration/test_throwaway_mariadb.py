@@ -1,4 +1,4 @@
-"""Checks proxy.throwaway.ThrowawayMariaDB against the real server: auth, TLS, big packets, lifecycle."""
+"""Checks proxy.local.mariadb.ThrowawayMariaDB against the real server: auth, TLS, big packets, lifecycle."""
 
 from __future__ import annotations
 
@@ -12,13 +12,9 @@ from typing import Any
 import pymysql
 import pytest
 
-from proxy.local.throwaway import (
-    ThrowawayError,
-    ThrowawayMariaDB,
-    TlsFiles,
-    find_mariadb_binaries,
-    make_tls_files,
-)
+from proxy.local.mariadb import ThrowawayMariaDB, find_mariadb_binaries
+from proxy.local.process import ThrowawayError
+from proxy.local.tls import TlsFiles, make_tls_files
 
 # Quotes and a backslash make sure literals are escaped, not just wrapped.
 PASSWORD = "s3cret 'pass' \\word"

@@ -69,7 +69,7 @@ class Server:
 
     def receive(self, wire: bytes) -> bytes:
         self.reader.receive_data(wire)
-        packet = self.reader.next_packet()
+        packet = self.reader.next_event()
         assert isinstance(packet, Packet)
         assert packet.sequence_id == self.sequence_id, "client answered with the wrong sequence id"
         self.sequence_id = (packet.last_sequence_id + 1) % 256
@@ -85,7 +85,7 @@ class Client:
 
     def receive(self, wire: bytes) -> bytes | None:
         self.reader.receive_data(wire)
-        packet = self.reader.next_packet()
+        packet = self.reader.next_event()
         assert packet is not NEED_DATA and isinstance(packet, Packet)
         answer = self.authenticator.respond(packet.payload)
         if answer is None:

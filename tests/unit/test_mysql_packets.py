@@ -29,7 +29,7 @@ OK_PACKET = b"\x07\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00"
 
 def read_all(reader: PacketReader) -> list[Packet]:
     packets = []
-    while (packet := reader.next_packet()) is not NEED_DATA:
+    while (packet := reader.next_event()) is not NEED_DATA:
         assert isinstance(packet, Packet)
         packets.append(packet)
     return packets
@@ -198,36 +198,36 @@ def test_reader_waits_for_the_packet_that_ends_a_continuation() -> None:
     wire, _ = frame(bytes(FULL), 0)
     reader = PacketReader()
     reader.receive_data(wire[:-4])
-    assert reader.next_packet() is NEED_DATA
+    assert reader.next_event() is NEED_DATA
     reader.receive_data(wire[-4:])
-    assert reader.next_packet() == Packet(0, 1, bytes(FULL))
+    assert reader.next_event() == Packet(0, 1, bytes(FULL))
 
 
 def test_continuation_with_the_wrong_sequence_id_is_a_protocol_violation() -> None:
     reader = PacketReader()
     reader.receive_data(b"\xff\xff\xff\x03" + bytes(FULL) + b"\x01\x00\x00\x05z")
     with pytest.raises(ProtocolViolation, match="sequence id 5, expected 4"):
-        reader.next_packet()
+        reader.next_event()
 
 
 def test_oversized_declared_length_is_refused_from_the_header_alone() -> None:
     reader = PacketReader(max_payload_size=1000)
     reader.receive_data(b"\xe9\x03\x00\x00")  # declares 1001 bytes, none of them sent
     with pytest.raises(ProtocolViolation, match="exceeds the limit of 1000"):
-        reader.next_packet()
+        reader.next_event()
 
 
 def test_oversized_joined_length_is_refused_at_the_continuation_header() -> None:
     reader = PacketReader(max_payload_size=FULL + 10)
     reader.receive_data(b"\xff\xff\xff\x00" + bytes(FULL) + b"\x0b\x00\x00\x01")
     with pytest.raises(ProtocolViolation, match="exceeds the limit"):
-        reader.next_packet()
+        reader.next_event()
 
 
 def test_a_payload_at_the_limit_is_accepted() -> None:
     reader = PacketReader(max_payload_size=3)
     reader.receive_data(b"\x03\x00\x00\x00abc")
-    assert reader.next_packet() == Packet(0, 0, b"abc")
+    assert reader.next_event() == Packet(0, 0, b"abc")
 
 
 def test_take_bytes_and_take_buffer_hand_over_raw_bytes() -> None:
@@ -239,7 +239,7 @@ def test_take_bytes_and_take_buffer_hand_over_raw_bytes() -> None:
     assert len(reader) == 7
     assert reader.take_buffer() == b"\x03\x01" + COM_PING_PACKET
     assert len(reader) == 0
-    assert reader.next_packet() is NEED_DATA
+    assert reader.next_event() is NEED_DATA
 
 
 @given(st.binary(max_size=64), st.integers(min_value=1, max_value=64))

@@ -44,7 +44,7 @@ from protocols.mysql.constants import (
     SERVER_STATUS_LAST_ROW_SENT,
 )
 from protocols.mysql.messages import EofPacket, ErrPacket, OkPacket
-from protocols.mysql.packets import encode_lenenc_str, frame
+from protocols.mysql.packets import Packet, encode_lenenc_str, frame
 from protocols.mysql.tracker import ResponseTracker
 
 BASE = (
@@ -141,10 +141,20 @@ def wire(*payloads: bytes, sequence_id: int = 1) -> bytes:
     return b"".join(parts)
 
 
+def command_packet(payload: bytes) -> Packet:
+    """A client packet that opens an exchange (sequence id 0)."""
+    return Packet(0, 0, payload)
+
+
+def infile_packet(payload: bytes, sequence_id: int = 2) -> Packet:
+    """A client packet later in the exchange: LOCAL INFILE data after the server's request."""
+    return Packet(sequence_id, sequence_id, payload)
+
+
 def tracker_after(capabilities: int, *commands: bytes) -> ResponseTracker:
     tracker = ResponseTracker(capabilities)
-    for command in commands:
-        tracker.client_command(command)
+    for payload in commands:
+        tracker.send(command_packet(payload))
     return tracker
 
 
@@ -152,7 +162,7 @@ def safe_points_byte_by_byte(tracker: ResponseTracker, stream: bytes) -> list[in
     """Feed one byte at a time; the stream offsets after which the tracker was at a safe point."""
     points = []
     for offset in range(len(stream)):
-        tracker.feed_server(stream[offset : offset + 1])
+        tracker.receive_data(stream[offset : offset + 1])
         if tracker.at_safe_point:
             points.append(offset + 1)
     return points
@@ -166,10 +176,10 @@ def test_ok_answer_to_a_query_reaches_a_safe_point(capabilities: int) -> None:
     tracker = ResponseTracker(capabilities)
     assert tracker.at_safe_point
     assert not tracker.awaiting_response
-    tracker.client_command(b"\x03UPDATE t SET a = 1")
+    tracker.send(command_packet(b"\x03UPDATE t SET a = 1"))
     assert not tracker.at_safe_point
     assert tracker.awaiting_response
-    tracker.feed_server(wire(OkPacket(3, 0, AUTOCOMMIT, 0, b"Rows matched: 3").encode()))
+    tracker.receive_data(wire(OkPacket(3, 0, AUTOCOMMIT, 0, b"Rows matched: 3").encode()))
     assert tracker.at_safe_point
     assert not tracker.awaiting_response
     assert tracker.status_flags == AUTOCOMMIT
@@ -178,20 +188,20 @@ def test_ok_answer_to_a_query_reaches_a_safe_point(capabilities: int) -> None:
 @BOTH
 def test_err_answer_ends_the_response(capabilities: int) -> None:
     tracker = tracker_after(capabilities, QUERY)
-    tracker.feed_server(wire(ERR))
+    tracker.receive_data(wire(ERR))
     assert tracker.at_safe_point
 
 
 def test_transaction_status_follows_the_last_ok_and_not_errors() -> None:
     tracker = tracker_after(CLASSIC, BEGIN)
-    tracker.feed_server(wire(ok(IN_TRANS)))
+    tracker.receive_data(wire(ok(IN_TRANS)))
     assert tracker.in_transaction
-    tracker.client_command(QUERY)
-    tracker.feed_server(wire(ERR))
+    tracker.send(command_packet(QUERY))
+    tracker.receive_data(wire(ERR))
     assert tracker.in_transaction
     assert tracker.at_safe_point
-    tracker.client_command(COMMIT)
-    tracker.feed_server(wire(ok(AUTOCOMMIT)))
+    tracker.send(command_packet(COMMIT))
+    tracker.receive_data(wire(ok(AUTOCOMMIT)))
     assert not tracker.in_transaction
 
 
@@ -207,14 +217,14 @@ def test_initial_status_flags_can_come_from_the_login_ok() -> None:
 @pytest.mark.parametrize("answer", [ok(), ERR], ids=["OK", "ERR"])
 def test_status_commands_expect_one_ok_or_err(command: int, answer: bytes) -> None:
     tracker = tracker_after(DEPRECATE_EOF, bytes((command,)) + b"\x00\x00\x00\x00")
-    tracker.feed_server(wire(answer))
+    tracker.receive_data(wire(answer))
     assert tracker.at_safe_point
 
 
 @BOTH
 def test_set_option_may_answer_eof(capabilities: int) -> None:
     tracker = tracker_after(capabilities, SET_OPTION)
-    tracker.feed_server(wire(end_of_rows(capabilities, AUTOCOMMIT)))
+    tracker.receive_data(wire(end_of_rows(capabilities, AUTOCOMMIT)))
     assert tracker.at_safe_point
     assert tracker.status_flags == AUTOCOMMIT
 
@@ -222,12 +232,12 @@ def test_set_option_may_answer_eof(capabilities: int) -> None:
 def test_status_command_answered_with_rows_is_a_protocol_violation() -> None:
     tracker = tracker_after(CLASSIC, PING)
     with pytest.raises(ProtocolViolation):
-        tracker.feed_server(wire(b"\x01"))
+        tracker.receive_data(wire(b"\x01"))
 
 
 def test_statistics_is_one_string_packet() -> None:
     tracker = tracker_after(CLASSIC, STATISTICS)
-    tracker.feed_server(wire(b"Uptime: 2312  Threads: 2  Questions: 50  Slow queries: 0"))
+    tracker.receive_data(wire(b"Uptime: 2312  Threads: 2  Questions: 50  Slow queries: 0"))
     assert tracker.at_safe_point
 
 
@@ -257,9 +267,9 @@ def test_quit_is_remembered() -> None:
 def test_commands_the_tracker_cannot_follow_make_it_give_up_for_good(command: bytes) -> None:
     tracker = tracker_after(CLASSIC, command)
     assert tracker.unknown
-    tracker.feed_server(wire(ok()))
-    tracker.client_command(PING)
-    tracker.feed_server(wire(ok()))
+    tracker.receive_data(wire(ok()))
+    tracker.send(command_packet(PING))
+    tracker.receive_data(wire(ok()))
     assert not tracker.at_safe_point
     assert tracker.awaiting_response
 
@@ -267,13 +277,13 @@ def test_commands_the_tracker_cannot_follow_make_it_give_up_for_good(command: by
 def test_server_packet_when_nothing_is_awaited_is_a_protocol_violation() -> None:
     tracker = ResponseTracker(CLASSIC)
     with pytest.raises(ProtocolViolation, match="no response was awaited"):
-        tracker.feed_server(wire(ok()))
+        tracker.receive_data(wire(ok()))
 
 
 def test_server_packet_after_a_complete_response_is_a_protocol_violation() -> None:
     tracker = tracker_after(CLASSIC, PING)
     with pytest.raises(ProtocolViolation, match="no response was awaited"):
-        tracker.feed_server(wire(ok(), ok()))
+        tracker.receive_data(wire(ok(), ok()))
 
 
 # --- result sets ---------------------------------------------------------------------------------
@@ -290,7 +300,7 @@ def test_text_result_set_reaches_a_safe_point_only_after_its_last_packet(capabil
 @BOTH
 def test_empty_result_set(capabilities: int) -> None:
     tracker = tracker_after(capabilities, QUERY)
-    tracker.feed_server(wire(*result_set(capabilities, [])))
+    tracker.receive_data(wire(*result_set(capabilities, [])))
     assert tracker.at_safe_point
 
 
@@ -298,7 +308,7 @@ def test_empty_result_set(capabilities: int) -> None:
 def test_err_in_the_middle_of_rows_ends_the_response(capabilities: int) -> None:
     tracker = tracker_after(capabilities, QUERY)
     packets = result_set(capabilities, [text_row(b"1", b"x")])
-    tracker.feed_server(wire(*packets[:-1], ErrPacket(1317, "Query execution was interrupted").encode()))
+    tracker.receive_data(wire(*packets[:-1], ErrPacket(1317, "Query execution was interrupted").encode()))
     assert tracker.at_safe_point
 
 
@@ -317,7 +327,7 @@ def test_multi_results_continue_while_more_results_exists(capabilities: int) -> 
 @BOTH
 def test_err_ends_a_multi_result_whatever_came_before(capabilities: int) -> None:
     tracker = tracker_after(capabilities, b"\x03SELECT 1; SELECT * FROM missing; SELECT 3")
-    tracker.feed_server(wire(*result_set(capabilities, [text_row(b"1", b"x")], AUTOCOMMIT | MORE), ERR))
+    tracker.receive_data(wire(*result_set(capabilities, [text_row(b"1", b"x")], AUTOCOMMIT | MORE), ERR))
     assert tracker.at_safe_point
 
 
@@ -330,9 +340,9 @@ def test_a_text_row_starting_with_0xfe_is_not_mistaken_for_eof(capabilities: int
     assert row[0] == 0xFE
     stream = wire(*result_set(capabilities, [row, text_row(b"2", b"y")]))
     tracker = tracker_after(capabilities, QUERY)
-    tracker.feed_server(stream[: -len(wire(end_of_rows(capabilities), sequence_id=0))])
+    tracker.receive_data(stream[: -len(wire(end_of_rows(capabilities), sequence_id=0))])
     assert not tracker.at_safe_point
-    tracker.feed_server(stream[-len(wire(end_of_rows(capabilities), sequence_id=0)) :])
+    tracker.receive_data(stream[-len(wire(end_of_rows(capabilities), sequence_id=0)) :])
     assert tracker.at_safe_point
 
 
@@ -345,7 +355,7 @@ def test_rows_of_20_mb_in_64_kib_chunks_are_not_retained(capabilities: int) -> N
     tracemalloc.start()
     try:
         for offset in range(0, len(stream), chunk):
-            tracker.feed_server(stream[offset : offset + chunk])
+            tracker.receive_data(stream[offset : offset + chunk])
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -358,25 +368,25 @@ def test_malformed_column_count_is_a_protocol_violation() -> None:
     # never negotiates (MARIADB_CLIENT_CACHE_METADATA).
     tracker = tracker_after(CLASSIC, QUERY)
     with pytest.raises(ProtocolViolation, match="column count"):
-        tracker.feed_server(wire(b"\x02\x01"))
+        tracker.receive_data(wire(b"\x02\x01"))
 
 
 def test_eof_before_every_column_definition_arrived_is_a_protocol_violation() -> None:
     tracker = tracker_after(CLASSIC, QUERY)
     with pytest.raises(ProtocolViolation, match="EOF"):
-        tracker.feed_server(wire(b"\x02", column(b"a"), eof()))
+        tracker.receive_data(wire(b"\x02", column(b"a"), eof()))
 
 
 def test_an_empty_packet_among_rows_is_a_protocol_violation() -> None:
     tracker = tracker_after(DEPRECATE_EOF, QUERY)
     with pytest.raises(ProtocolViolation, match="empty"):
-        tracker.feed_server(wire(b"\x01", column(b"a"), b""))
+        tracker.receive_data(wire(b"\x01", column(b"a"), b""))
 
 
 def test_an_ok_too_large_to_be_one_is_refused_before_it_is_buffered() -> None:
     tracker = tracker_after(CLASSIC, QUERY)
     with pytest.raises(ProtocolViolation, match="implausibly large"):
-        tracker.feed_server(b"\xff\xff\xff\x01\x00")  # a 16 MiB "OK": header and first byte only
+        tracker.receive_data(b"\xff\xff\xff\x01\x00")  # a 16 MiB "OK": header and first byte only
 
 
 # --- LOCAL INFILE --------------------------------------------------------------------------------
@@ -385,52 +395,58 @@ def test_an_ok_too_large_to_be_one_is_refused_before_it_is_buffered() -> None:
 @BOTH
 def test_local_infile_waits_for_the_clients_data_then_the_servers_ok(capabilities: int) -> None:
     tracker = tracker_after(capabilities, LOAD_DATA)
-    tracker.feed_server(wire(b"\xfbf.csv"))
+    tracker.receive_data(wire(b"\xfbf.csv"))
     assert tracker.awaiting_response and not tracker.at_safe_point
-    tracker.client_data(b"1,a\n2,b\n")
-    tracker.client_data(b"3,c\n")
+    tracker.send(infile_packet(b"1,a\n2,b\n"))
+    tracker.send(infile_packet(b"3,c\n"))
     assert not tracker.at_safe_point
-    tracker.client_data(b"")  # end of file
+    tracker.send(infile_packet(b""))  # end of file
     assert not tracker.at_safe_point
-    tracker.feed_server(wire(OkPacket(3, 0, AUTOCOMMIT, 0, b"Records: 3").encode(), sequence_id=5))
+    tracker.receive_data(wire(OkPacket(3, 0, AUTOCOMMIT, 0, b"Records: 3").encode(), sequence_id=5))
     assert tracker.at_safe_point
 
 
 def test_local_infile_refused_by_the_server_ends_with_err() -> None:
     tracker = tracker_after(CLASSIC, LOAD_DATA)
-    tracker.feed_server(wire(b"\xfbf.csv"))
-    tracker.client_data(b"")
-    tracker.feed_server(wire(ERR, sequence_id=3))
+    tracker.receive_data(wire(b"\xfbf.csv"))
+    tracker.send(infile_packet(b""))
+    tracker.receive_data(wire(ERR, sequence_id=3))
     assert tracker.at_safe_point
 
 
 def test_local_infile_packets_with_sequence_id_0_are_still_data() -> None:
-    # Sequence ids wrap: the 255th data packet has id 0 and may reach client_command.
+    # Sequence ids wrap: the 255th data packet has id 0, like a command.
     tracker = tracker_after(CLASSIC, LOAD_DATA)
-    tracker.feed_server(wire(b"\xfbf.csv"))
-    tracker.client_command(b"\x03looks,like,a,query\n")
-    tracker.client_command(b"")
-    tracker.feed_server(wire(ok(), sequence_id=0))
+    tracker.receive_data(wire(b"\xfbf.csv"))
+    tracker.send(command_packet(b"\x03looks,like,a,query\n"))
+    tracker.send(command_packet(b""))
+    tracker.receive_data(wire(ok(), sequence_id=0))
     assert tracker.at_safe_point
 
 
 def test_server_packet_before_the_infile_data_ends_is_a_protocol_violation() -> None:
     tracker = tracker_after(CLASSIC, LOAD_DATA)
-    tracker.feed_server(wire(b"\xfbf.csv"))
+    tracker.receive_data(wire(b"\xfbf.csv"))
     with pytest.raises(ProtocolViolation, match="LOCAL INFILE"):
-        tracker.feed_server(wire(ok(), sequence_id=2))
+        tracker.receive_data(wire(ok(), sequence_id=2))
 
 
 def test_client_data_outside_local_infile_is_a_protocol_violation() -> None:
     tracker = tracker_after(CLASSIC, QUERY)
     with pytest.raises(ProtocolViolation, match="outside a LOCAL INFILE"):
-        tracker.client_data(b"1,a\n")
+        tracker.send(infile_packet(b"1,a\n"))
+
+
+def test_an_empty_packet_is_never_a_command() -> None:
+    tracker = tracker_after(CLASSIC, QUERY)
+    with pytest.raises(ProtocolViolation, match="outside a LOCAL INFILE"):
+        tracker.send(command_packet(b""))
 
 
 def test_local_infile_in_answer_to_execute_is_a_protocol_violation() -> None:
     tracker = tracker_after(CLASSIC, EXECUTE)
     with pytest.raises(ProtocolViolation, match="LOCAL INFILE"):
-        tracker.feed_server(wire(b"\xfbf.csv"))
+        tracker.receive_data(wire(b"\xfbf.csv"))
 
 
 # --- prepared statements ----------------------------------------------------------------------
@@ -467,7 +483,7 @@ def test_prepare_response_ends_after_parameter_and_column_definitions(
 
 def test_prepare_error_ends_the_response() -> None:
     tracker = tracker_after(CLASSIC, PREPARE)
-    tracker.feed_server(wire(ERR))
+    tracker.receive_data(wire(ERR))
     assert tracker.at_safe_point
 
 
@@ -482,7 +498,7 @@ def test_execute_binary_result_set(capabilities: int) -> None:
 @BOTH
 def test_execute_answered_with_ok(capabilities: int) -> None:
     tracker = tracker_after(capabilities, EXECUTE)
-    tracker.feed_server(wire(OkPacket(1, 42, AUTOCOMMIT, 0).encode()))
+    tracker.receive_data(wire(OkPacket(1, 42, AUTOCOMMIT, 0).encode()))
     assert tracker.at_safe_point
 
 
@@ -492,13 +508,13 @@ def test_execute_with_a_cursor_ends_after_the_column_definitions_and_fetch_bring
 ) -> None:
     cursor_open = AUTOCOMMIT | SERVER_STATUS_CURSOR_EXISTS
     tracker = tracker_after(capabilities, EXECUTE_WITH_CURSOR)
-    tracker.feed_server(wire(b"\x01", column(b"a"), end_of_rows(capabilities, cursor_open)))
+    tracker.receive_data(wire(b"\x01", column(b"a"), end_of_rows(capabilities, cursor_open)))
     assert tracker.at_safe_point
-    tracker.client_command(FETCH)
-    tracker.feed_server(wire(b"\x00\x00\x01\x00\x00\x00", end_of_rows(capabilities, cursor_open)))
+    tracker.send(command_packet(FETCH))
+    tracker.receive_data(wire(b"\x00\x00\x01\x00\x00\x00", end_of_rows(capabilities, cursor_open)))
     assert tracker.at_safe_point
-    tracker.client_command(FETCH)
-    tracker.feed_server(
+    tracker.send(command_packet(FETCH))
+    tracker.receive_data(
         wire(b"\x00\x00\x02\x00\x00\x00", end_of_rows(capabilities, AUTOCOMMIT | SERVER_STATUS_LAST_ROW_SENT))
     )
     assert tracker.at_safe_point
@@ -507,7 +523,7 @@ def test_execute_with_a_cursor_ends_after_the_column_definitions_and_fetch_bring
 
 def test_fetch_answered_with_err() -> None:
     tracker = tracker_after(CLASSIC, FETCH)
-    tracker.feed_server(wire(ErrPacket(1243, "Unknown prepared statement handler").encode()))
+    tracker.receive_data(wire(ErrPacket(1243, "Unknown prepared statement handler").encode()))
     assert tracker.at_safe_point
 
 
@@ -535,7 +551,7 @@ def test_field_list_ends_at_eof(capabilities: int) -> None:
 
 def test_field_list_of_a_missing_table_ends_with_err() -> None:
     tracker = tracker_after(CLASSIC, FIELD_LIST)
-    tracker.feed_server(wire(ERR))
+    tracker.receive_data(wire(ERR))
     assert tracker.at_safe_point
 
 
@@ -544,15 +560,15 @@ def test_field_list_of_a_missing_table_ends_with_err() -> None:
 
 def test_mariadb_progress_reports_do_not_end_a_response() -> None:
     tracker = tracker_after(CLASSIC | MARIADB_CLIENT_PROGRESS, b"\x03ALTER TABLE t ADD c INT")
-    tracker.feed_server(wire(PROGRESS_REPORT, PROGRESS_REPORT))
+    tracker.receive_data(wire(PROGRESS_REPORT, PROGRESS_REPORT))
     assert not tracker.at_safe_point
-    tracker.feed_server(wire(ok(), sequence_id=3))
+    tracker.receive_data(wire(ok(), sequence_id=3))
     assert tracker.at_safe_point
 
 
 def test_without_progress_negotiated_an_err_0xffff_ends_the_response() -> None:
     tracker = tracker_after(CLASSIC, b"\x03ALTER TABLE t ADD c INT")
-    tracker.feed_server(wire(PROGRESS_REPORT))
+    tracker.receive_data(wire(PROGRESS_REPORT))
     assert tracker.at_safe_point
 
 
@@ -687,7 +703,7 @@ MARIADB_STREAMS = {
 def test_real_mariadb_streams_end_at_a_safe_point(name: str) -> None:
     capabilities, commands, stream, status = MARIADB_STREAMS[name]
     tracker = tracker_after(capabilities, *commands)
-    tracker.feed_server(stream)
+    tracker.receive_data(stream)
     assert tracker.at_safe_point
     assert tracker.status_flags == status
 
@@ -696,10 +712,10 @@ def test_real_mariadb_local_infile() -> None:
     tracker = tracker_after(
         MARIADB_CLASSIC, b"\x03load data local infile 'f.csv' into table t fields terminated by ','"
     )
-    tracker.feed_server(b"\x06\x00\x00\x01\xfbf.csv")
+    tracker.receive_data(b"\x06\x00\x00\x01\xfbf.csv")
     for data in (b"1,a\n2,b\n", b"3,c\n", b""):
-        tracker.client_data(data)
-    tracker.feed_server(
+        tracker.send(infile_packet(data))
+    tracker.receive_data(
         b"7\x00\x00\x05\x00\x03\x00\x02\x00\x00\x00/Records: 3  Deleted: 0  Skipped: 0  Warnings: 0"
     )
     assert tracker.at_safe_point
@@ -742,12 +758,12 @@ def final_state(tracker: ResponseTracker) -> tuple[bool, int, bool]:
 def test_server_stream_split_at_every_byte_position_gives_the_same_result(capabilities: int) -> None:
     commands, stream = session_script(capabilities)
     whole = tracker_after(capabilities, *commands)
-    whole.feed_server(stream)
+    whole.receive_data(stream)
     assert final_state(whole) == (True, AUTOCOMMIT, False)
     for split in range(len(stream) + 1):
         tracker = tracker_after(capabilities, *commands)
-        tracker.feed_server(stream[:split])
-        tracker.feed_server(stream[split:])
+        tracker.receive_data(stream[:split])
+        tracker.receive_data(stream[split:])
         assert final_state(tracker) == final_state(whole), f"split at byte {split}"
 
 
@@ -786,7 +802,7 @@ def test_random_server_bytes_give_only_protocol_violations(
     tracker = tracker_after(capabilities, *commands)
     with contextlib.suppress(ProtocolViolation):
         for chunk in chunks:
-            tracker.feed_server(chunk)
+            tracker.receive_data(chunk)
 
 
 def framed_garbage() -> st.SearchStrategy[bytes]:
@@ -807,7 +823,7 @@ def test_random_framed_packets_give_only_protocol_violations(
     tracker = tracker_after(capabilities, *commands)
     with contextlib.suppress(ProtocolViolation):
         for offset in range(0, len(stream), chunk):
-            tracker.feed_server(stream[offset : offset + chunk])
+            tracker.receive_data(stream[offset : offset + chunk])
 
 
 def chunked(stream: bytes, sizes: list[int]) -> Iterator[bytes]:
@@ -826,5 +842,5 @@ def test_any_chunking_of_a_valid_session_ends_at_a_safe_point(capabilities: int,
     commands, stream = session_script(capabilities)
     tracker = tracker_after(capabilities, *commands)
     for chunk in chunked(stream, sizes):
-        tracker.feed_server(chunk)
+        tracker.receive_data(chunk)
     assert final_state(tracker) == (True, AUTOCOMMIT, False)

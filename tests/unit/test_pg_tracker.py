@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from protocols.errors import ProtocolViolation
 from protocols.events import NEED_DATA
-from protocols.postgres.framing import MessageReader, StartupReader
+from protocols.postgres.framing import FrameReader, MessageReader, StartupReader
 from protocols.postgres.messages import RawMessage, decode_backend, decode_startup
 from protocols.postgres.tracker import BackendTracker, FrontendTracker, at_safe_point
 
@@ -132,39 +132,39 @@ def test_new_frontend_tracker_sits_at_a_boundary_owing_nothing() -> None:
 )
 def test_frontend_counts_each_message_that_owes_a_ready_for_query(stream: bytes, sync_points: int) -> None:
     tracker = FrontendTracker()
-    assert tracker.feed(stream) == len(stream)
+    assert tracker.send(stream) == len(stream)
     assert tracker.sync_points == sync_points
 
 
 @pytest.mark.parametrize("message", [PARSE, BIND, DESCRIBE, EXECUTE, CLOSE])
 def test_each_extended_protocol_message_opens_a_batch(message: bytes) -> None:
     tracker = FrontendTracker()
-    tracker.feed(message)
+    tracker.send(message)
     assert tracker.unsynced
     assert tracker.sync_points == 0
 
 
 def test_sync_closes_the_extended_batch_and_flush_does_not() -> None:
     tracker = FrontendTracker()
-    tracker.feed(EXTENDED_BATCH + FLUSH)
+    tracker.send(EXTENDED_BATCH + FLUSH)
     assert tracker.unsynced
-    tracker.feed(SYNC)
+    tracker.send(SYNC)
     assert not tracker.unsynced
     assert tracker.sync_points == 1
 
 
 def test_query_inside_an_open_batch_leaves_it_open() -> None:
     tracker = FrontendTracker()
-    tracker.feed(PARSE + QUERY)
+    tracker.send(PARSE + QUERY)
     assert (tracker.sync_points, tracker.unsynced) == (1, True)
 
 
 @pytest.mark.parametrize("cut", [1, 4, 5, 8, len(QUERY) - 1])
 def test_frontend_mid_message_is_not_at_a_boundary(cut: int) -> None:
     tracker = FrontendTracker()
-    assert tracker.feed(QUERY[:cut]) == cut
+    assert tracker.send(QUERY[:cut]) == cut
     assert not tracker.at_boundary
-    assert tracker.feed(QUERY[cut:]) == len(QUERY) - cut
+    assert tracker.send(QUERY[cut:]) == len(QUERY) - cut
     assert tracker.at_boundary
     assert tracker.sync_points == 1
 
@@ -172,11 +172,11 @@ def test_frontend_mid_message_is_not_at_a_boundary(cut: int) -> None:
 def test_frontend_skips_a_huge_body_without_needing_it_whole() -> None:
     tracker = FrontendTracker()
     header = b"d\x00\x10\x00\x04"  # CopyData with a 1 MiB body
-    assert tracker.feed(header) == 5
+    assert tracker.send(header) == 5
     assert not tracker.at_boundary
-    assert tracker.feed(bytes(0x10_0000 - 1)) == 0x10_0000 - 1
+    assert tracker.send(bytes(0x10_0000 - 1)) == 0x10_0000 - 1
     assert not tracker.at_boundary
-    assert tracker.feed(b"\x00" + QUERY) == 1 + len(QUERY)
+    assert tracker.send(b"\x00" + QUERY) == 1 + len(QUERY)
     assert tracker.at_boundary
     assert tracker.sync_points == 1
 
@@ -184,7 +184,7 @@ def test_frontend_skips_a_huge_body_without_needing_it_whole() -> None:
 def test_terminate_stops_forwarding_at_its_first_byte() -> None:
     tracker = FrontendTracker()
     stream = QUERY + TERMINATE + QUERY
-    assert tracker.feed(stream) == len(QUERY)
+    assert tracker.send(stream) == len(QUERY)
     assert tracker.terminated
     assert tracker.at_boundary
     assert tracker.sync_points == 1
@@ -192,33 +192,33 @@ def test_terminate_stops_forwarding_at_its_first_byte() -> None:
 
 def test_terminate_at_the_start_of_a_chunk_forwards_nothing() -> None:
     tracker = FrontendTracker()
-    tracker.feed(QUERY)
-    assert tracker.feed(TERMINATE) == 0
+    tracker.send(QUERY)
+    assert tracker.send(TERMINATE) == 0
     assert tracker.terminated
     assert tracker.at_boundary
 
 
 def test_terminate_right_after_the_end_of_a_split_message_keeps_the_boundary() -> None:
     tracker = FrontendTracker()
-    tracker.feed(QUERY[:7])
-    assert tracker.feed(QUERY[7:] + TERMINATE) == len(QUERY) - 7
+    tracker.send(QUERY[:7])
+    assert tracker.send(QUERY[7:] + TERMINATE) == len(QUERY) - 7
     assert tracker.terminated
     assert tracker.at_boundary
 
 
 def test_nothing_is_forwarded_or_counted_after_terminate() -> None:
     tracker = FrontendTracker()
-    tracker.feed(TERMINATE)
-    assert tracker.feed(QUERY + SYNC) == 0
+    tracker.send(TERMINATE)
+    assert tracker.send(QUERY + SYNC) == 0
     assert tracker.sync_points == 0
 
 
 @pytest.mark.parametrize("cut", [1, 2, 3, 4])
 def test_terminate_whose_first_bytes_were_already_forwarded_tears_the_stream(cut: int) -> None:
     tracker = FrontendTracker()
-    assert tracker.feed(QUERY + TERMINATE[:cut]) == len(QUERY) + cut
+    assert tracker.send(QUERY + TERMINATE[:cut]) == len(QUERY) + cut
     assert not tracker.terminated
-    assert tracker.feed(TERMINATE[cut:]) == 0
+    assert tracker.send(TERMINATE[cut:]) == 0
     assert tracker.terminated
     assert not tracker.at_boundary
 
@@ -227,14 +227,14 @@ def test_terminate_whose_first_bytes_were_already_forwarded_tears_the_stream(cut
 def test_frontend_length_below_4_is_a_protocol_violation(length: bytes) -> None:
     tracker = FrontendTracker()
     with pytest.raises(ProtocolViolation, match=r"\(< 4\)"):
-        tracker.feed(QUERY + b"Q" + length)
+        tracker.send(QUERY + b"Q" + length)
 
 
 def test_frontend_length_below_4_split_across_chunks_is_a_protocol_violation() -> None:
     tracker = FrontendTracker()
-    tracker.feed(b"Q\x00\x00")
+    tracker.send(b"Q\x00\x00")
     with pytest.raises(ProtocolViolation):
-        tracker.feed(b"\x00\x02")
+        tracker.send(b"\x00\x02")
 
 
 # --- BackendTracker -----------------------------------------------------------------------
@@ -246,48 +246,48 @@ def test_new_backend_tracker_is_idle_at_a_boundary() -> None:
 
 def test_backend_counts_ready_for_query_and_ignores_other_messages() -> None:
     tracker = BackendTracker()
-    tracker.feed(AUTH_OK + BACKEND_KEY_DATA + READY_IDLE + QUERY_RESULT + READY_IDLE)
+    tracker.receive_data(AUTH_OK + BACKEND_KEY_DATA + READY_IDLE + QUERY_RESULT + READY_IDLE)
     assert tracker.ready_count == 2
 
 
 def test_transaction_status_follows_the_last_ready_for_query() -> None:
     tracker = BackendTracker()
-    tracker.feed(READY_IN_TRANSACTION)
+    tracker.receive_data(READY_IN_TRANSACTION)
     assert tracker.transaction_status == b"T"
-    tracker.feed(ERROR + READY_FAILED)
+    tracker.receive_data(ERROR + READY_FAILED)
     assert tracker.transaction_status == b"E"
-    tracker.feed(COMMAND_COMPLETE + READY_IDLE)
+    tracker.receive_data(COMMAND_COMPLETE + READY_IDLE)
     assert tracker.transaction_status == b"I"
-    tracker.feed(READY_IN_TRANSACTION + READY_IDLE)
+    tracker.receive_data(READY_IN_TRANSACTION + READY_IDLE)
     assert (tracker.ready_count, tracker.transaction_status) == (5, b"I")
 
 
 def test_parameter_status_updates_the_parameters() -> None:
     tracker = BackendTracker({"TimeZone": "UTC", "client_encoding": "UTF8"})
-    tracker.feed(TIME_ZONE_OSLO + APPLICATION_NAME)
+    tracker.receive_data(TIME_ZONE_OSLO + APPLICATION_NAME)
     assert tracker.parameters == {
         "TimeZone": "Europe/Oslo",
         "client_encoding": "UTF8",
         "application_name": "café",
     }
-    tracker.feed(TIME_ZONE_UTC)
+    tracker.receive_data(TIME_ZONE_UTC)
     assert tracker.parameters["TimeZone"] == "UTC"
 
 
 def test_backend_tracker_copies_its_initial_parameters() -> None:
     initial = {"TimeZone": "UTC"}
     tracker = BackendTracker(initial)
-    tracker.feed(TIME_ZONE_OSLO)
+    tracker.receive_data(TIME_ZONE_OSLO)
     assert initial == {"TimeZone": "UTC"}
 
 
 @pytest.mark.parametrize("cut", range(1, len(TIME_ZONE_OSLO)))
 def test_parameter_status_split_anywhere_is_applied_once_whole(cut: int) -> None:
     tracker = BackendTracker()
-    tracker.feed(TIME_ZONE_OSLO[:cut])
+    tracker.receive_data(TIME_ZONE_OSLO[:cut])
     assert tracker.parameters == {}
     assert not tracker.at_boundary
-    tracker.feed(TIME_ZONE_OSLO[cut:])
+    tracker.receive_data(TIME_ZONE_OSLO[cut:])
     assert tracker.parameters == {"TimeZone": "Europe/Oslo"}
     assert tracker.at_boundary
 
@@ -295,18 +295,18 @@ def test_parameter_status_split_anywhere_is_applied_once_whole(cut: int) -> None
 @pytest.mark.parametrize("cut", range(1, len(READY_IN_TRANSACTION)))
 def test_ready_for_query_split_anywhere_counts_once_whole(cut: int) -> None:
     tracker = BackendTracker()
-    tracker.feed(READY_IN_TRANSACTION[:cut])
+    tracker.receive_data(READY_IN_TRANSACTION[:cut])
     assert (tracker.ready_count, tracker.at_boundary) == (0, False)
-    tracker.feed(READY_IN_TRANSACTION[cut:])
+    tracker.receive_data(READY_IN_TRANSACTION[cut:])
     assert (tracker.ready_count, tracker.transaction_status, tracker.at_boundary) == (1, b"T", True)
 
 
 def test_backend_skips_a_huge_data_row_without_needing_it_whole() -> None:
     tracker = BackendTracker()
-    tracker.feed(b"D\x00\x10\x00\x04")  # a 1 MiB DataRow
-    tracker.feed(bytes(0x10_0000 - 1))
+    tracker.receive_data(b"D\x00\x10\x00\x04")  # a 1 MiB DataRow
+    tracker.receive_data(bytes(0x10_0000 - 1))
     assert not tracker.at_boundary
-    tracker.feed(b"\x00" + READY_IDLE)
+    tracker.receive_data(b"\x00" + READY_IDLE)
     assert (tracker.ready_count, tracker.at_boundary) == (1, True)
 
 
@@ -317,7 +317,7 @@ def test_backend_skips_a_huge_data_row_without_needing_it_whole() -> None:
 )
 def test_ready_for_query_with_an_invalid_status_is_a_protocol_violation(stream: bytes) -> None:
     with pytest.raises(ProtocolViolation, match="invalid status"):
-        BackendTracker().feed(stream)
+        BackendTracker().receive_data(stream)
 
 
 @pytest.mark.parametrize(
@@ -332,19 +332,19 @@ def test_ready_for_query_with_an_invalid_status_is_a_protocol_violation(stream: 
 )
 def test_malformed_parameter_status_is_a_protocol_violation(stream: bytes) -> None:
     with pytest.raises(ProtocolViolation):
-        BackendTracker().feed(stream)
+        BackendTracker().receive_data(stream)
 
 
 def test_oversized_parameter_status_is_rejected_from_its_header_alone() -> None:
     tracker = BackendTracker()
     with pytest.raises(ProtocolViolation, match="too long"):
-        tracker.feed(b"S\x00\x01\x00\x01")  # 65537 bytes declared
+        tracker.receive_data(b"S\x00\x01\x00\x01")  # 65537 bytes declared
 
 
 @pytest.mark.parametrize("length", [b"\x00\x00\x00\x00", b"\x00\x00\x00\x03"], ids=["0", "3"])
 def test_backend_length_below_4_is_a_protocol_violation(length: bytes) -> None:
     with pytest.raises(ProtocolViolation, match=r"\(< 4\)"):
-        BackendTracker().feed(READY_IDLE + b"D" + length)
+        BackendTracker().receive_data(READY_IDLE + b"D" + length)
 
 
 # --- at_safe_point ------------------------------------------------------------------------
@@ -356,63 +356,63 @@ def test_fresh_connection_is_at_a_safe_point() -> None:
 
 def test_query_in_flight_is_not_a_safe_point_until_its_ready_for_query() -> None:
     frontend, backend = FrontendTracker(), BackendTracker()
-    frontend.feed(QUERY)
+    frontend.send(QUERY)
     assert not at_safe_point(frontend, backend)
-    backend.feed(QUERY_RESULT)
+    backend.receive_data(QUERY_RESULT)
     assert not at_safe_point(frontend, backend)
-    backend.feed(READY_IDLE)
+    backend.receive_data(READY_IDLE)
     assert at_safe_point(frontend, backend)
 
 
 def test_pipelined_queries_need_every_ready_for_query() -> None:
     frontend, backend = FrontendTracker(), BackendTracker()
-    frontend.feed(QUERY + QUERY)
-    backend.feed(QUERY_RESULT + READY_IDLE)
+    frontend.send(QUERY + QUERY)
+    backend.receive_data(QUERY_RESULT + READY_IDLE)
     assert not at_safe_point(frontend, backend)
-    backend.feed(QUERY_RESULT + READY_IDLE)
+    backend.receive_data(QUERY_RESULT + READY_IDLE)
     assert at_safe_point(frontend, backend)
 
 
 def test_extended_batch_without_sync_is_not_a_safe_point() -> None:
     frontend, backend = FrontendTracker(), BackendTracker()
-    frontend.feed(EXTENDED_BATCH + FLUSH)
-    backend.feed(PARSE_COMPLETE + BIND_COMPLETE + ROW_DESCRIPTION + DATA_ROW + COMMAND_COMPLETE)
+    frontend.send(EXTENDED_BATCH + FLUSH)
+    backend.receive_data(PARSE_COMPLETE + BIND_COMPLETE + ROW_DESCRIPTION + DATA_ROW + COMMAND_COMPLETE)
     assert frontend.sync_points == backend.ready_count == 0
     assert not at_safe_point(frontend, backend)
-    frontend.feed(SYNC)
+    frontend.send(SYNC)
     assert not at_safe_point(frontend, backend)
-    backend.feed(READY_IDLE)
+    backend.receive_data(READY_IDLE)
     assert at_safe_point(frontend, backend)
 
 
 def test_half_sent_client_message_is_not_a_safe_point() -> None:
     frontend, backend = FrontendTracker(), BackendTracker()
-    frontend.feed(QUERY[:3])
+    frontend.send(QUERY[:3])
     assert frontend.sync_points == backend.ready_count == 0
     assert not at_safe_point(frontend, backend)
 
 
 def test_half_received_ready_for_query_is_not_a_safe_point() -> None:
     frontend, backend = FrontendTracker(), BackendTracker()
-    frontend.feed(QUERY)
-    backend.feed(QUERY_RESULT + READY_IDLE[:3])
+    frontend.send(QUERY)
+    backend.receive_data(QUERY_RESULT + READY_IDLE[:3])
     assert not at_safe_point(frontend, backend)
-    backend.feed(READY_IDLE[3:])
+    backend.receive_data(READY_IDLE[3:])
     assert at_safe_point(frontend, backend)
 
 
 def test_half_received_server_message_after_ready_for_query_is_not_a_safe_point() -> None:
     frontend, backend = FrontendTracker(), BackendTracker()
-    frontend.feed(QUERY)
-    backend.feed(QUERY_RESULT + READY_IDLE + DATA_ROW[:7])
+    frontend.send(QUERY)
+    backend.receive_data(QUERY_RESULT + READY_IDLE + DATA_ROW[:7])
     assert backend.ready_count == frontend.sync_points
     assert not at_safe_point(frontend, backend)
 
 
 def test_safe_point_does_not_depend_on_the_transaction_status() -> None:
     frontend, backend = FrontendTracker(), BackendTracker()
-    frontend.feed(QUERY)
-    backend.feed(COMMAND_COMPLETE + READY_IN_TRANSACTION)
+    frontend.send(QUERY)
+    backend.receive_data(COMMAND_COMPLETE + READY_IN_TRANSACTION)
     assert at_safe_point(frontend, backend)
     assert backend.transaction_status == b"T"
 
@@ -420,11 +420,11 @@ def test_safe_point_does_not_depend_on_the_transaction_status() -> None:
 def test_clean_terminate_leaves_a_safe_point_and_a_torn_one_does_not() -> None:
     backend = BackendTracker()
     clean = FrontendTracker()
-    clean.feed(TERMINATE)
+    clean.send(TERMINATE)
     assert at_safe_point(clean, backend)
     torn = FrontendTracker()
-    torn.feed(TERMINATE[:2])
-    torn.feed(TERMINATE[2:])
+    torn.send(TERMINATE[:2])
+    torn.send(TERMINATE[2:])
     assert torn.terminated
     assert not at_safe_point(torn, backend)
 
@@ -454,18 +454,18 @@ BACKEND_STREAM = (
 
 def test_frontend_stream_split_at_every_point_ends_in_the_same_state() -> None:
     whole = FrontendTracker()
-    assert whole.feed(FRONTEND_STREAM) == len(FRONTEND_STREAM)
+    assert whole.send(FRONTEND_STREAM) == len(FRONTEND_STREAM)
     assert frontend_state(whole) == (4, True, False, True)
     for cut in range(len(FRONTEND_STREAM) + 1):
         tracker = FrontendTracker()
-        forwarded = tracker.feed(FRONTEND_STREAM[:cut]) + tracker.feed(FRONTEND_STREAM[cut:])
+        forwarded = tracker.send(FRONTEND_STREAM[:cut]) + tracker.send(FRONTEND_STREAM[cut:])
         assert forwarded == len(FRONTEND_STREAM), cut
         assert frontend_state(tracker) == frontend_state(whole), cut
 
 
 def test_frontend_stream_fed_byte_at_a_time_ends_in_the_same_state() -> None:
     tracker = FrontendTracker()
-    forwarded = sum(tracker.feed(bytes([byte])) for byte in FRONTEND_STREAM)
+    forwarded = sum(tracker.send(bytes([byte])) for byte in FRONTEND_STREAM)
     assert forwarded == len(FRONTEND_STREAM)
     assert frontend_state(tracker) == (4, True, False, True)
 
@@ -475,7 +475,7 @@ def test_terminated_stream_split_at_every_point_forwards_up_to_terminate() -> No
     terminate_at = len(FRONTEND_STREAM + SYNC)
     for cut in range(len(stream) + 1):
         tracker = FrontendTracker()
-        forwarded = tracker.feed(stream[:cut]) + tracker.feed(stream[cut:])
+        forwarded = tracker.send(stream[:cut]) + tracker.send(stream[cut:])
         torn = terminate_at < cut < terminate_at + len(TERMINATE)
         expected_forwarded = cut if torn else terminate_at
         assert forwarded == expected_forwarded, cut
@@ -484,7 +484,7 @@ def test_terminated_stream_split_at_every_point_forwards_up_to_terminate() -> No
 
 def test_backend_stream_split_at_every_point_ends_in_the_same_state() -> None:
     whole = BackendTracker()
-    whole.feed(BACKEND_STREAM)
+    whole.receive_data(BACKEND_STREAM)
     assert backend_state(whole) == (
         4,
         b"T",
@@ -493,15 +493,15 @@ def test_backend_stream_split_at_every_point_ends_in_the_same_state() -> None:
     )
     for cut in range(len(BACKEND_STREAM) + 1):
         tracker = BackendTracker()
-        tracker.feed(BACKEND_STREAM[:cut])
-        tracker.feed(BACKEND_STREAM[cut:])
+        tracker.receive_data(BACKEND_STREAM[:cut])
+        tracker.receive_data(BACKEND_STREAM[cut:])
         assert backend_state(tracker) == backend_state(whole), cut
 
 
 def test_backend_stream_fed_byte_at_a_time_ends_in_the_same_state() -> None:
     tracker = BackendTracker()
     for byte in BACKEND_STREAM:
-        tracker.feed(bytes([byte]))
+        tracker.receive_data(bytes([byte]))
     assert backend_state(tracker) == (
         4,
         b"T",
@@ -548,11 +548,11 @@ def test_any_chunking_of_client_messages_matches_feeding_them_whole(
 ) -> None:
     stream = b"".join(messages)
     whole = FrontendTracker()
-    assert whole.feed(stream) == len(stream)
+    assert whole.send(stream) == len(stream)
     assert whole.sync_points == sum(message[:1] in (b"Q", b"S", b"F") for message in messages)
 
     chunked = FrontendTracker()
-    forwarded = sum(chunked.feed(chunk) for chunk in split(stream, cuts))
+    forwarded = sum(chunked.send(chunk) for chunk in split(stream, cuts))
     assert forwarded == len(stream)
     assert frontend_state(chunked) == frontend_state(whole)
 
@@ -564,7 +564,7 @@ def test_any_chunking_of_server_messages_matches_feeding_them_whole(
 ) -> None:
     stream = b"".join(messages)
     whole = BackendTracker()
-    whole.feed(stream)
+    whole.receive_data(stream)
     ready = [message for message in messages if message[:1] == b"Z"]
     assert whole.ready_count == len(ready)
     assert whole.transaction_status == (ready[-1][5:] if ready else b"I")
@@ -577,7 +577,7 @@ def test_any_chunking_of_server_messages_matches_feeding_them_whole(
 
     chunked = BackendTracker()
     for chunk in split(stream, cuts):
-        chunked.feed(chunk)
+        chunked.receive_data(chunk)
     assert backend_state(chunked) == backend_state(whole)
 
 
@@ -589,7 +589,7 @@ def test_any_chunking_before_terminate_forwards_exactly_up_to_it(
     before = b"".join(messages)
     stream = before + TERMINATE + QUERY
     tracker = FrontendTracker()
-    forwarded = sum(tracker.feed(chunk) for chunk in split(stream, cuts))
+    forwarded = sum(tracker.send(chunk) for chunk in split(stream, cuts))
     assert tracker.terminated
     if tracker.at_boundary:
         assert forwarded == len(before)
@@ -600,16 +600,17 @@ def test_any_chunking_before_terminate_forwards_exactly_up_to_it(
 arbitrary_chunks = st.lists(st.binary(max_size=24), max_size=8)
 
 
+@pytest.mark.parametrize("reader_class", [MessageReader, FrameReader])
 @PROPERTY_SETTINGS
 @given(chunks=arbitrary_chunks, max_message_size=st.sampled_from([16, 1 << 30]))
 def test_random_bytes_make_message_reader_raise_only_protocol_violation(
-    chunks: list[bytes], max_message_size: int
+    reader_class: type[MessageReader | FrameReader], chunks: list[bytes], max_message_size: int
 ) -> None:
-    reader = MessageReader(max_message_size)
+    reader = reader_class(max_message_size)
     with contextlib.suppress(ProtocolViolation):
         for chunk in chunks:
             reader.receive_data(chunk)
-            while reader.next_message() is not NEED_DATA:
+            while reader.next_event() is not NEED_DATA:
                 pass
 
 
@@ -681,8 +682,8 @@ def test_random_bytes_make_trackers_raise_only_protocol_violation(chunks: list[b
     backend = BackendTracker()
     with contextlib.suppress(ProtocolViolation):
         for chunk in chunks:
-            backend.feed(chunk)
+            backend.receive_data(chunk)
     frontend = FrontendTracker()
     with contextlib.suppress(ProtocolViolation):
         for chunk in chunks:
-            assert 0 <= frontend.feed(chunk) <= len(chunk)
+            assert 0 <= frontend.send(chunk) <= len(chunk)

@@ -1,0 +1,174 @@
+"""What every credential source shares: the ``Credentials`` it hands out, the ``CredentialsError``
+it raises, and the base class that caches them, shares one fetch and remembers a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+# Every source logs as the package: the name operators filter on and JSON logs show.
+log = logging.getLogger("proxy.credentials")
+
+# After a failed fetch, callers within this window get the same error instead of a new
+# request: a broken secret must not turn every client connection into an AWS call.
+ERROR_RETRY_INTERVAL = 1.0
+# After the upstream refuses our credentials, look for others at most this often.
+AUTH_REFRESH_INTERVAL = 1.0
+
+# Makes the password for one login to host:port (RDS IAM: a token signed for them).
+PasswordProvider = Callable[[str, int], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a connector needs to log in upstream. The password is kept out of the repr."""
+
+    username: str
+    password: str = field(repr=False)
+    host: str | None = None
+    port: int | None = None
+    dbname: str | None = None
+    engine: str | None = None
+    version_id: str | None = None
+    stage: str | None = None
+    # Set when the password is made per login (RDS IAM tokens); see login_password.
+    password_provider: PasswordProvider | None = field(default=None, repr=False, compare=False)
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    async def login_password(self, host: str, port: int, *, encrypted: bool) -> str:
+        """The password to log in to ``host:port`` with now.
+
+        For RDS IAM that is a token signed for that host and port. A token is a bearer
+        credential that travels as a cleartext password, so it is never handed out for a
+        connection without TLS (the config refuses tls = "disable" too; this is the backstop).
+        """
+        if self.password_provider is None:
+            return self.password
+        if not encrypted:
+            raise CredentialsError(
+                f"RDS IAM tokens for user {self.username!r}",
+                f"refusing to send a token to {host}:{port} without TLS",
+            )
+        return await self.password_provider(host, port)
+
+
+class CredentialsError(Exception):
+    """Credentials could not be had; the message is safe to show to a client."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(f"cannot get credentials from {source}: {problem}")
+        self.source = source
+        self.problem = problem
+
+
+class CredentialSource:
+    """Base: cached credentials, one fetch in flight, errors remembered briefly."""
+
+    description = "credentials"
+
+    def __init__(self) -> None:
+        self._cached: Credentials | None = None
+        self._inflight: asyncio.Future[Credentials] | None = None
+        self._last_error: CredentialsError | None = None
+        self._last_error_at = 0.0
+        self.fetches = 0  # secret values loaded
+        self.refreshes = 0  # successful reads: fetches, and polls that found AWSCURRENT unchanged
+        self.errors = 0
+        self.last_success_at: float | None = None  # wall clock of the last value loaded
+        self.last_refresh_at: float | None = None  # wall clock of the last successful read
+
+    async def current(self) -> Credentials:
+        if self._cached is not None:
+            return self._cached
+        return await self.refresh()
+
+    async def refresh(self) -> Credentials:
+        """Fetch now (sharing a fetch already under way) and cache the result."""
+        if self._inflight is not None:
+            return await asyncio.shield(self._inflight)
+        if self._last_error is not None and time.monotonic() - self._last_error_at < ERROR_RETRY_INTERVAL:
+            raise self._last_error
+        loop = asyncio.get_running_loop()
+        self._inflight = loop.create_future()
+        try:
+            credentials = await self._fetch()
+        except CredentialsError as exc:
+            self.errors += 1
+            self._last_error, self._last_error_at = exc, time.monotonic()
+            log.warning("credential fetch failed: %s", exc)
+            self._inflight.set_exception(exc)
+            self._inflight.exception()  # mark retrieved: waiters (if any) re-raise it themselves
+            raise
+        except BaseException as exc:
+            self._inflight.set_exception(CredentialsError(self.description, f"fetch aborted: {exc!r}"))
+            self._inflight.exception()
+            raise
+        else:
+            self._inflight.set_result(credentials)
+        finally:
+            self._inflight = None
+        self.fetches += 1
+        self._last_error = None
+        self._refreshed()
+        self.last_success_at = self.last_refresh_at
+        if self._cached is None or self._cached.version_id != credentials.version_id:
+            log.info(
+                "credentials loaded from %s (version %s)",
+                self.description,
+                credentials.version_id or "static",
+            )
+        self._cached = credentials
+        return credentials
+
+    def _refreshed(self) -> None:
+        self.refreshes += 1
+        self.last_refresh_at = time.time()
+
+    async def check_now(self) -> bool:
+        """Read the credentials now (admin API); True when a new version turned up."""
+        before = self._cached.version_id if self._cached else None
+        credentials = await self.refresh()
+        return self._cached is not None and before != credentials.version_id
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last fetch failed, if it did (safe to show: never the secret's value)."""
+        return str(self._last_error) if self._last_error else None
+
+    @property
+    def cached(self) -> Credentials | None:
+        """The newest AWSCURRENT credentials known, without asking anyone."""
+        return self._cached
+
+    async def _fetch(self) -> Credentials:
+        raise NotImplementedError
+
+    async def after_auth_failure(self, failed: Credentials) -> Credentials | None:
+        """Credentials worth trying after the upstream refused ``failed``, or None.
+
+        A static source has nothing else to offer.
+        """
+        return None
+
+    def state(self) -> dict[str, object]:
+        """For health and /pools: how fresh the credentials are (never their values)."""
+        cached = self._cached
+        return {
+            "source": self.description,
+            "version_id": cached.version_id if cached else None,
+            "stage": cached.stage if cached else None,
+            "fetches": self.fetches,
+            "refreshes": self.refreshes,
+            "errors": self.errors,
+            "last_success_at": self.last_success_at,
+            "last_refresh_at": self.last_refresh_at,
+            "last_error": self.last_error,
+        }
+
+    async def close(self) -> None:
+        """Release what the source holds (clients, sessions, the poller)."""
