@@ -23,6 +23,7 @@ from typing import Any
 
 import aioboto3
 import pytest
+from hypothesis import settings as hypothesis_settings
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -32,6 +33,19 @@ from proxy.local.process import free_port
 from proxy.local.proxy_process import ProxyProcess
 from proxy.local.secrets_manager import LocalSecretsManager, create_secret
 from proxy.local.tls import TlsFiles, make_tls_files
+
+# Property tests run a few dozen examples by default; `pytest --long` runs many more
+# (tests/integration/test_pg_differential.py reads the profile's max_examples).
+hypothesis_settings.register_profile("long", max_examples=1000)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", help="run property tests with many more examples")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--long"):
+        hypothesis_settings.load_profile("long")
 
 
 @dataclass

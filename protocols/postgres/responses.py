@@ -205,6 +205,8 @@ class ResponsePlan:
                 if not self._group_passes():
                     end = walk.end
                     out.append(walk.data[:end])
+                    if self._entries:  # answers given here that waited for this group are due now
+                        out.append(self._release_synthetic())
                     return walk.data[end:]
         # Up to where the walk stopped (past the chunk when a body runs on); the rest is carried.
         out.append(walk.data[: walk.end])

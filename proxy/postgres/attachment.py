@@ -3,12 +3,13 @@ one and gives it back at the next idle point.
 
 Attaching takes an idle connection at once when the pool has one (the common case: no task,
 no wait), else queues for the next one released or borrows it in a task; the client's
-settings are brought onto it first with one ``set_config`` query if they differ. Detaching
-keeps the connection attached while the pool lets it (nobody waits), which saves the release
-and borrow a busy client would pay per transaction; the pool takes it back at need. Shutdown
-and reload act here too: a detached client moves to the pool that replaced its own, or
-leaves. ``TransactionRelay`` (``proxy.postgres.transaction``) builds on this with the
-message flow.
+settings are brought onto it first with one ``set_config`` query when the pooling core asks
+(``BringSettings``). Detaching keeps the connection attached while the pool lets it (nobody
+waits), which saves the release and borrow a busy client would pay per transaction; the
+pool takes it back at need. Shutdown and reload act here too: a detached client moves to the
+pool that replaced its own, or leaves. ``TransactionRelay`` (``proxy.postgres.transaction``)
+builds on this with the message flow; what to do is the core's
+(``protocols.postgres.pooling``) to say.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from protocols.postgres.messages import (
     SQLSTATE_CANNOT_CONNECT,
     SQLSTATE_CONNECTION_FAILURE,
     SQLSTATE_TOO_MANY_CONNECTIONS,
-    STATUS_IDLE,
-    ErrorResponse,
 )
-from protocols.postgres.responses import ResponsePlan
+from protocols.postgres.pooling import BringSettings, Command, PooledClient
 from proxy.core.counters import ClientMeter
 from proxy.core.endpoint import Endpoint
 from proxy.core.errors import BorrowTimeout, PoolError
@@ -37,19 +36,6 @@ from proxy.postgres.settings import set_config_query
 
 # Transaction mode logs under one name, whichever of its modules speaks.
 log = logging.getLogger("proxy.postgres.transaction")
-
-# Reported settings a client may change at login and expects to keep on every connection.
-SYNCED_PARAMETERS = frozenset(
-    {
-        "application_name",
-        "client_encoding",
-        "DateStyle",
-        "IntervalStyle",
-        "TimeZone",
-        "standard_conforming_strings",
-        "search_path",
-    }
-)
 
 
 class TransactionSession(Protocol):
@@ -71,8 +57,8 @@ class TransactionSession(Protocol):
 class ServerAttachment(ABC):
     """One transaction-mode client's server connection, attached while it needs one.
 
-    The subclass supplies the message flow: ``_pump`` (forward what the client sent),
-    ``_on_server_data`` and ``_on_server_lost``.
+    The subclass carries out the core's commands (``_run``) and feeds it the server's
+    bytes (``_on_server_data``, ``_on_server_lost``).
     """
 
     def __init__(
@@ -86,13 +72,10 @@ class ServerAttachment(ABC):
         self.session = session
         self.client = client
         self.pool = pool
-        # What the client has been told of the settings that travel with it.
-        self.parameters = {name: value for name, value in parameters.items() if name in SYNCED_PARAMETERS}
+        self.core = PooledClient(parameters, pool.name)
         self.server: PgServerConnection | None = None
-        self.plan = ResponsePlan()  # of the attached connection; its status is the client's
         self.metrics = pool.metrics
         self.meter = meter
-        self.pinned: str | None = None  # why the client may not leave its connection (see _pin)
         # Idle, but still attached: the pool let us keep the connection (see Pool.keep).
         self.kept = False
         # Getting a connection: a place in the pool's queue, or a task borrowing one.
@@ -107,8 +90,8 @@ class ServerAttachment(ABC):
         return None if self.kept else self.server
 
     @abstractmethod
-    def _pump(self) -> None:
-        """Forward what the client sent, now that a connection may be attached."""
+    def _run(self, commands: list[Command]) -> None:
+        """Carry out the core's commands, in order."""
 
     @abstractmethod
     def _on_server_data(self, data: bytes) -> None: ...
@@ -119,30 +102,32 @@ class ServerAttachment(ABC):
     def _finish(self, reason: EndReason) -> None:
         if not self._done.done():
             self._done.set_result(reason)
+            self.core.stop()
 
     # --- attaching ---------------------------------------------------------------------------
-    def _start_attaching(self) -> bool:
-        """Attach a connection; True if done at once (an idle one with our settings).
+    def _start_attaching(self) -> None:
+        """Attach a connection: at once if the pool has an idle one with our settings.
 
         Otherwise queue for the next one released (a full pool) or borrow it in a task.
         """
         server = self.pool.borrow_now()
         if server is not None:
-            return self._take(server)  # the common case: no task, no wait
+            self._take(server)  # the common case: no task, no wait
+            return
         self._attaching = self.pool.queue_for_release(self._handed)
         if self._attaching is None:
             self._attaching = asyncio.create_task(self._attach())
-        return False
 
-    def _take(self, server: ServerConnection) -> bool:
-        """A connection borrowed for us: attach it now if it has our settings (True), else
-        bring them onto it first, in a task."""
+    def _take(self, server: ServerConnection) -> None:
+        """A connection borrowed for us: attach it now if it has our settings, else bring
+        them onto it first, in a task."""
         assert isinstance(server, PgServerConnection)
-        if self._differences(server):
-            self._attaching = asyncio.create_task(self._attach(server))
-            return False
+        commands = self.core.attached(server.server_state)
+        if commands and isinstance(bring := commands[0], BringSettings):
+            self._attaching = asyncio.create_task(self._attach(server, bring))
+            return
         self._attached(server)
-        return True
+        self._run(commands)
 
     def _handed(self, waiter: asyncio.Future[Any]) -> None:
         """The pool answered our place in its queue."""
@@ -160,10 +145,12 @@ class ServerAttachment(ABC):
                 self._attaching = asyncio.create_task(self._attach())
         elif self._done.done():
             self.pool.release(server, reusable=True)
-        elif self._take(server):
-            self._pump()
+        else:
+            self._take(server)
 
-    async def _attach(self, server: PgServerConnection | None = None) -> None:
+    async def _attach(
+        self, server: PgServerConnection | None = None, bring: BringSettings | None = None
+    ) -> None:
         """Borrow a connection (unless handed ``server``), bring our settings onto it, attach."""
         try:
             if server is None:
@@ -177,8 +164,19 @@ class ServerAttachment(ABC):
                     return
                 assert isinstance(borrowed, PgServerConnection)
                 server = borrowed
+                if self._done.done():
+                    self.pool.release(server, reusable=True)
+                    return
+                commands = self.core.attached(server.server_state)
+                if not commands or not isinstance(commands[0], BringSettings):
+                    self._attaching = None
+                    self._attached(server)
+                    self._run(commands)
+                    return
+                bring = commands[0]
+            assert bring is not None
             try:
-                await self._bring_settings(server)
+                await self._bring_settings(server, bring.settings)
             except BaseException as exc:
                 self.pool.release(server, reusable=False)  # its session is in an unknown state
                 if not isinstance(exc, Exception):
@@ -191,29 +189,20 @@ class ServerAttachment(ABC):
             self.pool.release(server, reusable=True)
             return
         self._attached(server)
-        self._pump()
+        self._run(self.core.settings_brought(server.server_state))
 
-    async def _bring_settings(self, server: PgServerConnection) -> None:
-        differences = self._differences(server)
-        if differences:
-            errors = await server.run_queries(set_config_query(differences))
-            if errors:
-                log.warning(
-                    "could not bring settings %s onto %r: %s",
-                    sorted(differences),
-                    server,
-                    errors[0].message,
-                )
-
-    def _differences(self, server: PgServerConnection) -> dict[str, str]:
-        """The client's settings this connection does not have right now."""
-        return {
-            name: value for name, value in self.parameters.items() if server.parameters.get(name) != value
-        }
+    async def _bring_settings(self, server: PgServerConnection, settings: dict[str, str]) -> None:
+        errors = await server.run_queries(set_config_query(settings))
+        if errors:
+            log.warning(
+                "could not bring settings %s onto %r: %s",
+                sorted(settings),
+                server,
+                errors[0].message,
+            )
 
     def _attached(self, server: PgServerConnection) -> None:
         self.server = server
-        self.plan.follow(server.parameters)
         self.client.peer, server.endpoint.peer = server.endpoint, self.client
         server.endpoint.start_relay(self._on_server_data)
         server.endpoint.on_lost(self._on_server_lost)
@@ -221,8 +210,7 @@ class ServerAttachment(ABC):
 
     def _fail(self, code: str, message: str) -> None:
         log.warning("client %s: %s", self.session.peer, message)
-        self.client.write(ErrorResponse.build("FATAL", code, message).encode())
-        self._finish(EndReason.NO_SERVER_CONNECTION)
+        self._run([self.core.no_connection(code, message)])
 
     # --- detaching ---------------------------------------------------------------------------
     def _unhook(self) -> PgServerConnection:
@@ -231,24 +219,19 @@ class ServerAttachment(ABC):
         assert server is not None
         self.server = None
         self.kept = False
+        self.core.detached()
         server.endpoint.remove_on_lost(self._on_server_lost)
         server.endpoint.stop_relay()
         self.client.peer = None
-        server.transaction_status = self.plan.status
         return server
 
-    def _detach_if_idle(self) -> bool:
-        """Give the connection back when the client is idle, unpinned and owed nothing."""
-        if self.plan.status != STATUS_IDLE or not self.plan.at_rest:
-            return False
-        if self.pinned is not None:
+    def _may_detach(self, clean: bool) -> bool:
+        """The core says the client may let go of its connection: give it back (or keep it,
+        while nobody waits); True if the client no longer runs on it."""
+        if not clean:  # pinned: its session state cannot move
             if self.closing:
-                self._finish(EndReason.GOODBYE)  # its session state cannot move: it ends here
+                self._finish(EndReason.GOODBYE)  # it ends here
             return False
-        if self.plan.parameters_changed:  # the client was told: the new value travels with it
-            self.parameters.update(
-                {name: value for name, value in self.plan.parameters.items() if name in SYNCED_PARAMETERS}
-            )
         server = self.server
         assert server is not None
         if not self.closing and self.pool.keep(server, self._take_back):
@@ -275,17 +258,15 @@ class ServerAttachment(ABC):
         if self.server is None:
             return
         server = self._unhook()
+        terms = self.core.release_terms()
         if reason is EndReason.SERVER_CLOSED or server.is_closed:
             self.pool.release(server, reusable=False)
             return
-        if not self.plan.at_rest:
+        if terms.cancel_first:
             await server.cancel_abandoned(self.session.peer)
-            self.pool.release(server, reusable=False)
-            return
-        # A pinned connection holds session state: reset it. An unpinned one left mid-
-        # transaction is rolled back by the same reset.
-        server.dirty = self.pinned is not None or server.transaction_status != STATUS_IDLE
-        self.pool.release(server, reusable=True)
+        else:
+            server.dirty = terms.needs_reset
+        self.pool.release(server, reusable=terms.reusable)
 
     # --- shutdown and reload -----------------------------------------------------------------
     def close_gracefully(self) -> None:
@@ -302,7 +283,7 @@ class ServerAttachment(ABC):
         if self.server is None:
             if self._attaching is None:
                 self._leave_pool()
-        elif self.pinned is not None and self.plan.status == STATUS_IDLE and self.plan.at_rest:
+        elif self.core.pinned is not None and self.core.at_idle_point:
             self._finish(EndReason.GOODBYE)
 
     def _leave_pool(self) -> None:
@@ -319,6 +300,7 @@ class ServerAttachment(ABC):
         # travel with it, so the next transaction simply runs on the new pool.
         log.debug('pool "%s": client %s moves to the reloaded pool', self.pool.name, self.session.peer)
         self.pool = successor
+        self.core.pool_name = successor.name
         self.metrics = successor.metrics  # the same object: a reload hands it on (see Proxy.reload)
         self.closing = False
         self.session.moved_to(successor)

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections import OrderedDict
 from collections.abc import Hashable
 
 from protocols.errors import ProtocolViolation
@@ -36,6 +35,7 @@ from protocols.postgres.messages import (
     decode_backend,
     query_message,
 )
+from protocols.postgres.server_state import ServerState
 from proxy.config import PoolConfig
 from proxy.core.endpoint import ConnectionClosed, Endpoint
 from proxy.core.errors import PoolError, UpstreamLoginError
@@ -93,17 +93,31 @@ class PgServerConnection(UpstreamConnection[MessageReader]):
     ) -> None:
         super().__init__(endpoint, reader, target, pool, generation)
         self.username = username
-        self.parameters: dict[str, str] = {}
         self.backend_key: BackendKeyData | None = None
-        self.transaction_status = STATUS_IDLE
+        # Its settings, transaction status and (transaction mode) prepared statements.
+        self.server_state = ServerState()
         # Whether a client may have left session state here (settings, temp tables, ...).
         self.dirty = False
-        # Transaction mode: server-side prepared statements on this connection, LRU order.
-        self.prepared: OrderedDict[str, None] = OrderedDict()
 
     def __repr__(self) -> str:
         pid = self.backend_key.process_id if self.backend_key else None
         return f"PgServerConnection({self.target}, user={self.username!r}, pid={pid}, gen={self.generation})"
+
+    @property
+    def parameters(self) -> dict[str, str]:
+        return self.server_state.parameters
+
+    @parameters.setter
+    def parameters(self, parameters: dict[str, str]) -> None:
+        self.server_state.parameters = parameters
+
+    @property
+    def transaction_status(self) -> bytes:
+        return self.server_state.transaction_status
+
+    @transaction_status.setter
+    def transaction_status(self, status: bytes) -> None:
+        self.server_state.transaction_status = status
 
     @property
     def backend_pid(self) -> int:
@@ -138,7 +152,7 @@ class PgServerConnection(UpstreamConnection[MessageReader]):
         if not self.needs_reset:
             return
         self.dirty = False
-        self.prepared.clear()  # DISCARD ALL drops them
+        self.server_state.prepared.clear()  # DISCARD ALL drops them
         queries = ["DISCARD ALL"]
         if self.transaction_status != STATUS_IDLE:
             queries.insert(0, "ROLLBACK")

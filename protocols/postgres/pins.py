@@ -2,7 +2,7 @@
 LISTEN, temporary tables, session advisory locks, SQL PREPARE, DECLARE WITH HOLD, LOAD)
 *pins* its client to its server connection until it leaves, like RDS Proxy; the connection
 is reset before reuse. ``protocols.postgres.session_state`` says which statements pin;
-here are what the relay adds and the kinds pins are counted by.
+here are what the pooling core adds and the kinds pins are counted by.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from protocols.postgres.session_state import (
     REASON_TEMPORARY_TABLE,
 )
 
-# A longer statement pins without being classified (see TransactionRelay._check_pins).
+# A longer statement pins without being classified (see PooledClient._check_pins).
 INSPECT_LIMIT = 128 * 1024
 PIN_NAMED_STATEMENT = "named prepared statement"
 PIN_TOO_LARGE = "statement too large to inspect"

@@ -3,16 +3,15 @@
 A client's Parse is sent under a server-side name derived from the query and parameter types
 (shared by every client that prepares the same statement), and a Bind or Describe naming a
 statement the connection lacks is preceded by a Parse whose answer is hidden. Each
-connection keeps its server-side statements in LRU order (``PgServerConnection.prepared``),
-at most ``PREPARED_PER_CONNECTION``. Close and DEALLOCATE of the client's own statements are
-answered here: other clients may share the server-side statement.
+connection keeps its server-side statements in LRU order (``ServerState.prepared``), at
+most ``PREPARED_PER_CONNECTION``. Close and DEALLOCATE of the client's own statements are
+answered here: other clients may share the server-side statement. Part of the pooling core
+(``protocols.postgres.pooling``).
 """
 
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
-from collections.abc import Callable
 
 from protocols.postgres.extended import (
     CLOSE_COMPLETE_MESSAGE,
@@ -26,24 +25,20 @@ from protocols.postgres.extended import (
 )
 from protocols.postgres.messages import COMMAND_COMPLETE, HEADER, ReadyForQuery, cstring, frame
 from protocols.postgres.responses import Handling, Request, ResponsePlan
+from protocols.postgres.server_state import PREPARED_PER_CONNECTION, Prepared
 
 DEALLOCATE = re.compile(r'^\s*DEALLOCATE\s+(?:PREPARE\s+)?(ALL|"[^"]+"|[A-Za-z_][\w$]*)\s*;?\s*$', re.I)
 DISCARD_ALL = re.compile(r"^\s*DISCARD\s+ALL\s*;?\s*$", re.I)
-# Server-side statements kept per connection; the least recently used is closed beyond this.
-PREPARED_PER_CONNECTION = 500
-
-# A connection's server-side statements, least recently used first.
-Prepared = OrderedDict[str, None]
 
 
 class ClientStatements:
     """One client's named prepared statements, carried onto whichever connection serves it.
 
     ``plan`` is the client's ResponsePlan (what the server's answers are matched against);
-    ``to_client`` writes an answer given here.
+    an answer given here is appended to ``to_client``, the core's bytes due to the client.
     """
 
-    def __init__(self, plan: ResponsePlan, to_client: Callable[[bytes], None]) -> None:
+    def __init__(self, plan: ResponsePlan, to_client: list[bytes]) -> None:
         self.plan = plan
         self.to_client = to_client
         self.by_name: dict[str, Parse] = {}  # the client's names → Parse under server-side names
@@ -57,11 +52,12 @@ class ClientStatements:
         self.by_name[name] = renamed
         if server_name in prepared:
             prepared.move_to_end(server_name)
-            self.to_client(self.plan.send(Request.PARSE, Handling.SYNTHETIC, PARSE_COMPLETE_MESSAGE))
+            self.to_client.append(self.plan.send(Request.PARSE, Handling.SYNTHETIC, PARSE_COMPLETE_MESSAGE))
             return b""
         prepared[server_name] = None
+        evicted = self._evict(prepared)  # sent first, so queued for its answer first
         self.plan.send(Request.PARSE, statement=server_name)
-        return self._evict(prepared) + renamed.encode()
+        return evicted + renamed.encode()
 
     def renamed(
         self, message: bytes, name: str, start: int, end: int, prepared: Prepared, batch: list[bytes]
@@ -76,8 +72,9 @@ class ClientStatements:
             prepared.move_to_end(parse.statement)
         else:
             prepared[parse.statement] = None
+            evicted = self._evict(prepared)  # sent first, so queued for its answer first
             self.plan.send(Request.PARSE, Handling.SWALLOW, statement=parse.statement)
-            batch.append(self._evict(prepared) + parse.encode())
+            batch.append(evicted + parse.encode())
         return with_name(message, start, end, parse.statement)
 
     def close(self, name: str) -> bool:
@@ -86,7 +83,7 @@ class ClientStatements:
             return False
         # Other clients may share the server-side statement: keep it, forget ours.
         del self.by_name[name]
-        self.to_client(self.plan.send(Request.CLOSE, Handling.SYNTHETIC, CLOSE_COMPLETE_MESSAGE))
+        self.to_client.append(self.plan.send(Request.CLOSE, Handling.SYNTHETIC, CLOSE_COMPLETE_MESSAGE))
         return True
 
     def deallocate(self, sql: str, prepared: Prepared) -> bool:
@@ -109,7 +106,7 @@ class ClientStatements:
             del self.by_name[name]
             tag = "DEALLOCATE"
         answer = frame(COMMAND_COMPLETE, cstring(tag)) + ReadyForQuery(self.plan.status).encode()
-        self.to_client(self.plan.send(Request.QUERY, Handling.SYNTHETIC, answer))
+        self.to_client.append(self.plan.send(Request.QUERY, Handling.SYNTHETIC, answer))
         return True
 
     def _evict(self, prepared: Prepared) -> bytes:

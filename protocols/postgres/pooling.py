@@ -1,0 +1,442 @@
+"""The sans-IO core of PostgreSQL transaction pooling: one client's message stream, its
+named statements, its pins and the plan of the answers it is owed.
+
+Theory of operation: the driver (``proxy.postgres.transaction``) feeds the core events and
+carries out the commands it returns, in order. Events: ``receive_client(data)`` and
+``receive_server(data)``; ``attached(connection)`` (a server connection, described by its
+``ServerState``, was borrowed for the client) and ``settings_brought(connection)``;
+``detached()`` (the driver gave the connection back), ``connection_lost()``,
+``idle_timer_fired(...)``, ``release_terms()`` (the client is gone: on what terms its
+connection goes back) and ``stop()`` (the driver ended the client for its own reasons).
+
+Client messages are read whole. Without a connection the core asks for one
+(``NeedConnection``); a borrowed connection lacking the client's reported settings is
+first given them (``BringSettings``, one ``set_config`` round trip run by the driver).
+Attached, messages pass as they came (``SendToServer``, one per batch), except where a
+named statement must be renamed, prepared first or answered here (``ClientStatements``).
+Server bytes go through the ``ResponsePlan`` (``SendToClient``). When the server is idle
+(``I``) and owed nothing, the core says ``MayDetach``: clean unless the client is pinned
+(``Pinned``, said once), when only its leaving frees the connection. Idle inside a
+transaction with nothing owed it says ``ArmIdleTimer``; the client's next byte,
+``DisarmIdleTimer``. ``Ended`` and ``CloseWithError`` (an ErrorResponse to send first) end
+the client.
+
+Written for mypyc: native classes, ``Final`` constants, byte-indexed dispatch, commands that
+say nothing new built once.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final
+
+from protocols.errors import ProtocolViolation
+from protocols.events import NeedData
+from protocols.postgres.extended import TARGET_STATEMENT, Query, parse_query, statement_field
+from protocols.postgres.framing import FrameReader
+from protocols.postgres.messages import (
+    BIND,
+    CLOSE,
+    DESCRIBE,
+    EXECUTE,
+    FUNCTION_CALL,
+    HEADER,
+    PARSE,
+    QUERY,
+    SQLSTATE_CONNECTION_FAILURE,
+    SQLSTATE_IDLE_IN_TRANSACTION_TIMEOUT,
+    STATUS_IDLE,
+    SYNC,
+    TERMINATE,
+    ErrorResponse,
+)
+from protocols.postgres.pins import INSPECT_LIMIT, PIN_TOO_LARGE, pin_kind
+from protocols.postgres.responses import Request, ResponsePlan
+from protocols.postgres.server_state import ServerState
+from protocols.postgres.session_state import statement_pins
+from protocols.postgres.statements import ClientStatements
+
+# Reported settings a client may change at login and expects to keep on every connection.
+SYNCED_PARAMETERS: Final = frozenset(
+    {
+        "application_name",
+        "client_encoding",
+        "DateStyle",
+        "IntervalStyle",
+        "TimeZone",
+        "standard_conforming_strings",
+        "search_path",
+    }
+)
+
+# Client message types, as the ints ``message[0]`` gives.
+_QUERY: Final = QUERY[0]
+_PARSE: Final = PARSE[0]
+_BIND: Final = BIND[0]
+_EXECUTE: Final = EXECUTE[0]
+_SYNC: Final = SYNC[0]
+_DESCRIBE: Final = DESCRIBE[0]
+_CLOSE: Final = CLOSE[0]
+_FUNCTION_CALL: Final = FUNCTION_CALL[0]
+_TERMINATE: Final = TERMINATE[0]
+_TARGET_STATEMENT: Final = TARGET_STATEMENT[0]
+_HEADER_SIZE: Final = HEADER.size
+
+
+class Ending(enum.Enum):
+    """Why the core ended the client (the driver's ``EndReason`` says it in its words)."""
+
+    CLIENT_TERMINATED = "client terminated"
+    CLIENT_VIOLATION = "client broke the protocol"
+    SERVER_VIOLATION = "server broke the protocol"
+    SERVER_CLOSED = "server connection lost"
+    IDLE_IN_TRANSACTION = "idle in a transaction"
+    NO_SERVER_CONNECTION = "no server connection"
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendToServer:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendToClient:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NeedConnection:
+    """The client sent something and holds no connection: attach one (``attached``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BringSettings:
+    """The borrowed connection lacks these client settings: set them, then ``settings_brought``."""
+
+    settings: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class MayDetach:
+    """The server is idle and owed nothing. ``clean``: the connection may serve anyone now
+    (give it back, or keep it); else the client is pinned and only its leaving frees it."""
+
+    clean: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Pinned:
+    """The client is pinned to its connection from now on (said once)."""
+
+    reason: str
+    kind: str  # what it is counted by: client-chosen names stay out (``pin_kind``)
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The client is done; ``detail`` says what broke, for the log."""
+
+    reason: Ending
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseWithError:
+    """Send the client ``error`` (a FATAL ErrorResponse), then end it."""
+
+    error: bytes
+    reason: Ending
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ArmIdleTimer:
+    """Idle inside a transaction, owed nothing: start the idle-in-transaction clock."""
+
+
+@dataclass(frozen=True, slots=True)
+class DisarmIdleTimer:
+    """The client spoke: stop the idle-in-transaction clock."""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """On what terms the connection of a client that left goes back (``release_terms``)."""
+
+    reusable: bool
+    cancel_first: bool  # the client left mid-request: cancel what it runs
+    needs_reset: bool  # session state or an open transaction of the client's is on it
+
+
+Command = (
+    SendToServer
+    | SendToClient
+    | NeedConnection
+    | BringSettings
+    | MayDetach
+    | Pinned
+    | Ended
+    | CloseWithError
+    | ArmIdleTimer
+    | DisarmIdleTimer
+)
+
+NEED_CONNECTION: Final = NeedConnection()
+MAY_DETACH: Final = MayDetach(clean=True)
+MAY_DETACH_PINNED: Final = MayDetach(clean=False)
+ARM_IDLE_TIMER: Final = ArmIdleTimer()
+DISARM_IDLE_TIMER: Final = DisarmIdleTimer()
+CLIENT_TERMINATED: Final = Ended(Ending.CLIENT_TERMINATED)
+
+
+class PooledClient:
+    """One transaction-mode client, from its login to its leaving, whichever connections
+    serve it. ``parameters`` are the settings it reported at login; ``pool_name`` names the
+    pool in the errors it is sent (the driver updates it when the client moves)."""
+
+    def __init__(self, parameters: dict[str, str], pool_name: str) -> None:
+        self.reader = FrameReader()
+        self.plan = ResponsePlan()  # of the attached connection; its status is the client's
+        self._to_client: list[bytes] = []  # answers given here, not yet in a command
+        self.statements = ClientStatements(self.plan, self._to_client)
+        # What the client has been told of the settings that travel with it.
+        self.parameters = {name: value for name, value in parameters.items() if name in SYNCED_PARAMETERS}
+        self.pool_name = pool_name
+        self.connection: ServerState | None = None
+        self.pinned: str | None = None  # why the client may not leave its connection
+        self._timer_armed = False
+        self._ended = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes the client sent that are not forwarded yet."""
+        return len(self.reader)
+
+    @property
+    def at_idle_point(self) -> bool:
+        """The server is idle and owes the client nothing."""
+        plan = self.plan
+        return plan.status == STATUS_IDLE and plan.at_rest
+
+    # --- events ---------------------------------------------------------------------------------
+    def receive_client(self, data: bytes) -> list[Command]:
+        """Client bytes in."""
+        self.reader.receive_data(data)
+        if self._timer_armed:
+            self._timer_armed = False
+            commands: list[Command] = [DISARM_IDLE_TIMER]
+            commands.extend(self.forward())
+            return commands
+        return self.forward()
+
+    def forward(self) -> list[Command]:
+        """Forward what the client sent and is not forwarded yet (after a detach, say)."""
+        if self._ended:
+            return []
+        connection = self.connection
+        reader = self.reader
+        if connection is None:
+            if reader.peek_type() == TERMINATE:
+                self._ended = True  # the goodbye needs no server connection
+                return [CLIENT_TERMINATED]
+            return [NEED_CONNECTION] if len(reader) else []
+        commands: list[Command] = []
+        # One write per batch of client messages: each write to a TLS upstream costs a
+        # record and a system call, and a query is five messages in the extended protocol.
+        batch: list[bytes] = []
+        terminated = False
+        try:
+            while not isinstance(message := reader.next_event(), NeedData):
+                if message[0] == _TERMINATE:
+                    terminated = True
+                    break
+                self._forward(message, connection, batch, commands)
+        except ProtocolViolation as exc:
+            self._ended = True
+            self._flush_to_client(commands)
+            commands.append(Ended(Ending.CLIENT_VIOLATION, str(exc)))
+            return commands
+        if self._to_client:
+            self._flush_to_client(commands)
+        if batch:
+            commands.append(SendToServer(b"".join(batch)))
+        if terminated:
+            self._ended = True
+            commands.append(CLIENT_TERMINATED)
+        elif not batch:
+            self._idle_point(commands)  # everything was answered here (DEALLOCATE, Close)
+        return commands
+
+    def receive_server(self, data: bytes) -> list[Command]:
+        """Server bytes in (from the attached connection)."""
+        plan = self.plan
+        try:
+            out = plan.receive_data(data)
+        except ProtocolViolation as exc:
+            self._ended = True
+            return [Ended(Ending.SERVER_VIOLATION, str(exc))]
+        commands: list[Command] = [SendToClient(out)] if out else []
+        if plan.unprepared:  # a Parse failed or was skipped: it is not there
+            connection = self.connection
+            assert connection is not None
+            for name in plan.unprepared:
+                connection.prepared.pop(name, None)
+            plan.unprepared.clear()
+        if (
+            not self._idle_point(commands)
+            and not self._timer_armed
+            and plan.status != STATUS_IDLE
+            and plan.at_rest
+        ):
+            self._timer_armed = True
+            commands.append(ARM_IDLE_TIMER)
+        return commands
+
+    def attached(self, connection: ServerState) -> list[Command]:
+        """A connection was borrowed for the client: attach it, unless it lacks the client's
+        settings (then ``BringSettings``, and ``settings_brought`` once they are on it)."""
+        differences = connection.differences(self.parameters)
+        if differences:
+            return [BringSettings(differences)]
+        return self.settings_brought(connection)
+
+    def settings_brought(self, connection: ServerState) -> list[Command]:
+        """Attach ``connection`` (the client's settings were set on it) and forward."""
+        self.connection = connection
+        self.plan.follow(connection.parameters)
+        return self.forward()
+
+    def detached(self) -> None:
+        """The driver gave the connection back (``MayDetach``, or the pool took it)."""
+        connection = self.connection
+        assert connection is not None
+        self.connection = None
+        connection.transaction_status = self.plan.status
+
+    def release_terms(self) -> Release:
+        """The client is gone: on what terms the connection it held goes back (``detached``
+        first)."""
+        plan = self.plan
+        if not plan.at_rest:
+            return Release(reusable=False, cancel_first=True, needs_reset=False)
+        # A pinned connection holds session state: reset it. An unpinned one left mid-
+        # transaction is rolled back by the same reset.
+        needs_reset = self.pinned is not None or plan.status != STATUS_IDLE
+        return Release(reusable=True, cancel_first=False, needs_reset=needs_reset)
+
+    def connection_lost(self) -> Command:
+        """The attached connection closed under the client."""
+        self._ended = True
+        if self.plan.mid_message:  # an error now would land inside a message
+            return Ended(Ending.SERVER_CLOSED)
+        message = f'pool "{self.pool_name}": the server connection was lost'
+        error = ErrorResponse.build("FATAL", SQLSTATE_CONNECTION_FAILURE, message).encode()
+        return CloseWithError(error, Ending.SERVER_CLOSED)
+
+    def idle_timer_fired(self, timeout: str) -> Command:
+        """The idle-in-transaction clock ran out (``timeout`` as the client is told it)."""
+        self._timer_armed = False
+        self._ended = True
+        message = f'pool "{self.pool_name}": terminating connection: idle in a transaction for {timeout}'
+        error = ErrorResponse.build("FATAL", SQLSTATE_IDLE_IN_TRANSACTION_TIMEOUT, message).encode()
+        return CloseWithError(error, Ending.IDLE_IN_TRANSACTION, message)
+
+    def no_connection(self, code: str, message: str) -> Command:
+        """No connection could be had for the client (the pool said why)."""
+        self._ended = True
+        error = ErrorResponse.build("FATAL", code, message).encode()
+        return CloseWithError(error, Ending.NO_SERVER_CONNECTION, message)
+
+    def stop(self) -> None:
+        """The driver ended the client: forward nothing more."""
+        self._ended = True
+
+    # --- internals ------------------------------------------------------------------------------
+    def _forward(
+        self, message: bytes, connection: ServerState, batch: list[bytes], commands: list[Command]
+    ) -> None:
+        """Queue what the server must get for this client message (not Terminate).
+
+        Messages pass as they came unless a statement name must change (``ClientStatements``).
+        """
+        kind = message[0]
+        plan = self.plan
+        if kind == _QUERY:
+            sql = Query.decode(message[_HEADER_SIZE:]).sql
+            if self.statements.deallocate(sql, connection.prepared):
+                return
+            self._check_pins(sql, commands)
+            plan.send(Request.QUERY)
+        elif kind == _PARSE:
+            name, _, end = statement_field(message)
+            self._check_pins(parse_query(message, end), commands)
+            if name:
+                message = self.statements.parse(message, name, connection.prepared)
+            else:  # the unnamed statement dies with the next Parse: no renaming
+                plan.send(Request.PARSE)
+        elif kind == _BIND:
+            name, start, end = statement_field(message)
+            if name:
+                message = self.statements.renamed(message, name, start, end, connection.prepared, batch)
+            plan.send(Request.BIND)
+        elif kind == _EXECUTE:
+            plan.send(Request.EXECUTE)
+        elif kind == _SYNC:
+            plan.send(Request.SYNC)
+        elif kind == _DESCRIBE:
+            name, start, end = statement_field(message)
+            if message[_HEADER_SIZE] == _TARGET_STATEMENT:
+                if name:
+                    message = self.statements.renamed(message, name, start, end, connection.prepared, batch)
+                plan.send(Request.DESCRIBE_STATEMENT)
+            else:
+                plan.send(Request.DESCRIBE_PORTAL)
+        elif kind == _CLOSE:
+            name, _, _ = statement_field(message)
+            if message[_HEADER_SIZE] == _TARGET_STATEMENT and self.statements.close(name):
+                return
+            plan.send(Request.CLOSE)
+        elif kind == _FUNCTION_CALL:
+            plan.send(Request.QUERY)
+        # Flush, CopyData, CopyDone, CopyFail: no answer of their own
+        if message:
+            batch.append(message)
+
+    def _check_pins(self, sql: str, commands: list[Command]) -> None:
+        if len(sql) > INSPECT_LIMIT:
+            # Classifying megabytes of literals would stall every client on this loop.
+            self._pin(PIN_TOO_LARGE, commands)
+            return
+        for pin in statement_pins(sql):
+            self._pin(pin.reason, commands)
+
+    def _pin(self, reason: str, commands: list[Command]) -> None:
+        if self.pinned is None:
+            self.pinned = reason
+            commands.append(Pinned(reason, pin_kind(reason)))
+
+    def _idle_point(self, commands: list[Command]) -> bool:
+        """At an idle point, say ``MayDetach``; False if not at one."""
+        plan = self.plan
+        if plan.status != STATUS_IDLE or not plan.at_rest:
+            return False
+        if self.pinned is not None:
+            commands.append(MAY_DETACH_PINNED)
+            return True
+        if plan.parameters_changed:  # the client was told: the new value travels with it
+            self.parameters.update(
+                {name: value for name, value in plan.parameters.items() if name in SYNCED_PARAMETERS}
+            )
+        commands.append(MAY_DETACH)
+        return True
+
+    def _flush_to_client(self, commands: list[Command]) -> None:
+        to_client = self._to_client
+        data = b"".join(to_client)
+        to_client.clear()
+        if data:
+            commands.append(SendToClient(data))
