@@ -16,11 +16,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
+from protocols.endings import EndReason
 from protocols.errors import ProtocolViolation
 from proxy.core.counters import REJECTED_BORROW_TIMEOUT, REJECTED_UPSTREAM, ClientMeter
 from proxy.core.endpoint import Endpoint
 from proxy.core.errors import BorrowTimeout, PoolError
-from proxy.core.relay import EndReason
 from proxy.core.server import ServerConnection
 from proxy.core.upstream_connection import UpstreamConnection
 from proxy.pool.pool import Pool

@@ -27,10 +27,10 @@ say nothing new built once.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Final
 
+from protocols.endings import EndReason
 from protocols.errors import ProtocolViolation
 from protocols.events import NeedData
 from protocols.postgres.extended import TARGET_STATEMENT, Query, parse_query, statement_field
@@ -84,17 +84,6 @@ _TARGET_STATEMENT: Final = TARGET_STATEMENT[0]
 _HEADER_SIZE: Final = HEADER.size
 
 
-class Ending(enum.Enum):
-    """Why the core ended the client (the driver's ``EndReason`` says it in its words)."""
-
-    CLIENT_TERMINATED = "client terminated"
-    CLIENT_VIOLATION = "client broke the protocol"
-    SERVER_VIOLATION = "server broke the protocol"
-    SERVER_CLOSED = "server connection lost"
-    IDLE_IN_TRANSACTION = "idle in a transaction"
-    NO_SERVER_CONNECTION = "no server connection"
-
-
 # --- commands --------------------------------------------------------------------------------
 
 
@@ -140,7 +129,7 @@ class Pinned:
 class Ended:
     """The client is done; ``detail`` says what broke, for the log."""
 
-    reason: Ending
+    reason: EndReason
     detail: str = ""
 
 
@@ -149,7 +138,7 @@ class CloseWithError:
     """Send the client ``error`` (a FATAL ErrorResponse), then end it."""
 
     error: bytes
-    reason: Ending
+    reason: EndReason
     detail: str = ""
 
 
@@ -190,7 +179,7 @@ MAY_DETACH: Final = MayDetach(clean=True)
 MAY_DETACH_PINNED: Final = MayDetach(clean=False)
 ARM_IDLE_TIMER: Final = ArmIdleTimer()
 DISARM_IDLE_TIMER: Final = DisarmIdleTimer()
-CLIENT_TERMINATED: Final = Ended(Ending.CLIENT_TERMINATED)
+CLIENT_TERMINATED: Final = Ended(EndReason.CLIENT_TERMINATED)
 
 
 class PooledClient:
@@ -258,7 +247,7 @@ class PooledClient:
         except ProtocolViolation as exc:
             self._ended = True
             self._flush_to_client(commands)
-            commands.append(Ended(Ending.CLIENT_VIOLATION, str(exc)))
+            commands.append(Ended(EndReason.CLIENT_VIOLATION, str(exc)))
             return commands
         if self._to_client:
             self._flush_to_client(commands)
@@ -278,7 +267,7 @@ class PooledClient:
             out = plan.receive_data(data)
         except ProtocolViolation as exc:
             self._ended = True
-            return [Ended(Ending.SERVER_VIOLATION, str(exc))]
+            return [Ended(EndReason.SERVER_VIOLATION, str(exc))]
         commands: list[Command] = [SendToClient(out)] if out else []
         if plan.unprepared:  # a Parse failed or was skipped: it is not there
             connection = self.connection
@@ -332,10 +321,10 @@ class PooledClient:
         """The attached connection closed under the client."""
         self._ended = True
         if self.plan.mid_message:  # an error now would land inside a message
-            return Ended(Ending.SERVER_CLOSED)
+            return Ended(EndReason.SERVER_CLOSED)
         message = f'pool "{self.pool_name}": the server connection was lost'
         error = ErrorResponse.build("FATAL", SQLSTATE_CONNECTION_FAILURE, message).encode()
-        return CloseWithError(error, Ending.SERVER_CLOSED)
+        return CloseWithError(error, EndReason.SERVER_CLOSED)
 
     def idle_timer_fired(self, timeout: str) -> Command:
         """The idle-in-transaction clock ran out (``timeout`` as the client is told it)."""
@@ -343,13 +332,13 @@ class PooledClient:
         self._ended = True
         message = f'pool "{self.pool_name}": terminating connection: idle in a transaction for {timeout}'
         error = ErrorResponse.build("FATAL", SQLSTATE_IDLE_IN_TRANSACTION_TIMEOUT, message).encode()
-        return CloseWithError(error, Ending.IDLE_IN_TRANSACTION, message)
+        return CloseWithError(error, EndReason.IDLE_IN_TRANSACTION, message)
 
     def no_connection(self, code: str, message: str) -> Command:
         """No connection could be had for the client (the pool said why)."""
         self._ended = True
         error = ErrorResponse.build("FATAL", code, message).encode()
-        return CloseWithError(error, Ending.NO_SERVER_CONNECTION, message)
+        return CloseWithError(error, EndReason.NO_SERVER_CONNECTION, message)
 
     def stop(self) -> None:
         """The driver ended the client: forward nothing more."""

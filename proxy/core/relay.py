@@ -1,35 +1,15 @@
-"""What every relay shares, session mode's and transaction mode's alike: why it ended
-(``EndReason``), and how a goodbye waits for the client's next request so that it can be
-the answer to it (``await_next_request``).
+"""What every relay shares, session mode's and transaction mode's alike: how a goodbye waits
+for the client's next request so that it can be the answer to it (``await_next_request``).
+Why a relay ended is ``protocols.endings.EndReason``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 
 from protocols.events import NEED_DATA, NeedData
 from proxy.core.endpoint import ConnectionClosed, Endpoint
-
-
-class EndReason(enum.Enum):
-    """Why a relay (or a transaction-mode session) ended; the value is what logs show."""
-
-    CLIENT_CLOSED = "client closed"
-    CLIENT_TERMINATED = "client terminated"  # PostgreSQL's Terminate message
-    CLIENT_QUIT = "client quit"  # MySQL's COM_QUIT
-    SERVER_CLOSED = "server closed"
-    CLIENT_VIOLATION = "client protocol violation"
-    SERVER_VIOLATION = "server protocol violation"
-    GOODBYE = "goodbye"  # shutdown or reload: the session ends at a safe idle point, the client is told
-    # Transaction mode, after the client was told why (FATAL):
-    NO_SERVER_CONNECTION = "no server connection"  # none could be had (or set up) for a request
-    IDLE_IN_TRANSACTION = "idle in transaction"  # idle_transaction_timeout passed
-
-    def __str__(self) -> str:
-        return self.value
-
 
 # How long a goodbye waits for the client's next request, so that it can be the answer to it.
 GOODBYE_LINGER = 0.25

@@ -26,6 +26,7 @@ import secrets
 from collections.abc import Coroutine
 from typing import Any
 
+from protocols.endings import EndReason
 from protocols.errors import ProtocolViolation
 from protocols.mysql import constants as c
 from protocols.mysql.messages import ErrPacket, HandshakeResponse41, HandshakeV10, OkPacket, is_ssl_request
@@ -34,7 +35,7 @@ from protocols.mysql.tracker import ResponseTracker
 from proxy.core.counters import REJECTED_UNKNOWN_DATABASE, ClientMeter
 from proxy.core.endpoint import ConnectionClosed, Endpoint
 from proxy.core.errors import BorrowTimeout, PoolError
-from proxy.core.relay import EndReason, await_next_request
+from proxy.core.relay import await_next_request
 from proxy.engine import SessionHost
 from proxy.mysql.server import (
     MAX_PACKET_SIZE,

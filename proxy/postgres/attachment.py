@@ -19,6 +19,7 @@ import logging
 from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
+from protocols.endings import EndReason
 from protocols.postgres.messages import (
     SQLSTATE_CANNOT_CONNECT,
     SQLSTATE_CONNECTION_FAILURE,
@@ -28,7 +29,6 @@ from protocols.postgres.pooling import BringSettings, Command, PooledClient
 from proxy.core.counters import ClientMeter
 from proxy.core.endpoint import Endpoint
 from proxy.core.errors import BorrowTimeout, PoolError
-from proxy.core.relay import EndReason
 from proxy.core.server import ServerConnection
 from proxy.pool.pool import Pool
 from proxy.postgres.server import PgServerConnection

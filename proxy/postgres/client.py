@@ -20,6 +20,7 @@ import asyncio
 import logging
 import secrets
 
+from protocols.endings import EndReason
 from protocols.errors import ProtocolViolation
 from protocols.postgres.framing import StartupReader
 from protocols.postgres.messages import (
@@ -49,7 +50,7 @@ from protocols.postgres.tracker import BackendTracker, FrontendTracker, at_safe_
 from proxy.core.counters import REJECTED_CLIENT, REJECTED_UNKNOWN_DATABASE, ClientMeter
 from proxy.core.endpoint import ConnectionClosed, Endpoint
 from proxy.core.errors import BorrowTimeout, PoolError
-from proxy.core.relay import EndReason, await_next_request
+from proxy.core.relay import await_next_request
 from proxy.engine import SessionHost
 from proxy.pool.pool import Pool
 from proxy.postgres.server import PgServerConnection

@@ -21,8 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Final
 
+from protocols.endings import EndReason
 from protocols.postgres.messages import STATUS_IDLE
 from protocols.postgres.pooling import (
     MAY_DETACH,
@@ -31,7 +31,6 @@ from protocols.postgres.pooling import (
     Command,
     DisarmIdleTimer,
     Ended,
-    Ending,
     MayDetach,
     NeedConnection,
     Pinned,
@@ -41,21 +40,12 @@ from protocols.postgres.pooling import (
 from proxy.config import format_seconds
 from proxy.core.counters import ClientMeter
 from proxy.core.endpoint import CONTROL_BUFFER_LIMIT, Endpoint
-from proxy.core.relay import EndReason
 from proxy.pool.pool import Pool
 from proxy.postgres.attachment import ServerAttachment, TransactionSession
 
 log = logging.getLogger(__name__)
 
 # The core's endings in the relay's words.
-END_REASONS: Final = {
-    Ending.CLIENT_TERMINATED: EndReason.CLIENT_TERMINATED,
-    Ending.CLIENT_VIOLATION: EndReason.CLIENT_VIOLATION,
-    Ending.SERVER_VIOLATION: EndReason.SERVER_VIOLATION,
-    Ending.SERVER_CLOSED: EndReason.SERVER_CLOSED,
-    Ending.IDLE_IN_TRANSACTION: EndReason.IDLE_IN_TRANSACTION,
-    Ending.NO_SERVER_CONNECTION: EndReason.NO_SERVER_CONNECTION,
-}
 
 
 class TransactionRelay(ServerAttachment):
@@ -172,14 +162,14 @@ class TransactionRelay(ServerAttachment):
             elif type(command) is Pinned:
                 self._pinned(command)
             elif type(command) is Ended:
-                if command.reason is Ending.CLIENT_VIOLATION:
+                if command.reason is EndReason.CLIENT_VIOLATION:
                     log.info("client %s broke the protocol: %s", self.session.peer, command.detail)
-                elif command.reason is Ending.SERVER_VIOLATION:
+                elif command.reason is EndReason.SERVER_VIOLATION:
                     log.warning("upstream %r broke the protocol: %s", self.server, command.detail)
-                self._finish(END_REASONS[command.reason])
+                self._finish(command.reason)
             elif type(command) is CloseWithError:
                 self.client.write(command.error)
-                self._finish(END_REASONS[command.reason])
+                self._finish(command.reason)
             else:  # BringSettings: only ever the answer to attached(), see _take
                 raise AssertionError(f"unexpected command {command!r}")
 

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from protocols.endings import EndReason
 from protocols.postgres.extended import (
     BIND_COMPLETE_MESSAGE,
     CLOSE_COMPLETE_MESSAGE,
@@ -49,7 +50,6 @@ from protocols.postgres.pooling import (
     CloseWithError,
     Command,
     Ended,
-    Ending,
     MayDetach,
     NeedConnection,
     Pinned,
@@ -236,7 +236,7 @@ def test_the_idle_timer_ends_the_client_with_25p03() -> None:
     )
     message = 'pool "txn": terminating connection: idle in a transaction for 5s'
     error = ErrorResponse.build("FATAL", SQLSTATE_IDLE_IN_TRANSACTION_TIMEOUT, message).encode()
-    play(core, [(TimerFired("5s"), [CloseWithError(error, Ending.IDLE_IN_TRANSACTION, message)])])
+    play(core, [(TimerFired("5s"), [CloseWithError(error, EndReason.IDLE_IN_TRANSACTION, message)])])
     core.detached()
     assert core.release_terms() == Release(reusable=True, cancel_first=False, needs_reset=True)
     assert core.receive_client(query("SELECT 1")) == []  # ended: nothing more is forwarded
@@ -453,7 +453,7 @@ def test_a_client_that_ends_mid_query_leaves_its_connection_to_be_cancelled() ->
         [
             (FromClient(query("SELECT pg_sleep(10)")), [NEED_CONNECTION]),
             (Attached(conn), [SendToServer(query("SELECT pg_sleep(10)"))]),
-            (FromClient(TERMINATE_MESSAGE), [Ended(Ending.CLIENT_TERMINATED)]),
+            (FromClient(TERMINATE_MESSAGE), [Ended(EndReason.CLIENT_TERMINATED)]),
             (FromClient(query("SELECT 1")), []),
         ],
     )
@@ -462,7 +462,7 @@ def test_a_client_that_ends_mid_query_leaves_its_connection_to_be_cancelled() ->
 
 
 def test_terminate_without_a_connection_needs_none() -> None:
-    play(client(), [(FromClient(TERMINATE_MESSAGE), [Ended(Ending.CLIENT_TERMINATED)])])
+    play(client(), [(FromClient(TERMINATE_MESSAGE), [Ended(EndReason.CLIENT_TERMINATED)])])
 
 
 def test_a_broken_client_message_ends_the_client() -> None:
@@ -476,7 +476,7 @@ def test_a_broken_client_message_ends_the_client() -> None:
         ],
     )
     (ended,) = core.receive_client(broken)
-    assert isinstance(ended, Ended) and ended.reason is Ending.CLIENT_VIOLATION and "NUL" in ended.detail
+    assert isinstance(ended, Ended) and ended.reason is EndReason.CLIENT_VIOLATION and "NUL" in ended.detail
 
 
 def test_a_lost_connection_is_reported_unless_mid_message() -> None:
@@ -489,7 +489,7 @@ def test_a_lost_connection_is_reported_unless_mid_message() -> None:
         [
             (FromClient(query("SELECT 1")), [NEED_CONNECTION]),
             (Attached(conn), [SendToServer(query("SELECT 1"))]),
-            (Lost(), [CloseWithError(error.encode(), Ending.SERVER_CLOSED)]),
+            (Lost(), [CloseWithError(error.encode(), EndReason.SERVER_CLOSED)]),
         ],
     )
     core, conn = client(), connection()
@@ -501,7 +501,7 @@ def test_a_lost_connection_is_reported_unless_mid_message() -> None:
         ],
     )
     core.receive_server(ROW_DESCRIPTION[:8])  # part of a message went to the client
-    play(core, [(Lost(), [Ended(Ending.SERVER_CLOSED)])])
+    play(core, [(Lost(), [Ended(EndReason.SERVER_CLOSED)])])
 
 
 def test_no_connection_ends_the_client_with_the_pool_s_reason() -> None:
@@ -510,7 +510,7 @@ def test_no_connection_ends_the_client_with_the_pool_s_reason() -> None:
     error = ErrorResponse.build("FATAL", SQLSTATE_TOO_MANY_CONNECTIONS, message).encode()
     assert core.receive_client(query("SELECT 1")) == [NEED_CONNECTION]
     assert core.no_connection(SQLSTATE_TOO_MANY_CONNECTIONS, message) == CloseWithError(
-        error, Ending.NO_SERVER_CONNECTION, message
+        error, EndReason.NO_SERVER_CONNECTION, message
     )
 
 
@@ -524,7 +524,7 @@ def test_a_server_breaking_the_protocol_ends_the_client() -> None:
         ],
     )
     (ended,) = core.receive_server(IDLE + IDLE)
-    assert isinstance(ended, Ended) and ended.reason is Ending.SERVER_VIOLATION
+    assert isinstance(ended, Ended) and ended.reason is EndReason.SERVER_VIOLATION
 
 
 # --- settings ----------------------------------------------------------------------------------
