@@ -44,9 +44,33 @@ from protocols.postgres.messages import (
     RawMessage,
     StartupMessage,
     decode_backend,
+    frame,
 )
 
-Message = Parse | Bind | Describe | Execute | Close | Flush | Sync | Query
+
+@dataclass(frozen=True, slots=True)
+class CopyData:
+    data: bytes
+
+    def encode(self) -> bytes:
+        return frame(b"d", self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class CopyDone:
+    def encode(self) -> bytes:
+        return frame(b"c")
+
+
+@dataclass(frozen=True, slots=True)
+class CopyFail:
+    reason: str
+
+    def encode(self) -> bytes:
+        return frame(b"f", self.reason.encode() + b"\x00")
+
+
+Message = Parse | Bind | Describe | Execute | Close | Flush | Sync | Query | CopyData | CopyDone | CopyFail
 # Answered by exactly one ReadyForQuery each, whatever happens before it.
 GROUP_ENDS = (Sync, Query)
 
@@ -232,6 +256,9 @@ __all__ = [
     "GROUP_ENDS",
     "Bind",
     "Close",
+    "CopyData",
+    "CopyDone",
+    "CopyFail",
     "Describe",
     "Execute",
     "Flush",

@@ -9,11 +9,11 @@ reject or alter bytes the server itself would accept.
 
 from __future__ import annotations
 
-import hashlib
+import re
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from typing import ClassVar, Self, TypeVar
+from dataclasses import dataclass
+from typing import ClassVar, Self
 
 from protocols.errors import LocalProtocolError, ProtocolViolation
 from protocols.postgres.messages import (
@@ -57,10 +57,6 @@ MAX_COUNT = 0xFFFF
 COUNT = struct.Struct("!H")
 FORMAT_CODE = struct.Struct("!h")
 OID = struct.Struct("!I")  # type OIDs are unsigned 32-bit on the wire
-
-# The proxy's own server-side statement names: prefix + hex digits of a SHA-256.
-SERVER_STATEMENT_PREFIX = "rp_"
-SERVER_STATEMENT_DIGEST_CHARS = 16
 
 _TEXT_ENCODING = "utf-8"
 _TEXT_ERRORS = "surrogateescape"
@@ -377,59 +373,18 @@ def with_name(message: bytes, start: int, end: int, name: str) -> bytes:
     return frame(message[:1], message[_HEADER_SIZE:start] + _text(name)[:-1] + message[end:])
 
 
-NamedMessage = TypeVar("NamedMessage", bound=Parse | Bind | Describe | Close)
+# The proxy's own server-side statement names: ``SERVER_STATEMENT_PREFIX`` and a number.
+# Upper case: an unquoted SQL name (PREPARE, DEALLOCATE) is folded to lower case, so no
+# client creates one by accident.
+SERVER_STATEMENT_PREFIX = "RP_"
+_SERVER_STATEMENT_NAME = re.compile(rb"(?<![0-9A-Za-z_$])RP_[0-9]+(?![0-9A-Za-z_$])")
 
 
-def with_statement_name(message: NamedMessage, name: str) -> NamedMessage:
-    """The same message naming statement ``name``; a portal's Describe/Close is unchanged."""
-    if isinstance(message, Parse | Bind):
-        return replace(message, statement=name)
-    if message.kind == TARGET_STATEMENT:
-        return replace(message, name=name)
-    return message
-
-
-class StatementNamer:
-    """One client's prepared statements: the client's names → the proxy's server-side names.
-
-    The server-side name depends only on the query text and parameter types, so every client
-    that prepares the same statement shares one server-side statement per server connection,
-    whatever it called its own. The unnamed statement ("") needs no renaming: it does not
-    outlive the next Parse, so callers leave it alone.
-    """
-
-    __slots__ = ("_names",)
-
-    def __init__(self) -> None:
-        self._names: dict[str, str] = {}
-
-    @staticmethod
-    def server_name(query: str, parameter_types: tuple[int, ...]) -> str:
-        key = (
-            query.encode(_TEXT_ENCODING, _TEXT_ERRORS)
-            + b"\x00"
-            + ",".join(str(oid) for oid in parameter_types).encode()
-        )
-        digest = hashlib.sha256(key).hexdigest()
-        return SERVER_STATEMENT_PREFIX + digest[:SERVER_STATEMENT_DIGEST_CHARS]
-
-    def prepare(self, client_name: str, query: str, parameter_types: tuple[int, ...]) -> str:
-        """Remember ``client_name`` (replacing an earlier one); return its server-side name."""
-        server_name = self.server_name(query, parameter_types)
-        self._names[client_name] = server_name
-        return server_name
-
-    def lookup(self, client_name: str) -> str | None:
-        return self._names.get(client_name)
-
-    def forget(self, client_name: str) -> None:
-        self._names.pop(client_name, None)
-
-    def clear(self) -> None:
-        self._names.clear()
-
-    def __contains__(self, client_name: object) -> bool:
-        return client_name in self._names
-
-    def __len__(self) -> int:
-        return len(self._names)
+def rename_statements(message: bytes, renames: dict[bytes, bytes]) -> bytes:
+    """``message`` (a whole ErrorResponse) with the proxy's server-side statement names that
+    ``renames`` knows given in the client's words; ``message`` itself when it names none."""
+    if b"RP_" not in message:
+        return message
+    payload = message[_HEADER_SIZE:]
+    renamed = _SERVER_STATEMENT_NAME.sub(lambda name: renames.get(name.group(), name.group()), payload)
+    return message if renamed == payload else frame(message[:1], renamed)

@@ -40,6 +40,8 @@ EXECUTE = b"E"
 DESCRIBE = b"D"
 CLOSE = b"C"
 FLUSH = b"H"
+COPY_DONE = b"c"
+COPY_FAIL = b"f"
 
 # --- authentication request codes (payload of an 'R' message) -------------------------------
 AUTH_OK = 0

@@ -33,11 +33,13 @@ from typing import Final
 from protocols.endings import EndReason
 from protocols.errors import ProtocolViolation
 from protocols.events import NeedData
-from protocols.postgres.extended import TARGET_STATEMENT, Query, parse_query, statement_field
+from protocols.postgres.extended import FLUSH_MESSAGE, TARGET_STATEMENT, Query, parse_query, statement_field
 from protocols.postgres.framing import FrameReader
 from protocols.postgres.messages import (
     BIND,
     CLOSE,
+    COPY_DONE,
+    COPY_FAIL,
     DESCRIBE,
     EXECUTE,
     FUNCTION_CALL,
@@ -55,7 +57,7 @@ from protocols.postgres.pins import INSPECT_LIMIT, PIN_TOO_LARGE, pin_kind
 from protocols.postgres.responses import Request, ResponsePlan
 from protocols.postgres.server_state import ServerState
 from protocols.postgres.session_state import statement_pins
-from protocols.postgres.statements import ClientStatements
+from protocols.postgres.statements import UNNAMED_END_TOKEN, ClientStatements, might_clear
 
 # Reported settings a client may change at login and expects to keep on every connection.
 SYNCED_PARAMETERS: Final = frozenset(
@@ -80,6 +82,8 @@ _DESCRIBE: Final = DESCRIBE[0]
 _CLOSE: Final = CLOSE[0]
 _FUNCTION_CALL: Final = FUNCTION_CALL[0]
 _TERMINATE: Final = TERMINATE[0]
+_COPY_DONE: Final = COPY_DONE[0]
+_COPY_FAIL: Final = COPY_FAIL[0]
 _TARGET_STATEMENT: Final = TARGET_STATEMENT[0]
 _HEADER_SIZE: Final = HEADER.size
 
@@ -190,20 +194,21 @@ class PooledClient:
     def __init__(self, parameters: dict[str, str], pool_name: str) -> None:
         self.reader = FrameReader()
         self.plan = ResponsePlan()  # of the attached connection; its status is the client's
-        self._to_client: list[bytes] = []  # answers given here, not yet in a command
-        self.statements = ClientStatements(self.plan, self._to_client)
+        self.statements = ClientStatements(self.plan)
         # What the client has been told of the settings that travel with it.
         self.parameters = {name: value for name, value in parameters.items() if name in SYNCED_PARAMETERS}
         self.pool_name = pool_name
         self.connection: ServerState | None = None
         self.pinned: str | None = None  # why the client may not leave its connection
+        self._held: bytes | None = None  # a message waiting for the answers it depends on
         self._timer_armed = False
         self._ended = False
 
     @property
     def pending(self) -> int:
         """Bytes the client sent that are not forwarded yet."""
-        return len(self.reader)
+        held = self._held
+        return len(self.reader) + (0 if held is None else len(held))
 
     @property
     def at_idle_point(self) -> bool:
@@ -229,35 +234,47 @@ class PooledClient:
         connection = self.connection
         reader = self.reader
         if connection is None:
-            if reader.peek_type() == TERMINATE:
+            if self._held is None and reader.peek_type() == TERMINATE:
                 self._ended = True  # the goodbye needs no server connection
                 return [CLIENT_TERMINATED]
-            return [NEED_CONNECTION] if len(reader) else []
+            return [NEED_CONNECTION] if self.pending else []
         commands: list[Command] = []
         # One write per batch of client messages: each write to a TLS upstream costs a
         # record and a system call, and a query is five messages in the extended protocol.
         batch: list[bytes] = []
+        if connection.to_close:
+            self.statements.flush_closes(connection, batch)
         terminated = False
+        plan = self.plan
         try:
-            while not isinstance(message := reader.next_event(), NeedData):
+            while True:
+                held = self._held
+                if held is None:
+                    event = reader.next_event()
+                    if isinstance(event, NeedData):
+                        break
+                    message = event
+                else:
+                    message = held
+                    self._held = None
                 if message[0] == _TERMINATE:
                     terminated = True
                     break
-                self._forward(message, connection, batch, commands)
+                if not self._forward(message, connection, batch, commands):
+                    self._held = message  # until the answers it depends on are in
+                    batch.append(FLUSH_MESSAGE)
+                    break
+                if plan.outcomes:  # (requests the skipping server will not answer)
+                    self._settle()
         except ProtocolViolation as exc:
             self._ended = True
-            self._flush_to_client(commands)
             commands.append(Ended(EndReason.CLIENT_VIOLATION, str(exc)))
             return commands
-        if self._to_client:
-            self._flush_to_client(commands)
         if batch:
             commands.append(SendToServer(b"".join(batch)))
         if terminated:
             self._ended = True
             commands.append(CLIENT_TERMINATED)
-        elif not batch:
-            self._idle_point(commands)  # everything was answered here (DEALLOCATE, Close)
         return commands
 
     def receive_server(self, data: bytes) -> list[Command]:
@@ -269,12 +286,10 @@ class PooledClient:
             self._ended = True
             return [Ended(EndReason.SERVER_VIOLATION, str(exc))]
         commands: list[Command] = [SendToClient(out)] if out else []
-        if plan.unprepared:  # a Parse failed or was skipped: it is not there
-            connection = self.connection
-            assert connection is not None
-            for name in plan.unprepared:
-                connection.prepared.pop(name, None)
-            plan.unprepared.clear()
+        if plan.outcomes:
+            self._settle()
+            if self._held is not None:
+                commands.extend(self.forward())
         if (
             not self._idle_point(commands)
             and not self._timer_armed
@@ -297,6 +312,7 @@ class PooledClient:
         """Attach ``connection`` (the client's settings were set on it) and forward."""
         self.connection = connection
         self.plan.follow(connection.parameters)
+        self.statements.unnamed_here = False
         return self.forward()
 
     def detached(self) -> None:
@@ -344,56 +360,103 @@ class PooledClient:
         """The driver ended the client: forward nothing more."""
         self._ended = True
 
+    def forget_statements(self) -> None:
+        """The client is gone: its statements are closed upstream wherever a copy is."""
+        self.statements.forget_all()
+
     # --- internals ------------------------------------------------------------------------------
     def _forward(
         self, message: bytes, connection: ServerState, batch: list[bytes], commands: list[Command]
-    ) -> None:
-        """Queue what the server must get for this client message (not Terminate).
+    ) -> bool:
+        """Queue what the server must get for this client message (not Terminate); False: hold
+        it until the answers it depends on are in (``ClientStatements``).
 
-        Messages pass as they came unless a statement name must change (``ClientStatements``).
+        Messages pass as they came unless they name a statement (``ClientStatements``).
         """
         kind = message[0]
         plan = self.plan
+        statements = self.statements
         if kind == _QUERY:
             sql = Query.decode(message[_HEADER_SIZE:]).sql
-            if self.statements.deallocate(sql, connection.prepared):
-                return
+            if might_clear(sql):
+                if not statements.query(message, sql, connection, batch):
+                    return False
+                statements.unnamed_ended()
+            elif plan.unsynced:  # the server skips it if a request before it fails
+                statements.unnamed_here = True
+                plan.send(Request.QUERY, token=UNNAMED_END_TOKEN)
+                batch.append(message)
+            else:
+                statements.unnamed_ended()
+                plan.send(Request.QUERY)
+                batch.append(message)
             self._check_pins(sql, commands)
-            plan.send(Request.QUERY)
-        elif kind == _PARSE:
-            name, _, end = statement_field(message)
-            self._check_pins(parse_query(message, end), commands)
-            if name:
-                message = self.statements.parse(message, name, connection.prepared)
-            else:  # the unnamed statement dies with the next Parse: no renaming
-                plan.send(Request.PARSE)
-        elif kind == _BIND:
+            return True
+        if kind == _PARSE:
             name, start, end = statement_field(message)
+            sql = parse_query(message, end)
+            if not statements.parse(message, name, start, end, sql, connection, batch):
+                return False
+            self._check_pins(sql, commands)
+            return True
+        if kind == _BIND:
+            name, start, end = statement_field(message)
+            if statements.watches_binds:
+                statements.bound(name, _text_at(message, _HEADER_SIZE))
             if name:
-                message = self.statements.renamed(message, name, start, end, connection.prepared, batch)
+                return statements.named(message, name, start, end, connection, batch, Request.BIND)
+            if not statements.unnamed_here:
+                statements.use_unnamed(batch)
             plan.send(Request.BIND)
         elif kind == _EXECUTE:
+            if statements.watches_executes:
+                portal = _text_at(message, _HEADER_SIZE)
+                if statements.clears_portal(portal):
+                    return statements.execute(message, portal, connection, batch)
             plan.send(Request.EXECUTE)
         elif kind == _SYNC:
             plan.send(Request.SYNC)
         elif kind == _DESCRIBE:
-            name, start, end = statement_field(message)
             if message[_HEADER_SIZE] == _TARGET_STATEMENT:
+                name, start, end = statement_field(message)
                 if name:
-                    message = self.statements.renamed(message, name, start, end, connection.prepared, batch)
+                    return statements.named(
+                        message, name, start, end, connection, batch, Request.DESCRIBE_STATEMENT
+                    )
+                if not statements.unnamed_here:
+                    statements.use_unnamed(batch)
                 plan.send(Request.DESCRIBE_STATEMENT)
             else:
                 plan.send(Request.DESCRIBE_PORTAL)
         elif kind == _CLOSE:
-            name, _, _ = statement_field(message)
-            if message[_HEADER_SIZE] == _TARGET_STATEMENT and self.statements.close(name):
-                return
+            if message[_HEADER_SIZE] == _TARGET_STATEMENT:
+                name, start, end = statement_field(message)
+                if name:
+                    return statements.close(message, name, start, end, connection, batch)
+                statements.unnamed_here = True
+                plan.send(Request.CLOSE, token=UNNAMED_END_TOKEN)
+                batch.append(message)
+                return True
             plan.send(Request.CLOSE)
         elif kind == _FUNCTION_CALL:
+            statements.unnamed_ended()
             plan.send(Request.QUERY)
+        elif kind in (_COPY_DONE, _COPY_FAIL):
+            plan.copy_end_sent()
         # Flush, CopyData, CopyDone, CopyFail: no answer of their own
-        if message:
-            batch.append(message)
+        batch.append(message)
+        return True
+
+    def _settle(self) -> None:
+        """Settle the books on what the server did with the requests that change statements."""
+        plan = self.plan
+        connection = self.connection
+        assert connection is not None
+        outcomes = plan.outcomes
+        settle = self.statements.settle
+        for token, ok in outcomes:
+            settle(token, ok, connection)
+        outcomes.clear()
 
     def _check_pins(self, sql: str, commands: list[Command]) -> None:
         if len(sql) > INSPECT_LIMIT:
@@ -416,6 +479,7 @@ class PooledClient:
         if self.pinned is not None:
             commands.append(MAY_DETACH_PINNED)
             return True
+        self.statements.at_rest()
         if plan.parameters_changed:  # the client was told: the new value travels with it
             self.parameters.update(
                 {name: value for name, value in plan.parameters.items() if name in SYNCED_PARAMETERS}
@@ -423,9 +487,10 @@ class PooledClient:
         commands.append(MAY_DETACH)
         return True
 
-    def _flush_to_client(self, commands: list[Command]) -> None:
-        to_client = self._to_client
-        data = b"".join(to_client)
-        to_client.clear()
-        if data:
-            commands.append(SendToClient(data))
+
+def _text_at(message: bytes, start: int) -> str:
+    """The NUL-terminated name at ``start`` of a whole message (a Bind's or Execute's portal)."""
+    end = message.find(b"\x00", start)
+    if end < 0:
+        raise ProtocolViolation(f"{chr(message[0])!r} portal name is not NUL-terminated")
+    return message[start:end].decode("utf-8", "surrogateescape")

@@ -1,40 +1,60 @@
-"""Which server response belongs to which client request, so a pooler may answer some
-requests itself and hide the answers to requests it made on the client's behalf.
+"""Which server response belongs to which client request, so a pooler may send requests of
+its own on the client's behalf, hide their answers, and learn how the requests it must
+account for turned out.
 
-Theory of operation: every request sent to the server (or answered in its place) is
-queued in order as an entry: PASS (the server answers; forward the answer), SWALLOW (the
-proxy sent it, e.g. a Parse the connection lacked; drop the answer) or SYNTHETIC (the proxy
-answers with fixed bytes, e.g. ParseComplete for a statement the connection already has).
-Server messages are matched to the head entry by the grammar of the extended protocol:
-Parse → ParseComplete, Bind → BindComplete, Close → CloseComplete, Describe(statement) →
+Theory of operation: every request sent to the server is queued in order as an entry: PASS
+(forward the answer), SWALLOW (the proxy's own request, e.g. a Parse the connection lacked:
+drop its answer, but an error reaches the client, since it stands in for the error of the
+client's request it was made for) or HIDE (drop all of its answer, errors too). Server
+messages are matched to the head entry by the grammar of the extended protocol: Parse →
+ParseComplete, Bind → BindComplete, Close → CloseComplete, Describe(statement) →
 ParameterDescription + RowDescription/NoData, Describe(portal) → RowDescription/NoData,
-Execute → … CommandComplete/EmptyQueryResponse/PortalSuspended, Sync and Query →
-… ReadyForQuery. After an ErrorResponse the server skips every request up to the next
-Sync, so their entries are dropped: skipped PASS and SWALLOW requests get no answer and
-SYNTHETIC answers for them are not sent, exactly as if the server had handled them.
-Asynchronous messages (NoticeResponse, ParameterStatus, NotificationResponse) pass.
+Execute → … CommandComplete/EmptyQueryResponse/PortalSuspended, Sync and Query (and
+FunctionCall) → … ReadyForQuery. Asynchronous messages (NoticeResponse, ParameterStatus,
+NotificationResponse) pass.
+
+After an ErrorResponse to an extended-protocol request the server skips every message up to
+the next Sync, Query and FunctionCall included: their entries are dropped, and while no Sync
+is queued yet the plan is *skipping*, so what is sent meanwhile is dropped as it is queued.
+An entry may carry a ``token``, the caller's record of what the request does: when the
+request is answered, failed or skipped, ``(token, ok)`` is appended to ``outcomes``, in wire
+order. ``ok`` is True for a ParseComplete or CloseComplete, or, for an entry given ``tags``,
+when a CommandComplete with one of those tags was part of its answer.
+
+Server-side statement names in errors are given back in the client's words: ``renames``
+maps a server-side name to the client's (``rename_statements``).
 
 The fast path: most groups of requests (everything up to a Sync or Query) are *plain*:
-every answer passes and no Parse is tracked. A plain group needs no per-request entry, since
-a PASS Sync or Query entry at the head already passes everything up to its ReadyForQuery.
-Plain requests wait in ``_open`` and are dropped when their group's Sync or Query arrives;
-they become entries only when something that needs matching follows them in the same group,
-or when the server starts answering before the group is complete. While the head entry is a
-PASS Sync or Query, ``receive_data`` forwards server bytes as they come and walks only the message
-headers (looking inside ReadyForQuery and ParameterStatus); otherwise it reads whole messages
-and matches each one.
+every answer passes and nothing is accounted for. A plain group needs no per-request entry,
+since a PASS Sync or Query entry at the head already passes everything up to its
+ReadyForQuery. Plain requests wait in ``_open`` and are dropped when their group's Sync
+arrives; they become entries when something that needs matching follows them in the same
+group (a Query too: the server skips it if one of them fails), or when the server starts
+answering before the group is complete. While the head entry is a plain Sync or Query,
+``receive_data`` forwards server bytes as they come and walks only the message headers
+(looking inside ReadyForQuery, ParameterStatus and, when statements were renamed,
+ErrorResponse); otherwise it reads whole messages and matches each one.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass
+from typing import Final
 
 from protocols.errors import ProtocolViolation
 from protocols.events import NeedData
-from protocols.postgres.framing import END_OF_CHUNK, FrameReader, HeaderWalk
+from protocols.postgres.extended import rename_statements
+from protocols.postgres.framing import (
+    END_OF_CHUNK,
+    STOP_AT_HEADER,
+    STOP_WHEN_WHOLE,
+    FrameReader,
+    HeaderWalk,
+    stop_table,
+)
 from protocols.postgres.messages import (
+    COMMAND_COMPLETE,
     ERROR_RESPONSE,
     HEADER,
     NOTICE_RESPONSE,
@@ -43,7 +63,6 @@ from protocols.postgres.messages import (
     STATUS_IDLE,
 )
 from protocols.postgres.tracker import (
-    BACKEND_STOPS,
     PARAMETER_STATUS_BYTE,
     READY_FOR_QUERY_BYTE,
     TRACKED_BODY_LIMIT,
@@ -52,6 +71,32 @@ from protocols.postgres.tracker import (
 
 NOTIFICATION_RESPONSE = b"A"
 _ASYNC = frozenset({NOTICE_RESPONSE, PARAMETER_STATUS, NOTIFICATION_RESPONSE})
+_ERROR_BYTE: Final = ERROR_RESPONSE[0]
+COPY_IN_RESPONSE: Final = b"G"
+_COPY_IN_BYTE: Final = COPY_IN_RESPONSE[0]
+# What the header walk reads: ReadyForQuery and ParameterStatus whole, an ErrorResponse
+# from its header (renamed when it is whole in the chunk, else read whole by the matcher).
+_PLAN_STOPS: Final = stop_table(
+    {
+        READY_FOR_QUERY: STOP_WHEN_WHOLE,
+        PARAMETER_STATUS: STOP_WHEN_WHOLE,
+        COPY_IN_RESPONSE: STOP_WHEN_WHOLE,
+        ERROR_RESPONSE: STOP_AT_HEADER,
+    }
+)
+
+
+# How a request with a token turned out (``ResponsePlan.outcomes``).
+DONE: Final = 1  # answered: ParseComplete, CloseComplete, or one of its ``tags``
+FAILED: Final = 0  # answered otherwise: an error, or none of its tags
+SKIPPED: Final = -1  # the server skipped it after an error before it
+
+# A request's answer when it is a single fixed message: matched at the head with no reading.
+_COMPLETE_MESSAGES: Final = {
+    b"1": b"1\x00\x00\x00\x04",
+    b"2": b"2\x00\x00\x00\x04",
+    b"3": b"3\x00\x00\x00\x04",
+}
 
 
 class Request(enum.Enum):
@@ -62,19 +107,16 @@ class Request(enum.Enum):
     DESCRIBE_PORTAL = "describe portal"
     EXECUTE = "execute"
     SYNC = "sync"
-    QUERY = "query"
+    QUERY = "query"  # and FunctionCall: answered up to a ReadyForQuery, skipped after an error
 
 
 class Handling(enum.Enum):
     PASS = "pass"
     SWALLOW = "swallow"
-    SYNTHETIC = "synthetic"
+    HIDE = "hide"
 
 
-# Requests answered by ReadyForQuery: they end a group.
-_GROUP_END = frozenset({Request.SYNC, Request.QUERY})
-
-# The message that ends each request's answer (an ErrorResponse ends any of them).
+# The message that ends each request's answer (an ErrorResponse ends the extended ones).
 _LAST: dict[Request, frozenset[bytes]] = {
     Request.PARSE: frozenset({b"1"}),
     Request.BIND: frozenset({b"2"}),
@@ -87,12 +129,27 @@ _LAST: dict[Request, frozenset[bytes]] = {
 }
 
 
-@dataclass(slots=True)
 class _Entry:
-    request: Request
-    handling: Handling
-    answer: bytes = b""  # SYNTHETIC only
-    statement: str | None = None  # PARSE: the server-side name it creates
+    __slots__ = ("copy_ends", "handling", "ok", "plain_ends", "request", "tags", "token")
+
+    def __init__(
+        self,
+        request: Request,
+        handling: Handling,
+        copy_ends: int,
+        plain_ends: int = 0,
+        token: object = None,
+        tags: frozenset[bytes] | None = None,
+    ) -> None:
+        self.request = request
+        self.handling = handling
+        self.token = token  # the caller's, reported in ``outcomes``
+        self.tags = tags  # CommandComplete tags that make it ok (else: its last message does)
+        self.ok = False
+        # CopyDone/CopyFail messages sent before it, and (a Sync) before the last plain request
+        # of its group, which may be the COPY that made the server ignore it (see _copy_in).
+        self.copy_ends = copy_ends
+        self.plain_ends = plain_ends
 
 
 class ResponsePlan:
@@ -105,15 +162,18 @@ class ResponsePlan:
     def __init__(self, parameters: dict[str, str] | None = None) -> None:
         self._entries: deque[_Entry] = deque()
         self._open: list[Request] = []  # plain requests of the group being sent (see above)
-        # Server-side statements whose Parse failed or was skipped: they do not exist.
-        self.unprepared: list[str] = []
+        self._skipping = False  # the server skips to the next Sync, and none is queued
+        self._copy_ends = 0  # CopyDone and CopyFail messages sent
+        self._open_ends = 0  # ``_copy_ends`` when the last plain request was sent
+        self.outcomes: list[tuple[object, int]] = []  # (token, DONE/FAILED/SKIPPED), in wire order
+        self.renames: dict[bytes, bytes] = {}  # server-side statement name → the client's
         self.parameters: dict[str, str] = {} if parameters is None else parameters
         self.parameters_changed = False  # a ParameterStatus arrived since ``follow``
         self.ready_count = 0  # ReadyForQuery messages seen (requests answered)
         self.idle_count = 0  # of them, with status idle (transactions ended)
         self.status = STATUS_IDLE
         self._reader = FrameReader()
-        self._header_walk = HeaderWalk(BACKEND_STOPS, TRACKED_BODY_LIMIT, "server")
+        self._header_walk = HeaderWalk(_PLAN_STOPS, TRACKED_BODY_LIMIT, "server")
 
     def follow(self, parameters: dict[str, str]) -> None:
         """Start on another server connection (this plan must be at rest), following its settings."""
@@ -128,8 +188,11 @@ class ResponsePlan:
 
     @property
     def at_rest(self) -> bool:
-        """Every request answered and no server message half-received."""
-        return not (self._entries or self._open or len(self._reader)) and self._header_walk.at_boundary
+        """Every request answered, the server not skipping, no server message half-received."""
+        return (
+            not (self._entries or self._open or self._skipping or len(self._reader))
+            and self._header_walk.at_boundary
+        )
 
     @property
     def mid_message(self) -> bool:
@@ -141,24 +204,52 @@ class ResponsePlan:
         self,
         request: Request,
         handling: Handling = Handling.PASS,
-        answer: bytes = b"",
-        statement: str | None = None,
-    ) -> bytes:
-        """A request sent to the server (or answered in its place, SYNTHETIC), queued for its
-        answer; return the bytes due to the client now (a synthetic answer at the head)."""
-        if handling is Handling.PASS and statement is None:
-            if request is Request.SYNC or request is Request.QUERY:  # (enum hashing is slow)
-                self._open.clear()  # the PASS Sync/Query entry passes their answers too
-                self._entries.append(_Entry(request, handling))
-            else:
-                self._open.append(request)
-            return b""
+        token: object = None,
+        tags: frozenset[bytes] | None = None,
+    ) -> None:
+        """A request sent to the server, queued for its answer."""
+        if self._skipping:
+            if request is not Request.SYNC:  # the server skips it: it gets no answer
+                if token is not None:
+                    self.outcomes.append((token, SKIPPED))
+                return
+            self._skipping = False
+        copy_ends = self._copy_ends
+        if handling is Handling.PASS and token is None:
+            if request is Request.SYNC:  # (enum hashing is slow)
+                self._open.clear()  # the PASS Sync entry passes their answers too
+                self._entries.append(_Entry(request, handling, copy_ends, self._open_ends))
+                return
+            if request is Request.QUERY:
+                if self._open:  # skipped if one of them fails: match them one by one
+                    self._open_to_entries()
+                self._entries.append(_Entry(request, handling, copy_ends))
+                return
+            self._open.append(request)
+            self._open_ends = copy_ends
+            return
         self._open_to_entries()
-        self._entries.append(_Entry(request, handling, answer, statement))
-        return self._release_synthetic()
+        self._entries.append(_Entry(request, handling, copy_ends, self._open_ends, token, tags))
+
+    @property
+    def unsynced(self) -> bool:
+        """Whether what is sent now may be skipped: extended-protocol requests before it are
+        not synced yet, or the server is skipping already."""
+        if self._open or self._skipping:
+            return True
+        entries = self._entries
+        if not entries:
+            return False
+        last = entries[-1].request
+        return last is not Request.SYNC and last is not Request.QUERY
+
+    def copy_end_sent(self) -> None:
+        """The client sent CopyDone or CopyFail: whatever COPY it ends, Syncs sent after it count."""
+        self._copy_ends += 1
 
     def _open_to_entries(self) -> None:
-        self._entries.extend(_Entry(request, Handling.PASS) for request in self._open)
+        copy_ends = self._copy_ends
+        self._entries.extend(_Entry(request, Handling.PASS, copy_ends) for request in self._open)
         self._open.clear()
 
     # --- server side -------------------------------------------------------------------------
@@ -166,6 +257,16 @@ class ResponsePlan:
         """Server bytes in; the bytes the client gets for them out."""
         out: list[bytes] = []
         while data:
+            entries = self._entries
+            if (
+                entries
+                and entries[0].token is not None
+                and self._header_walk.at_boundary
+                and not len(self._reader)
+            ):
+                data = self._complete_at_head(data, out)
+                if not data:
+                    break
             if self._walking:
                 data = self._walk(data, out)
                 continue
@@ -181,35 +282,79 @@ class ResponsePlan:
                     break
         return b"".join(out)
 
+    def _complete_at_head(self, data: bytes, out: list[bytes]) -> bytes:
+        """Match a ParseComplete, BindComplete or CloseComplete to the head entry without
+        reading it (the answer of most requests the proxy accounts for)."""
+        entries = self._entries
+        while entries:
+            head = entries[0]
+            if head.token is None:
+                return data
+            complete = _COMPLETE_MESSAGES.get(data[:1])
+            if complete is None or not data.startswith(complete) or data[:1] not in _LAST[head.request]:
+                return data
+            entries.popleft()
+            head.ok = True
+            self._done(head)
+            if head.handling is Handling.PASS:
+                out.append(complete)
+            data = data[5:]
+        return data
+
     @property
     def _walking(self) -> bool:
-        """Whether the header walk applies: inside a passed message, or a PASS group at the head."""
+        """Whether the header walk applies: inside a passed message, or a plain group at the head."""
         return not self._header_walk.at_boundary or (not len(self._reader) and self._group_passes())
 
     def _group_passes(self) -> bool:
-        """Whether the head entry is a PASS Sync or Query: all up to its ReadyForQuery passes."""
+        """Whether the head entry is a plain Sync or Query: all up to its ReadyForQuery passes."""
         if not self._entries:
             return False
         head = self._entries[0]
         request = head.request
-        return head.handling is Handling.PASS and (request is Request.SYNC or request is Request.QUERY)
+        return (
+            head.handling is Handling.PASS
+            and head.token is None
+            and (request is Request.SYNC or request is Request.QUERY)
+        )
 
     def _walk(self, data: bytes, out: list[bytes]) -> bytes:
         """Pass whole groups' answers by their headers; return what the walk leaves to match."""
         walk = self._header_walk
         walk.receive_data(data)
+        emitted = 0  # of walk.data, what is in ``out`` already
         while (kind := walk.next_stop()) != END_OF_CHUNK:
+            if kind == _COPY_IN_BYTE:
+                self._copy_in()
+                if not self._group_passes():
+                    end = walk.end
+                    out.append(walk.data[emitted:end])
+                    return walk.data[end:]
+                continue
+            if kind == _ERROR_BYTE:
+                if self.renames:
+                    start, end = walk.start, walk.end
+                    if end > len(walk.data):  # not whole: the matcher reads it whole
+                        out.append(walk.data[emitted:start])
+                        self._reader.receive_data(walk.data[start:])
+                        walk.receive_data(b"")  # (forget the body the walk meant to skip)
+                        return b""
+                    error = walk.data[start:end]
+                    renamed = rename_statements(error, self.renames)
+                    if renamed is not error:
+                        out.append(walk.data[emitted:start])
+                        out.append(renamed)
+                        emitted = end
+                continue
             self._observe(kind, walk.body())
             if kind == READY_FOR_QUERY_BYTE:
                 self._entries.popleft()
                 if not self._group_passes():
                     end = walk.end
-                    out.append(walk.data[:end])
-                    if self._entries:  # answers given here that waited for this group are due now
-                        out.append(self._release_synthetic())
+                    out.append(walk.data[emitted:end])
                     return walk.data[end:]
         # Up to where the walk stopped (past the chunk when a body runs on); the rest is carried.
-        out.append(walk.data[: walk.end])
+        out.append(walk.data[emitted : walk.end])
         return b""
 
     def _observe(self, kind: int, body: bytes) -> None:
@@ -224,8 +369,8 @@ class ResponsePlan:
 
     def match(self, message: bytes) -> bytes:
         """Match one whole server message to the request it answers; return what the client
-        gets for it (maybe nothing, maybe more). ``receive_data`` does this for every message
-        it does not pass by its header."""
+        gets for it (maybe nothing). ``receive_data`` does this for every message it does not
+        pass by its header."""
         kind = message[:1]
         if kind in _ASYNC:
             return message
@@ -234,38 +379,59 @@ class ResponsePlan:
                 raise ProtocolViolation(f"server message {kind!r} answers no request")
             self._open_to_entries()  # answers arrive before the group's Sync: match them one by one
         entry = self._entries[0]
-        if entry.handling is Handling.SYNTHETIC:  # cannot be at the head: released eagerly
-            raise ProtocolViolation("internal: synthetic answer not released")
-        # An error always reaches the client: a request made on its behalf failed for it.
-        out = b"" if entry.handling is Handling.SWALLOW and kind != ERROR_RESPONSE else message
-        if kind == ERROR_RESPONSE and entry.request not in _GROUP_END:
-            self._drop(self._entries.popleft())
-            self._skip_to_sync()
-            return out + self._release_synthetic()
+        handling = entry.handling
+        if kind == ERROR_RESPONSE:
+            out = b"" if handling is Handling.HIDE else message
+            if out and self.renames:
+                out = rename_statements(out, self.renames)
+            request = entry.request
+            if request is not Request.SYNC and request is not Request.QUERY:
+                self._done(self._entries.popleft())
+                self._skip_to_sync()
+            return out
+        out = message if handling is Handling.PASS else b""
+        if kind == COPY_IN_RESPONSE:
+            self._copy_in()
+        elif kind == COMMAND_COMPLETE and entry.tags is not None and message[HEADER.size : -1] in entry.tags:
+            entry.ok = True
         if kind in _LAST[entry.request]:
             self._entries.popleft()
-            return out + self._release_synthetic()
+            if entry.tags is None:
+                entry.ok = True
+            self._done(entry)
         return out
 
-    def _skip_to_sync(self) -> None:
-        if not self._entries:
-            self._open.clear()  # plain requests the server skips: nothing to match
+    def _copy_in(self) -> None:
+        """COPY FROM STDIN began: the server ignores the Syncs (and Flushes) it reads until
+        the CopyDone or CopyFail that ends it, so those Syncs get no ReadyForQuery."""
+        entries = self._entries
+        if not entries:
             return
-        while self._entries and self._entries[0].request not in _GROUP_END:
-            self._drop(self._entries.popleft())
-        if not self._entries:
+        head = entries[0]
+        if head.request is Request.SYNC:  # a plain group: the COPY is a request of its own before it
+            ends, first = head.plain_ends, 0
+        else:
+            ends, first = head.copy_ends, 1
+        kept: deque[_Entry] = deque()
+        for index, entry in enumerate(entries):
+            if index >= first and entry.request is Request.SYNC and entry.copy_ends == ends:
+                if index == 0:  # what carries the rest of the COPY's answer now
+                    kept.append(_Entry(Request.EXECUTE, Handling.PASS, ends))
+                continue
+            kept.append(entry)
+        self._entries = kept
+
+    def _done(self, entry: _Entry, outcome: int | None = None) -> None:
+        if entry.token is not None:
+            self.outcomes.append(
+                (entry.token, (DONE if entry.ok else FAILED) if outcome is None else outcome)
+            )
+
+    def _skip_to_sync(self) -> None:
+        """The server skips up to the next Sync: what was sent before it gets no answer."""
+        entries = self._entries
+        while entries and entries[0].request is not Request.SYNC:
+            self._done(entries.popleft(), SKIPPED)
+        if not entries:
             self._open.clear()
-
-    def _drop(self, entry: _Entry) -> None:
-        if (
-            entry.request is Request.PARSE
-            and entry.statement is not None
-            and entry.handling is not Handling.SYNTHETIC
-        ):
-            self.unprepared.append(entry.statement)
-
-    def _release_synthetic(self) -> bytes:
-        released = []
-        while self._entries and self._entries[0].handling is Handling.SYNTHETIC:
-            released.append(self._entries.popleft().answer)
-        return b"".join(released)
+            self._skipping = True

@@ -23,14 +23,21 @@ Prepared = OrderedDict[str, None]
 class ServerState:
     """The protocol state of one server connection that outlives the client using it."""
 
-    __slots__ = ("parameters", "prepared", "transaction_status")
+    __slots__ = ("parameters", "prepared", "to_close", "transaction_status")
 
     def __init__(self) -> None:
         self.parameters: dict[str, str] = {}  # from ParameterStatus
         self.prepared: Prepared = OrderedDict()  # server-side statements, LRU order
+        # Statements it holds that no client needs: closed upstream with the next work on it.
+        self.to_close: list[str] = []
         self.transaction_status: bytes = STATUS_IDLE  # of the last ReadyForQuery
 
     def differences(self, settings: dict[str, str]) -> dict[str, str]:
         """The ``settings`` this connection does not have right now."""
         parameters = self.parameters
         return {name: value for name, value in settings.items() if parameters.get(name) != value}
+
+    def statements_dropped(self) -> None:
+        """The server dropped every prepared statement (DISCARD ALL)."""
+        self.prepared.clear()
+        self.to_close.clear()

@@ -255,6 +255,7 @@ class ServerAttachment(ABC):
     async def _leave(self, reason: EndReason) -> None:
         """The client left: the connection goes back, reset if it must be, cancelled first
         if it still runs something of the client's."""
+        self.core.forget_statements()  # closed upstream with the next work on each copy
         if self.server is None:
             return
         server = self._unhook()

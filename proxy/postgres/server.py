@@ -152,7 +152,7 @@ class PgServerConnection(UpstreamConnection[MessageReader]):
         if not self.needs_reset:
             return
         self.dirty = False
-        self.server_state.prepared.clear()  # DISCARD ALL drops them
+        self.server_state.statements_dropped()  # DISCARD ALL drops them
         queries = ["DISCARD ALL"]
         if self.transaction_status != STATUS_IDLE:
             queries.insert(0, "ROLLBACK")

@@ -1,10 +1,13 @@
-"""Extended-query messages: byte-exact encodings, strict decodings, statement renaming.
+"""Extended-query messages: byte-exact encodings, strict decodings, statement renaming (in
+messages by splicing, in the server's errors back to the client's names).
 
 Expected bytes are written out by hand from the protocol documentation ("Message Formats"),
 so a test fails if an encoder and its decoder drift together.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -19,6 +22,7 @@ from protocols.postgres.extended import (
     NO_DATA_MESSAGE,
     PARSE_COMPLETE_MESSAGE,
     PORTAL_SUSPENDED_MESSAGE,
+    SERVER_STATEMENT_PREFIX,
     SYNC_MESSAGE,
     TARGET_PORTAL,
     TARGET_STATEMENT,
@@ -30,15 +34,14 @@ from protocols.postgres.extended import (
     FrontendMessage,
     Parse,
     Query,
-    StatementNamer,
     Sync,
     decode_frontend,
     parse_query,
+    rename_statements,
     statement_field,
     with_name,
-    with_statement_name,
 )
-from protocols.postgres.messages import RawMessage
+from protocols.postgres.messages import ErrorResponse, RawMessage, frame
 
 
 def raw(wire: bytes) -> RawMessage:
@@ -190,9 +193,9 @@ def test_text_in_a_client_encoding_other_than_utf8_round_trips_unchanged() -> No
     message = decode(wire)
     assert isinstance(message, Parse)
     assert message.encode() == wire
-    assert (
-        with_statement_name(message, "rp_1").encode() == b"P\x00\x00\x00\x16rp_1\x00SELECT '\xe9'\x00\x00\x00"
-    )
+    name, start, end = statement_field(wire)
+    assert name == "caf\udce9"  # the byte kept as an escape
+    assert with_name(wire, start, end, "RP_1") == b"P\x00\x00\x00\x16RP_1\x00SELECT '\xe9'\x00\x00\x00"
 
 
 def test_backend_fixed_messages() -> None:
@@ -231,67 +234,6 @@ def test_backend_fixed_messages() -> None:
 def test_encoding_a_message_the_protocol_cannot_carry_is_a_local_error(message: FrontendMessage) -> None:
     with pytest.raises(LocalProtocolError):
         message.encode()
-
-
-# --- renaming --------------------------------------------------------------------------------
-
-
-def test_with_statement_name_renames_parse_and_bind_statements_but_not_portals() -> None:
-    parse = with_statement_name(Parse("s1", "SELECT $1", (23,)), "rp_2735c99f38dbc542")
-    assert parse.encode() == (
-        b"P\x00\x00\x00\x28rp_2735c99f38dbc542\x00SELECT $1\x00\x00\x01\x00\x00\x00\x17"
-    )
-    bind = with_statement_name(Bind("p1", "s1", (), (b"42",), ()), "rp_x")
-    assert bind == Bind("p1", "rp_x", (), (b"42",), ())
-
-
-def test_with_statement_name_renames_describe_and_close_of_a_statement_only() -> None:
-    assert with_statement_name(Describe(TARGET_STATEMENT, "s1"), "rp_x") == Describe(b"S", "rp_x")
-    assert with_statement_name(Close(TARGET_STATEMENT, "s1"), "rp_x") == Close(b"S", "rp_x")
-    portal_describe = Describe(TARGET_PORTAL, "p1")
-    portal_close = Close(TARGET_PORTAL, "p1")
-    assert with_statement_name(portal_describe, "rp_x") is portal_describe
-    assert with_statement_name(portal_close, "rp_x") is portal_close
-
-
-def test_server_name_is_rp_and_16_hex_digits_of_sha256_of_query_and_types() -> None:
-    # sha256(b"SELECT $1\x0023"), sha256(b"SELECT 1\x00"), sha256(b"SELECT $1, $2\x0023,25")
-    assert StatementNamer.server_name("SELECT $1", (23,)) == "rp_2735c99f38dbc542"
-    assert StatementNamer.server_name("SELECT 1", ()) == "rp_85f1ac9983155ca0"
-    assert StatementNamer.server_name("SELECT $1, $2", (23, 25)) == "rp_2f16420d93a0cf33"
-
-
-def test_server_name_differs_by_query_text_and_by_parameter_types() -> None:
-    names = {
-        StatementNamer.server_name("SELECT $1", (23,)),
-        StatementNamer.server_name("SELECT $1", (25,)),
-        StatementNamer.server_name("SELECT $1", ()),
-        StatementNamer.server_name("select $1", (23,)),
-        StatementNamer.server_name("SELECT $1", (2, 3)),
-    }
-    assert len(names) == 5
-
-
-def test_two_clients_preparing_the_same_sql_share_one_server_name() -> None:
-    alice, bob = StatementNamer(), StatementNamer()
-    assert alice.prepare("a1", "SELECT $1", (23,)) == bob.prepare("stmt_7", "SELECT $1", (23,))
-    assert alice.lookup("a1") == bob.lookup("stmt_7") == "rp_2735c99f38dbc542"
-    assert alice.lookup("stmt_7") is None
-    assert "a1" in alice and "stmt_7" not in alice
-
-
-def test_namer_forgets_closed_statements_and_replaces_reused_names() -> None:
-    namer = StatementNamer()
-    namer.prepare("s", "SELECT 1", ())
-    namer.prepare("t", "SELECT 2", ())
-    assert len(namer) == 2
-    namer.forget("s")
-    namer.forget("never-prepared")
-    assert namer.lookup("s") is None
-    namer.prepare("t", "SELECT $1", (23,))
-    assert namer.lookup("t") == "rp_2735c99f38dbc542"
-    namer.clear()
-    assert len(namer) == 0
 
 
 # --- properties ------------------------------------------------------------------------------
@@ -377,20 +319,13 @@ def test_property_arbitrary_payloads_decode_or_raise_protocol_violation(
 
 @PROPERTY_SETTINGS
 @given(message=frontend_messages, name=names)
-def test_property_renaming_changes_only_the_statement_name(message: FrontendMessage, name: str) -> None:
+def test_property_splicing_a_name_changes_only_the_name(message: FrontendMessage, name: str) -> None:
     if not isinstance(message, Parse | Bind | Describe | Close):
         return
-    renamed = with_statement_name(message, name)
-    if isinstance(message, Parse):
-        assert renamed == Parse(name, message.query, message.parameter_types)
-    elif isinstance(message, Bind):
-        assert renamed == Bind(
-            message.portal, name, message.parameter_formats, message.parameters, message.result_formats
-        )
-    elif message.kind == TARGET_STATEMENT:
-        assert renamed == type(message)(message.kind, name)
-    else:
-        assert renamed is message
+    wire = message.encode()
+    _, start, end = statement_field(wire)
+    renamed = decode(with_name(wire, start, end, name))
+    assert renamed == renamed_message(message, name)
 
 
 # --- renaming by splicing, as the transaction relay does on its hot path ----------------------
@@ -412,13 +347,18 @@ def test_property_renaming_changes_only_the_statement_name(message: FrontendMess
 def test_splicing_a_name_equals_decoding_renaming_and_encoding(wire: bytes, name: str) -> None:
     found, start, end = statement_field(wire)
     assert found == name
-    spliced = with_name(wire, start, end, "rp_0123456789abcdef")
+    spliced = with_name(wire, start, end, "RP_123")
     message = decode(wire)
     assert isinstance(message, Parse | Bind | Describe | Close)
-    if isinstance(message, Parse | Bind) or message.kind == b"S":
-        assert spliced == with_statement_name(message, "rp_0123456789abcdef").encode()
-    else:  # a portal's name: the same splice renames it, the rest unchanged
-        assert decode(spliced) == type(message)(message.kind, "rp_0123456789abcdef")
+    assert spliced == renamed_message(message, "RP_123").encode()
+
+
+def renamed_message(message: Parse | Bind | Describe | Close, name: str) -> Parse | Bind | Describe | Close:
+    """What ``with_name`` must make of ``message``: its statement (a Bind's, not its portal's),
+    or the statement or portal a Describe or Close names, called ``name``."""
+    if isinstance(message, Parse | Bind):
+        return replace(message, statement=name)
+    return replace(message, name=name)
 
 
 def test_the_query_of_a_parse_is_read_after_its_name() -> None:
@@ -433,3 +373,68 @@ def test_the_query_of_a_parse_is_read_after_its_name() -> None:
 def test_a_name_without_its_nul_or_kind_is_a_protocol_violation(wire: bytes) -> None:
     with pytest.raises(ProtocolViolation):
         statement_field(wire)
+
+
+# --- server-side names in the server's errors, given back in the client's words --------------
+
+
+def error(message: str, detail: str | None = None) -> bytes:
+    return ErrorResponse.build("ERROR", "26000", message, detail).encode()
+
+
+def test_the_proxy_s_server_side_names_start_with_an_upper_case_prefix() -> None:
+    # An unquoted SQL name folds to lower case: no client PREPAREs one of these by accident.
+    assert SERVER_STATEMENT_PREFIX == "RP_"
+
+
+@pytest.mark.parametrize(
+    ("sent", "received"),
+    [
+        ('prepared statement "RP_7" does not exist', 'prepared statement "s1" does not exist'),
+        (
+            'bind message supplies 0 parameters, but prepared statement "RP_7" requires 1',
+            'bind message supplies 0 parameters, but prepared statement "s1" requires 1',
+        ),
+        (
+            'prepared statement "RP_12" already exists',
+            'prepared statement "a much longer name" already exists',
+        ),
+        ('"RP_7" and "RP_12", "RP_7"', '"s1" and "a much longer name", "s1"'),
+    ],
+)
+def test_an_error_naming_server_side_statements_names_the_client_s(sent: str, received: str) -> None:
+    renames = {b"RP_7": b"s1", b"RP_12": b"a much longer name"}
+    assert rename_statements(error(sent), renames) == error(received)  # the length follows
+
+
+def test_every_field_of_an_error_is_renamed() -> None:
+    sent = error('prepared statement "RP_7" does not exist', detail='"RP_7" was closed')
+    assert rename_statements(sent, {b"RP_7": b"s1"}) == error(
+        'prepared statement "s1" does not exist', detail='"s1" was closed'
+    )
+
+
+def test_an_error_naming_no_known_server_side_statement_is_returned_itself() -> None:
+    renames = {b"RP_7": b"s1"}
+    for message in (
+        error('relation "t" does not exist'),
+        error('prepared statement "RP_8" does not exist'),  # nobody's the plan knows of
+        error('prepared statement "rp_7" does not exist'),  # a client's own, folded to lower case
+    ):
+        assert rename_statements(message, renames) is message
+
+
+@pytest.mark.parametrize("text", ['"RP_71"', '"xRP_7"', '"_RP_7"', '"$RP_7"', '"RP_7x"', '"RP_7_"'])
+def test_only_a_whole_server_side_name_is_renamed(text: str) -> None:
+    # A client may name its own objects in words that contain one (quoted, in upper case).
+    message = error(f"relation {text} does not exist")
+    assert rename_statements(message, {b"RP_7": b"s1"}) == message
+
+
+def test_a_client_s_name_is_put_back_byte_for_byte() -> None:
+    # Not UTF-8 (a LATIN1 client), or looking like a regular-expression group reference.
+    renames = {b"RP_7": b"caf\xe9", b"RP_8": b"\\1\\g<0>"}
+    sent = frame(b"E", b'Mprepared statement "RP_7", "RP_8"\x00\x00')
+    assert rename_statements(sent, renames) == frame(
+        b"E", b'Mprepared statement "caf\xe9", "\\1\\g<0>"\x00\x00'
+    )

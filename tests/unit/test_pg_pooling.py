@@ -2,12 +2,16 @@
 
 Each step is ``(event, expected commands)``; ``play`` feeds the events to one
 ``PooledClient`` in order and compares what comes out of each, command for command.
+
+Server-side statement names (``RP_<n>``) come from a process-wide counter: a test reads the
+name the core chose from the Parse it sent (``parsed_names``), never guesses the number.
 """
 
 from __future__ import annotations
 
 import itertools
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -18,17 +22,21 @@ from protocols.endings import EndReason
 from protocols.postgres.extended import (
     BIND_COMPLETE_MESSAGE,
     CLOSE_COMPLETE_MESSAGE,
+    FLUSH_MESSAGE,
     PARSE_COMPLETE_MESSAGE,
+    TARGET_PORTAL,
     TARGET_STATEMENT,
     Bind,
     Close,
     Describe,
     Execute,
+    FrontendMessage,
     Parse,
     Query,
-    StatementNamer,
     Sync,
+    decode_frontend,
 )
+from protocols.postgres.framing import MessageReader
 from protocols.postgres.messages import (
     SQLSTATE_CONNECTION_FAILURE,
     SQLSTATE_IDLE_IN_TRANSACTION_TIMEOUT,
@@ -36,6 +44,7 @@ from protocols.postgres.messages import (
     TERMINATE_MESSAGE,
     ErrorResponse,
     ParameterStatus,
+    RawMessage,
     ReadyForQuery,
     frame,
 )
@@ -63,9 +72,15 @@ from protocols.postgres.server_state import PREPARED_PER_CONNECTION, ServerState
 # --- messages ----------------------------------------------------------------------------------
 
 SYNC = Sync().encode()
+FLUSH = FLUSH_MESSAGE
+PARSE_COMPLETE = PARSE_COMPLETE_MESSAGE
+BIND_COMPLETE = BIND_COMPLETE_MESSAGE
+CLOSE_COMPLETE = CLOSE_COMPLETE_MESSAGE
 ROW_DESCRIPTION = frame(
     b"T", struct.pack("!h", 1) + b"?column?\0" + struct.pack("!ihihih", 0, 0, 23, 4, -1, 0)
 )
+PARAMETER_DESCRIPTION = frame(b"t", struct.pack("!hI", 1, 23))
+NO_PARAMETERS = frame(b"t", struct.pack("!h", 0))
 ROW = frame(b"D", struct.pack("!hi", 1, 1) + b"1")
 SELECT_DONE = frame(b"C", b"SELECT 1\0")
 IDLE = ReadyForQuery(b"I").encode()
@@ -73,25 +88,61 @@ IN_TRANSACTION = ReadyForQuery(b"T").encode()
 FAILED_TRANSACTION = ReadyForQuery(b"E").encode()
 ERROR = ErrorResponse.build("ERROR", "42P01", 'relation "nosuchtable" does not exist').encode()
 SELECT_ANSWER = ROW_DESCRIPTION + ROW + SELECT_DONE + IDLE
+BAD = "SELECT * FROM nosuchtable"  # what the server answers with ERROR
+STALE = "SELECT * FROM t"  # t is dropped after the statement is prepared: DROPPED
+DROPPED = ErrorResponse.build("ERROR", "42P01", 'relation "t" does not exist').encode()
+EXECUTE = Execute("").encode()
+DESCRIBE_PORTAL = Describe(TARGET_PORTAL, "").encode()
 
 
 def query(sql: str) -> bytes:
     return Query(sql).encode()
 
 
-def server_name(sql: str) -> str:
-    return StatementNamer.server_name(sql, ())
+def parse(name: str, sql: str = "SELECT 1", types: tuple[int, ...] = ()) -> bytes:
+    return Parse(name, sql, types).encode()
 
 
-def parse(name: str, sql: str) -> bytes:
-    return Parse(name, sql).encode()
+def bind(statement: str, *parameters: bytes) -> bytes:
+    return Bind("", statement, (), parameters, ()).encode()
 
 
-def bind(statement: str) -> bytes:
-    return Bind("", statement).encode()
+def describe(statement: str) -> bytes:
+    return Describe(TARGET_STATEMENT, statement).encode()
 
 
-EXECUTE = Execute("").encode()
+def close(statement: str) -> bytes:
+    return Close(TARGET_STATEMENT, statement).encode()
+
+
+def done(tag: str) -> bytes:
+    return frame(b"C", tag.encode() + b"\0")
+
+
+def bind_execute(statement: str) -> bytes:
+    return bind(statement) + EXECUTE + SYNC
+
+
+def describe_statement(statement: str) -> bytes:
+    return describe(statement) + SYNC
+
+
+def deallocate(name: str) -> bytes:
+    """A DEALLOCATE of a server-side name, as the core writes it."""
+    return query(f'DEALLOCATE "{name}"')
+
+
+def stand_in_and_deallocate(name: str) -> bytes:
+    """What the server gets for a DEALLOCATE of a statement its connection lacks."""
+    return query(f'PREPARE "{name}" AS SELECT') + deallocate(name)
+
+
+def error(code: str, message: str) -> bytes:
+    return ErrorResponse.build("ERROR", code, message).encode()
+
+
+def missing(statement: str) -> bytes:
+    return error("26000", f'prepared statement "{statement}" does not exist')
 
 
 # --- the playbook ------------------------------------------------------------------------------
@@ -167,6 +218,71 @@ def connection(**parameters: str) -> ServerState:
     return state
 
 
+def upstream(commands: list[Command]) -> list[FrontendMessage]:
+    """The client messages in what the core sent the server, decoded, in order."""
+    reader = MessageReader()
+    for command in commands:
+        if isinstance(command, SendToServer):
+            reader.receive_data(command.data)
+    messages: list[FrontendMessage] = []
+    while isinstance(message := reader.next_event(), RawMessage):
+        messages.append(decode_frontend(message))
+    return messages
+
+
+def parsed_names(commands: list[Command]) -> list[str]:
+    """The names of the named statements the core sent Parses of, in order."""
+    return [
+        message.statement
+        for message in upstream(commands)
+        if isinstance(message, Parse) and message.statement
+    ]
+
+
+def prepared(core: PooledClient, conn: ServerState, name: str = "s1", sql: str = "SELECT 1") -> str:
+    """The client prepares ``name`` on ``conn`` (it holds no connection), then gives the
+    connection back: return the server-side name the core chose."""
+    play(core, [(FromClient(parse(name, sql) + SYNC), [NEED_CONNECTION])])
+    commands = core.attached(conn)
+    (server_name,) = parsed_names(commands)
+    assert server_name.startswith("RP_")
+    assert commands == [SendToServer(parse(server_name, sql) + SYNC)]
+    play(
+        core,
+        [
+            (FromServer(PARSE_COMPLETE + IDLE), [SendToClient(PARSE_COMPLETE + IDLE), MAY_DETACH]),
+            (Detached(), []),
+        ],
+    )
+    return server_name
+
+
+def spread(core: PooledClient, first: ServerState, second: ServerState) -> str:
+    """The client prepares s1 (SELECT 1) on ``first`` and runs it on ``second`` (injected
+    there), then gives the connection back: both hold a copy. Return its server-side name."""
+    name = prepared(core, first)
+    play(
+        core,
+        [
+            (FromClient(bind("s1") + EXECUTE + SYNC), [NEED_CONNECTION]),
+            (Attached(second), [SendToServer(parse(name) + bind(name) + EXECUTE + SYNC)]),
+            (
+                FromServer(PARSE_COMPLETE + BIND_COMPLETE + SELECT_DONE + IDLE),
+                [SendToClient(BIND_COMPLETE + SELECT_DONE + IDLE), MAY_DETACH],
+            ),
+            (Detached(), []),
+        ],
+    )
+    assert list(first.prepared) == list(second.prepared) == [name]
+    return name
+
+
+def attach(core: PooledClient, conn: ServerState, data: bytes) -> list[Command]:
+    """The client, holding no connection, sends ``data``; ``conn`` is attached: what comes out."""
+    play(core, [(FromClient(data), [NEED_CONNECTION])])
+    return core.attached(conn)
+
+
 # --- a plain group -----------------------------------------------------------------------------
 
 
@@ -188,8 +304,8 @@ def test_a_plain_query_attaches_is_forwarded_and_may_detach_at_ready_for_query()
 
 def test_an_extended_group_passes_in_one_write() -> None:
     core, conn = client(), connection()
-    group = parse("", "SELECT 1") + bind("") + Describe(b"P", "").encode() + EXECUTE + SYNC
-    answer = PARSE_COMPLETE_MESSAGE + BIND_COMPLETE_MESSAGE + SELECT_ANSWER
+    group = parse("") + bind("") + DESCRIBE_PORTAL + EXECUTE + SYNC
+    answer = PARSE_COMPLETE + BIND_COMPLETE + SELECT_ANSWER
     play(
         core,
         [
@@ -198,23 +314,20 @@ def test_an_extended_group_passes_in_one_write() -> None:
             (FromServer(answer), [SendToClient(answer), MAY_DETACH]),
         ],
     )
-    assert not conn.prepared  # the unnamed statement is not tracked
+    assert not conn.prepared  # the unnamed statement is not among the connection's
 
 
 def test_a_transaction_holds_the_connection_and_arms_the_idle_timer() -> None:
     core, conn = client(), connection()
-    begin, done = query("BEGIN"), frame(b"C", b"BEGIN\0")
+    begun, committed = done("BEGIN") + IN_TRANSACTION, done("COMMIT") + IDLE
     play(
         core,
         [
-            (FromClient(begin), [NEED_CONNECTION]),
-            (Attached(conn), [SendToServer(begin)]),
-            (FromServer(done + IN_TRANSACTION), [SendToClient(done + IN_TRANSACTION), ARM_IDLE_TIMER]),
+            (FromClient(query("BEGIN")), [NEED_CONNECTION]),
+            (Attached(conn), [SendToServer(query("BEGIN"))]),
+            (FromServer(begun), [SendToClient(begun), ARM_IDLE_TIMER]),
             (FromClient(query("COMMIT")), [DISARM_IDLE_TIMER, SendToServer(query("COMMIT"))]),
-            (
-                FromServer(frame(b"C", b"COMMIT\0") + IDLE),
-                [SendToClient(frame(b"C", b"COMMIT\0") + IDLE), MAY_DETACH],
-            ),
+            (FromServer(committed), [SendToClient(committed), MAY_DETACH]),
         ],
     )
 
@@ -229,8 +342,8 @@ def test_the_idle_timer_ends_the_client_with_25p03() -> None:
         core,
         [
             (
-                FromServer(frame(b"C", b"BEGIN\0") + IN_TRANSACTION),
-                [SendToClient(frame(b"C", b"BEGIN\0") + IN_TRANSACTION), ARM_IDLE_TIMER],
+                FromServer(done("BEGIN") + IN_TRANSACTION),
+                [SendToClient(done("BEGIN") + IN_TRANSACTION), ARM_IDLE_TIMER],
             )
         ],
     )
@@ -245,126 +358,603 @@ def test_the_idle_timer_ends_the_client_with_25p03() -> None:
 # --- named statements --------------------------------------------------------------------------
 
 
-def test_a_named_statement_the_connection_lacks_is_prepared_first_and_its_answer_hidden() -> None:
+def test_each_client_statement_gets_a_server_side_name_of_its_own() -> None:
+    alice, bob, conn = client(), client(), connection()
+    alice_s1 = prepared(alice, conn)
+    bob_s1 = prepared(bob, conn)  # the same name and text: still not shared
+    assert alice_s1 != bob_s1 and list(conn.prepared) == [alice_s1, bob_s1]
+    play(
+        bob,
+        [
+            (FromClient(describe("s1") + SYNC), [NEED_CONNECTION]),
+            (Attached(conn), [SendToServer(describe(bob_s1) + SYNC)]),  # held here: no Parse first
+        ],
+    )
+
+
+def test_a_bind_and_describe_in_the_batch_of_their_parse_are_renamed() -> None:
+    core, conn = client(), connection()
+    commands = attach(core, conn, parse("s1") + describe("s1") + bind("s1") + EXECUTE + SYNC)
+    (name,) = parsed_names(commands)
+    assert commands == [SendToServer(parse(name) + describe(name) + bind(name) + EXECUTE + SYNC)]
+    answer = (
+        PARSE_COMPLETE + frame(b"t", b"\0\0") + ROW_DESCRIPTION + BIND_COMPLETE + ROW + SELECT_DONE + IDLE
+    )
+    play(core, [(FromServer(answer), [SendToClient(answer), MAY_DETACH])])
+    assert list(conn.prepared) == [name]
+
+
+USES = [
+    (bind_execute, BIND_COMPLETE + ROW + SELECT_DONE + IDLE),
+    (describe_statement, PARAMETER_DESCRIPTION + ROW_DESCRIPTION + IDLE),
+]
+
+
+@pytest.mark.parametrize(("use", "answer"), USES, ids=["bind", "describe"])
+def test_a_statement_the_connection_lacks_is_parsed_first_and_its_answer_hidden(
+    use: Callable[[str], bytes], answer: bytes
+) -> None:
     core, first, second = client(), connection(), connection()
-    name = server_name("SELECT 1")
-    prepare = parse("s1", "SELECT 1") + SYNC
+    name = prepared(core, first)
     play(
         core,
         [
-            (FromClient(prepare), [NEED_CONNECTION]),
-            (Attached(first), [SendToServer(parse(name, "SELECT 1") + SYNC)]),  # renamed
-            (
-                FromServer(PARSE_COMPLETE_MESSAGE + IDLE),
-                [SendToClient(PARSE_COMPLETE_MESSAGE + IDLE), MAY_DETACH],
-            ),
-            (Detached(), []),
             # The next transaction runs on a connection that never saw the statement.
-            (FromClient(bind("s1") + EXECUTE + SYNC), [NEED_CONNECTION]),
-            (Attached(second), [SendToServer(parse(name, "SELECT 1") + bind(name) + EXECUTE + SYNC)]),
-            (
-                FromServer(PARSE_COMPLETE_MESSAGE + BIND_COMPLETE_MESSAGE + ROW + SELECT_DONE + IDLE),
-                [SendToClient(BIND_COMPLETE_MESSAGE + ROW + SELECT_DONE + IDLE), MAY_DETACH],
-            ),
+            (FromClient(use("s1")), [NEED_CONNECTION]),
+            (Attached(second), [SendToServer(parse(name) + use(name))]),  # in the same write
+            (FromServer(PARSE_COMPLETE + answer), [SendToClient(answer), MAY_DETACH]),
+            # Still attached: it holds the statement now.
+            (FromClient(use("s1")), [SendToServer(use(name))]),
         ],
     )
-    assert list(first.prepared) == [name] and list(second.prepared) == [name]
+    assert list(first.prepared) == list(second.prepared) == [name]
 
 
-def test_a_parse_the_connection_has_gets_a_synthetic_parse_complete() -> None:
-    core, conn = client(), connection()
-    name = server_name("SELECT 1")
-    conn.prepared[name] = None  # another client prepared it here
+def test_a_failed_parse_of_a_statement_the_connection_lacks_reaches_the_client() -> None:
+    core, first, second, third = client(), connection(), connection(), connection()
+    name = prepared(core, first, sql=STALE)
     play(
         core,
         [
-            (FromClient(parse("mine", "SELECT 1") + SYNC), [NEED_CONNECTION]),
-            (Attached(conn), [SendToClient(PARSE_COMPLETE_MESSAGE), SendToServer(SYNC)]),
-            (FromServer(IDLE), [SendToClient(IDLE), MAY_DETACH]),
-            # Still attached (the driver kept it); named as the server knows it.
+            (FromClient(bind_execute("s1")), [NEED_CONNECTION]),
+            (Attached(second), [SendToServer(parse(name, STALE) + bind_execute(name))]),
+            # The client hears why its Bind did not run; the server skipped it.
+            (FromServer(DROPPED + IDLE), [SendToClient(DROPPED + IDLE), MAY_DETACH]),
+            (Detached(), []),
+        ],
+    )
+    assert not second.prepared and list(first.prepared) == [name]
+    # Still the client's statement: parsed again where it is needed.
+    commands = attach(core, third, bind_execute("s1"))
+    assert commands == [SendToServer(parse(name, STALE) + bind_execute(name))]
+
+
+def test_a_second_use_behind_an_unanswered_parse_of_ours_waits_for_its_answer() -> None:
+    core, first, second = client(), connection(), connection()
+    name = prepared(core, first)
+    play(
+        core,
+        [
+            (FromClient(bind_execute("s1") * 2), [NEED_CONNECTION]),
+            # Had the Parse failed, the second Bind would need one of its own.
+            (Attached(second), [SendToServer(parse(name) + bind_execute(name) + FLUSH)]),
             (
-                FromClient(Describe(TARGET_STATEMENT, "mine").encode() + SYNC),
-                [SendToServer(Describe(TARGET_STATEMENT, name).encode() + SYNC)],
+                FromServer(PARSE_COMPLETE + BIND_COMPLETE + SELECT_DONE + IDLE),
+                [SendToClient(BIND_COMPLETE + SELECT_DONE + IDLE), SendToServer(bind_execute(name))],
+            ),
+            (
+                FromServer(BIND_COMPLETE + SELECT_DONE + IDLE),
+                [SendToClient(BIND_COMPLETE + SELECT_DONE + IDLE), MAY_DETACH],
             ),
         ],
     )
 
 
-def test_close_and_deallocate_of_a_client_statement_are_answered_here() -> None:
-    core, conn = client(), connection()
-    name = server_name("SELECT 1")
-    conn.prepared[name] = None
-    close = Close(TARGET_STATEMENT, "s1").encode()
-    deallocated = frame(b"C", b"DEALLOCATE\0") + IDLE
+@pytest.mark.parametrize("held", [True, False], ids=["connection-holds-it", "connection-lacks-it"])
+def test_a_duplicate_parse_is_refused_by_the_server_in_the_client_s_words(held: bool) -> None:
+    core, first, second = client(), connection(), connection()
+    name = prepared(core, first)
+    conn = first if held else second
+    # Parsed first where it is lacking, so the server finds the name taken, as it would.
+    injected = b"" if held else parse(name)
+    duplicate = error("42P05", f'prepared statement "{name}" already exists')
+    refused = error("42P05", 'prepared statement "s1" already exists')
+    answer = (b"" if held else PARSE_COMPLETE) + duplicate + IDLE
     play(
         core,
         [
-            (FromClient(parse("s1", "SELECT 1") + parse("s2", "SELECT 1") + SYNC), [NEED_CONNECTION]),
-            (Attached(conn), [SendToClient(PARSE_COMPLETE_MESSAGE * 2), SendToServer(SYNC)]),
-            (FromServer(IDLE), [SendToClient(IDLE), MAY_DETACH]),
-            (FromClient(close + SYNC), [SendToClient(CLOSE_COMPLETE_MESSAGE), SendToServer(SYNC)]),
-            (FromServer(IDLE), [SendToClient(IDLE), MAY_DETACH]),
-            # Nothing goes upstream: the client may detach at once.
-            (FromClient(query("DEALLOCATE s2")), [SendToClient(deallocated), MAY_DETACH]),
-            # An SQL-level statement the proxy does not know: the server answers.
-            (FromClient(query("DEALLOCATE other")), [SendToServer(query("DEALLOCATE other"))]),
+            (FromClient(parse("s1", "SELECT 2") + SYNC), [NEED_CONNECTION]),
+            (Attached(conn), [SendToServer(injected + parse(name, "SELECT 2") + SYNC)]),
+            (FromServer(answer), [SendToClient(refused + IDLE), MAY_DETACH]),
+            # Still the first definition.
+            (FromClient(bind_execute("s1")), [SendToServer(bind_execute(name))]),
         ],
     )
-    assert list(conn.prepared) == [name]  # shared: other clients may use it
+    assert list(conn.prepared) == [name]
+
+
+def test_a_statement_closed_and_prepared_again_in_one_batch_gets_a_new_name() -> None:
+    core, conn = client(), connection()
+    old = prepared(core, conn)
+    play(
+        core,
+        [
+            (FromClient(close("s1") + parse("s1", "SELECT 2") + SYNC), [NEED_CONNECTION]),
+            # The Parse waits for the Close's answer: its name is taken until then.
+            (Attached(conn), [SendToServer(close(old) + FLUSH)]),
+        ],
+    )
+    commands = core.receive_server(CLOSE_COMPLETE)
+    (new,) = parsed_names(commands)
+    assert new != old
+    assert commands == [SendToClient(CLOSE_COMPLETE), SendToServer(parse(new, "SELECT 2") + SYNC)]
+    play(core, [(FromServer(PARSE_COMPLETE + IDLE), [SendToClient(PARSE_COMPLETE + IDLE), MAY_DETACH])])
+    assert list(conn.prepared) == [new]
+
+
+# --- the unnamed statement ---------------------------------------------------------------------
+
+UNNAMED_MISSING = error("26000", "unnamed prepared statement does not exist")
+
+
+def unnamed_prepared(core: PooledClient, conn: ServerState) -> None:
+    """The client prepares the unnamed statement (SELECT 1) on ``conn``, then gives it back."""
+    play(
+        core,
+        [
+            (FromClient(parse("") + SYNC), [NEED_CONNECTION]),
+            (Attached(conn), [SendToServer(parse("") + SYNC)]),  # not renamed
+            (FromServer(PARSE_COMPLETE + IDLE), [SendToClient(PARSE_COMPLETE + IDLE), MAY_DETACH]),
+            (Detached(), []),
+        ],
+    )
+
+
+@pytest.mark.parametrize(("use", "answer"), USES, ids=["bind", "describe"])
+def test_the_unnamed_statement_is_parsed_again_on_the_next_connection(
+    use: Callable[[str], bytes], answer: bytes
+) -> None:
+    core, first, second = client(), connection(), connection()
+    unnamed_prepared(core, first)
+    play(
+        core,
+        [
+            (FromClient(use("")), [NEED_CONNECTION]),
+            (Attached(second), [SendToServer(parse("") + use(""))]),
+            (FromServer(PARSE_COMPLETE + answer), [SendToClient(answer), MAY_DETACH]),
+            # Still attached: made here now.
+            (FromClient(use("")), [SendToServer(use(""))]),
+        ],
+    )
+    assert not first.prepared and not second.prepared  # the unnamed statement is not counted
+
+
+def test_without_an_unnamed_statement_the_connection_s_is_closed_first() -> None:
+    # So the server says it does not exist, and never runs the one another client left.
+    core, conn = client(), connection()
+    play(
+        core,
+        [
+            (FromClient(bind_execute("")), [NEED_CONNECTION]),
+            (Attached(conn), [SendToServer(close("") + bind_execute(""))]),
+            (
+                FromServer(CLOSE_COMPLETE + UNNAMED_MISSING + IDLE),
+                [SendToClient(UNNAMED_MISSING + IDLE), MAY_DETACH],
+            ),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [query("SELECT 1"), close("") + SYNC],
+    ids=["query", "close"],
+)
+def test_a_query_or_a_close_ends_the_unnamed_statement(ending: bytes) -> None:
+    core, first, second = client(), connection(), connection()
+    unnamed_prepared(core, first)
+    answer = SELECT_ANSWER if ending[:1] == b"Q" else CLOSE_COMPLETE + IDLE
+    play(
+        core,
+        [
+            (FromClient(ending), [NEED_CONNECTION]),
+            (Attached(first), [SendToServer(ending)]),
+            (FromServer(answer), [SendToClient(answer), MAY_DETACH]),
+            (Detached(), []),
+            (FromClient(bind_execute("")), [NEED_CONNECTION]),
+            (Attached(second), [SendToServer(close("") + bind_execute(""))]),
+        ],
+    )
+
+
+def test_a_failed_parse_of_the_unnamed_statement_ends_the_one_before() -> None:
+    # The server drops the unnamed statement before it parses the next one.
+    core, first, second = client(), connection(), connection()
+    unnamed_prepared(core, first)
+    play(
+        core,
+        [
+            (FromClient(parse("", BAD) + SYNC), [NEED_CONNECTION]),
+            (Attached(first), [SendToServer(parse("", BAD) + SYNC)]),
+            (FromServer(ERROR + IDLE), [SendToClient(ERROR + IDLE), MAY_DETACH]),
+            (Detached(), []),
+            (FromClient(bind_execute("")), [NEED_CONNECTION]),
+            (Attached(second), [SendToServer(close("") + bind_execute(""))]),
+        ],
+    )
+
+
+# --- what ends a named statement -----------------------------------------------------------------
+
+
+def test_a_close_goes_upstream_renamed_and_its_complete_forgets_the_statement() -> None:
+    core, first, second = client(), connection(), connection()
+    name = spread(core, first, second)
+    play(
+        core,
+        [
+            (FromClient(close("s1") + SYNC), [NEED_CONNECTION]),
+            (Attached(second), [SendToServer(close(name) + SYNC)]),
+            (FromServer(CLOSE_COMPLETE + IDLE), [SendToClient(CLOSE_COMPLETE + IDLE), MAY_DETACH]),
+        ],
+    )
     assert core.statements.by_name == {}
+    assert not second.prepared and not first.prepared
+    assert first.to_close == [name]  # closed with the next work sent on it
+    # The client's name means nothing now: the server says so in the client's words.
+    play(core, [(FromClient(bind_execute("s1")), [SendToServer(bind_execute("s1"))])])
+
+
+@pytest.mark.parametrize("sql", ["DEALLOCATE s1", "deallocate prepare S1;", 'DEALLOCATE "s1"'])
+def test_deallocate_of_a_statement_the_connection_holds_names_it_as_the_server_knows_it(sql: str) -> None:
+    core, first, second = client(), connection(), connection()
+    name = spread(core, first, second)
+    answer = done("DEALLOCATE") + IDLE
+    play(
+        core,
+        [
+            (FromClient(query(sql)), [NEED_CONNECTION]),
+            (Attached(second), [SendToServer(deallocate(name))]),
+            (FromServer(answer), [SendToClient(answer), MAY_DETACH]),
+        ],
+    )
+    assert core.statements.by_name == {}
+    assert not second.prepared and first.to_close == [name]
+
+
+@pytest.mark.parametrize(
+    "request_", [query("DEALLOCATE other"), close("other") + SYNC], ids=["deallocate", "close"]
+)
+def test_a_name_the_client_never_prepared_goes_as_it_came(request_: bytes) -> None:
+    # An SQL-level PREPARE's (the client is pinned), or nobody's: the server answers.
+    core, conn = client(), connection()
+    play(core, [(FromClient(request_), [NEED_CONNECTION]), (Attached(conn), [SendToServer(request_)])])
+
+
+def test_deallocate_of_a_statement_the_connection_lacks_prepares_a_hidden_stand_in_first() -> None:
+    core, first, second = client(), connection(), connection()
+    name = prepared(core, first)
+    answer = done("DEALLOCATE") + IDLE
+    play(
+        core,
+        [
+            (FromClient(query("DEALLOCATE s1")), [NEED_CONNECTION]),
+            (Attached(second), [SendToServer(stand_in_and_deallocate(name))]),
+            (FromServer(done("PREPARE") + IDLE + answer), [SendToClient(answer), MAY_DETACH]),
+        ],
+    )
+    assert core.statements.by_name == {}
+    assert not second.prepared and not first.prepared and first.to_close == [name]
+
+
+def test_deallocate_in_a_failed_transaction_fails_as_it_would_and_forgets_nothing() -> None:
+    core, first, second = client(), connection(), connection()
+    name = prepared(core, first)
+    aborted = error(
+        "25P02", "current transaction is aborted, commands ignored until end of transaction block"
+    )
+    begun = done("BEGIN") + IN_TRANSACTION
+    play(
+        core,
+        [
+            (FromClient(query("BEGIN")), [NEED_CONNECTION]),
+            (Attached(second), [SendToServer(query("BEGIN"))]),
+            (FromServer(begun), [SendToClient(begun), ARM_IDLE_TIMER]),
+            (FromClient(query(BAD)), [DISARM_IDLE_TIMER, SendToServer(query(BAD))]),
+            (
+                FromServer(ERROR + FAILED_TRANSACTION),
+                [SendToClient(ERROR + FAILED_TRANSACTION), ARM_IDLE_TIMER],
+            ),
+            (
+                FromClient(query("DEALLOCATE s1")),
+                [
+                    DISARM_IDLE_TIMER,
+                    SendToServer(stand_in_and_deallocate(name)),
+                ],
+            ),
+            # The stand-in's error is hidden: the client hears one error, for its DEALLOCATE.
+            (
+                FromServer((aborted + FAILED_TRANSACTION) * 2),
+                [SendToClient(aborted + FAILED_TRANSACTION), ARM_IDLE_TIMER],
+            ),
+        ],
+    )
+    assert list(core.statements.by_name) == ["s1"]
+    assert list(first.prepared) == [name] and not first.to_close and not second.prepared
+
+
+@pytest.mark.parametrize("sql", ["DEALLOCATE ALL", "DISCARD ALL"])
+def test_deallocate_all_and_discard_all_forget_every_statement_once_they_ran(sql: str) -> None:
+    core, first, second = client(), connection(), connection()
+    name = spread(core, first, second)
+    second.prepared["RP_theirs"] = None  # another client's: dropped too
+    second.to_close.append("RP_unused")  # one nobody needs: gone already
+    play(
+        core,
+        [
+            (FromClient(query(sql)), [NEED_CONNECTION]),
+            (Attached(second), [SendToServer(close("RP_unused") + query(sql))]),
+        ],
+    )
+    assert list(core.statements.by_name) == ["s1"]  # not before the server says it ran
+    answer = done(sql) + IDLE
+    play(core, [(FromServer(CLOSE_COMPLETE + answer), [SendToClient(answer), MAY_DETACH])])
+    assert core.statements.by_name == {}
+    assert not second.prepared and not second.to_close
+    assert first.to_close == [name]
+
+
+@pytest.mark.parametrize("statement", ["d", ""], ids=["named", "unnamed"])
+def test_discard_all_run_by_the_extended_protocol_forgets_every_statement_by_its_tag(statement: str) -> None:
+    core, first, second = client(), connection(), connection()
+    name = spread(core, first, second)
+    commands = attach(core, second, parse(statement, "DISCARD ALL") + SYNC)
+    discard = statement and parsed_names(commands)[0]
+    assert commands == [SendToServer(parse(discard, "DISCARD ALL") + SYNC)]
+    refused = 'bind message supplies 1 parameters, but prepared statement "{}" requires 0'
+    play(
+        core,
+        [
+            (FromServer(PARSE_COMPLETE + IDLE), [SendToClient(PARSE_COMPLETE + IDLE), MAY_DETACH]),
+            # Skipped after an earlier error: it did not run, nothing is forgotten.
+            (
+                FromClient(bind("s1", b"1") + bind_execute(statement)),
+                [SendToServer(bind(name, b"1") + bind_execute(discard))],
+            ),
+            (
+                FromServer(error("08P01", refused.format(name)) + IDLE),
+                [SendToClient(error("08P01", refused.format("s1")) + IDLE), MAY_DETACH],
+            ),
+        ],
+    )
+    assert name in second.prepared and not first.to_close
+    answer = BIND_COMPLETE + done("DISCARD ALL") + IDLE
+    play(
+        core,
+        [
+            (FromClient(bind_execute(statement)), [SendToServer(bind_execute(discard))]),
+            (FromServer(answer), [SendToClient(answer), MAY_DETACH]),
+        ],
+    )
+    assert core.statements.by_name == {}
+    assert not second.prepared and first.to_close == [name]
+
+
+@pytest.mark.parametrize(
+    ("ending", "sent", "holds"),
+    [
+        pytest.param(close("s1"), close, True, id="close"),
+        pytest.param(query("DEALLOCATE s1"), deallocate, True, id="deallocate"),
+        pytest.param(query("DEALLOCATE s1"), stand_in_and_deallocate, False, id="deallocate-lacking"),
+        pytest.param(query("DEALLOCATE ALL"), lambda _: query("DEALLOCATE ALL"), True, id="deallocate-all"),
+        pytest.param(query("DISCARD ALL"), lambda _: query("DISCARD ALL"), True, id="discard-all"),
+    ],
+)
+def test_an_ending_the_server_skips_after_an_earlier_error_forgets_nothing(
+    ending: bytes, sent: Callable[[str], bytes], holds: bool
+) -> None:
+    core, first, second, third = client(), connection(), connection(), connection()
+    name = spread(core, first, second)
+    conn = second if holds else third
+    play(
+        core,
+        [
+            (FromClient(parse("", BAD) + ending + SYNC), [NEED_CONNECTION]),
+            (Attached(conn), [SendToServer(parse("", BAD) + sent(name) + SYNC)]),
+            (FromServer(ERROR + IDLE), [SendToClient(ERROR + IDLE), MAY_DETACH]),
+        ],
+    )
+    assert list(core.statements.by_name) == ["s1"]
+    assert list(first.prepared) == [name] and not first.to_close
+    assert list(conn.prepared) == ([name] if holds else [])
+    # And it runs as before.
+    injected = b"" if holds else parse(name)
+    play(core, [(FromClient(bind_execute("s1")), [SendToServer(injected + bind_execute(name))])])
+
+
+# --- closing what nobody needs -------------------------------------------------------------------
+
+
+def test_the_copies_of_a_client_that_left_are_closed_first_in_the_next_client_s_write() -> None:
+    leaver, next_client, first, second = client(), client(), connection(), connection()
+    s1 = spread(leaver, first, second)
+    s2 = prepared(leaver, first, "s2", "SELECT 2")
+    leaver.forget_statements()
+    assert first.to_close == [s1, s2] and second.to_close == [s1]
+    assert not first.prepared and not second.prepared
+    play(
+        next_client,
+        [
+            (FromClient(query("SELECT 1")), [NEED_CONNECTION]),
+            (Attached(first), [SendToServer(close(s1) + close(s2) + query("SELECT 1"))]),
+            (FromServer(CLOSE_COMPLETE * 2 + SELECT_ANSWER), [SendToClient(SELECT_ANSWER), MAY_DETACH]),
+        ],
+    )
+    assert not first.to_close and second.to_close == [s1]
+
+
+def test_a_close_of_ours_the_server_skips_is_sent_again_with_the_next_write() -> None:
+    leaver, core, conn = client(), client(), connection()
+    gone = prepared(leaver, conn)
+    play(
+        core,
+        [
+            (FromClient(parse("", BAD) + FLUSH), [NEED_CONNECTION]),
+            (Attached(conn), [SendToServer(parse("", BAD) + FLUSH)]),
+            (FromServer(ERROR), [SendToClient(ERROR)]),  # the server skips to the next Sync
+        ],
+    )
+    leaver.forget_statements()  # (the leaver's copy is on the connection core holds)
+    play(
+        core,
+        [
+            (FromClient(SYNC), [SendToServer(close(gone) + SYNC)]),  # skipped: still to close
+            (FromServer(IDLE), [SendToClient(IDLE), MAY_DETACH]),
+            (FromClient(query("SELECT 1")), [SendToServer(close(gone) + query("SELECT 1"))]),
+            (FromServer(CLOSE_COMPLETE + SELECT_ANSWER), [SendToClient(SELECT_ANSWER), MAY_DETACH]),
+        ],
+    )
+    assert not conn.to_close and not conn.prepared
 
 
 def test_the_least_recently_used_statement_is_closed_beyond_the_limit() -> None:
     core, conn = client(), connection()
-    for index in range(PREPARED_PER_CONNECTION):
-        conn.prepared[f"rp_old{index}"] = None
-    name = server_name("SELECT 2")
+    mine = prepared(core, conn)
+    others = [f"RP_other{index}" for index in range(PREPARED_PER_CONNECTION - 1)]
+    conn.prepared.update(dict.fromkeys(others))  # other clients', used after mine
+    assert len(conn.prepared) == PREPARED_PER_CONNECTION
     play(
         core,
         [
-            (FromClient(parse("s", "SELECT 2") + SYNC), [NEED_CONNECTION]),
+            # Using it makes it the most recently used: the next Parse closes another.
+            (FromClient(bind_execute("s1")), [NEED_CONNECTION]),
+            (Attached(conn), [SendToServer(bind_execute(mine))]),
             (
-                Attached(conn),
-                [SendToServer(Close(TARGET_STATEMENT, "rp_old0").encode() + parse(name, "SELECT 2") + SYNC)],
-            ),
-            (
-                FromServer(CLOSE_COMPLETE_MESSAGE + PARSE_COMPLETE_MESSAGE + IDLE),
-                [SendToClient(PARSE_COMPLETE_MESSAGE + IDLE), MAY_DETACH],
+                FromServer(BIND_COMPLETE + SELECT_DONE + IDLE),
+                [SendToClient(BIND_COMPLETE + SELECT_DONE + IDLE), MAY_DETACH],
             ),
         ],
     )
-    assert len(conn.prepared) == PREPARED_PER_CONNECTION and "rp_old0" not in conn.prepared
+    commands = core.receive_client(parse("s2", "SELECT 2") + SYNC)
+    (s2,) = parsed_names(commands)
+    assert commands == [SendToServer(close(others[0]) + parse(s2, "SELECT 2") + SYNC)]
+    play(
+        core,
+        [
+            (
+                FromServer(CLOSE_COMPLETE + PARSE_COMPLETE + IDLE),
+                [SendToClient(PARSE_COMPLETE + IDLE), MAY_DETACH],
+            )
+        ],
+    )
+    assert len(conn.prepared) == PREPARED_PER_CONNECTION
+    assert others[0] not in conn.prepared and list(conn.prepared)[-2:] == [mine, s2]
+
+
+def test_a_statement_of_the_client_s_closed_for_room_is_parsed_again_where_it_is_used() -> None:
+    core, conn = client(), connection()
+    mine = prepared(core, conn)
+    others = [f"RP_other{index}" for index in range(PREPARED_PER_CONNECTION - 1)]
+    conn.prepared.update(dict.fromkeys(others))
+    commands = attach(core, conn, parse("s2", "SELECT 2") + bind_execute("s1"))
+    (s2, again) = parsed_names(commands)
+    assert again == mine
+    assert commands == [
+        SendToServer(
+            close(mine) + parse(s2, "SELECT 2")  # room for s2: mine was the least recently used
+            + close(others[0]) + parse(mine) + bind_execute(mine)  # room for mine again
+        )
+    ]  # fmt: skip
+    answer = PARSE_COMPLETE + BIND_COMPLETE + SELECT_DONE + IDLE
+    play(
+        core,
+        [
+            (
+                FromServer(CLOSE_COMPLETE + PARSE_COMPLETE + CLOSE_COMPLETE + answer),
+                [SendToClient(answer), MAY_DETACH],
+            )
+        ],
+    )
+    assert len(conn.prepared) == PREPARED_PER_CONNECTION and list(conn.prepared)[-2:] == [s2, mine]
 
 
 # --- errors inside a pipeline ------------------------------------------------------------------
 
+PIPELINE_ANSWERS = {
+    # What the server sends up to the error; then only the Sync's ReadyForQuery.
+    "parse": ERROR,
+    "bind": PARSE_COMPLETE + ERROR,
+    "describe": PARSE_COMPLETE + BIND_COMPLETE + ERROR,
+    "execute": PARSE_COMPLETE + BIND_COMPLETE + ROW_DESCRIPTION + ERROR,
+}
 
-def test_an_error_skips_the_pipeline_to_sync_and_forgets_what_was_not_prepared() -> None:
+
+@pytest.mark.parametrize("failing", list(PIPELINE_ANSWERS))
+def test_an_error_anywhere_in_a_pipeline_skips_the_rest_up_to_the_sync(failing: str) -> None:
     core, conn = client(), connection()
-    bad, good = "SELECT * FROM nosuchtable", "SELECT 1"
-    pipeline = parse("a", bad) + bind("a") + EXECUTE + parse("b", good) + bind("b") + EXECUTE + SYNC
-    upstream = (
-        parse(server_name(bad), bad) + bind(server_name(bad)) + EXECUTE
-        + parse(server_name(good), good) + bind(server_name(good)) + EXECUTE + SYNC
-    )  # fmt: skip
+
+    def pipeline(name: str) -> bytes:
+        # A Query after unsynced messages is skipped too when one of them fails.
+        return (
+            parse(name, "SELECT $1", (23,)) + bind(name, b"1") + DESCRIBE_PORTAL + EXECUTE
+            + query("SELECT 2") + SYNC
+        )  # fmt: skip
+
+    commands = attach(core, conn, pipeline("s1"))
+    (name,) = parsed_names(commands)
+    assert commands == [SendToServer(pipeline(name))]
     play(
         core,
         [
-            (FromClient(pipeline), [NEED_CONNECTION]),
-            (Attached(conn), [SendToServer(upstream)]),
-            # The server fails the first Parse and skips every message up to Sync.
-            (FromServer(ERROR + IDLE), [SendToClient(ERROR + IDLE), MAY_DETACH]),
-            # Neither statement exists upstream: the next Parse of "b" really prepares.
-            (FromClient(parse("b", good) + SYNC), [SendToServer(parse(server_name(good), good) + SYNC)]),
+            (FromServer(PIPELINE_ANSWERS[failing]), [SendToClient(PIPELINE_ANSWERS[failing])]),
+            (FromServer(IDLE), [SendToClient(IDLE), MAY_DETACH]),  # idle only now
         ],
     )
-    assert list(conn.prepared) == [server_name(good)]
+    kept = failing != "parse"
+    assert list(core.statements.by_name) == (["s1"] if kept else [])
+    assert list(conn.prepared) == ([name] if kept else [])
+
+
+def test_after_an_unsynced_error_a_query_is_skipped_and_only_the_sync_is_answered() -> None:
+    core, conn = client(), connection()
+    commands = attach(core, conn, parse("s1", BAD) + FLUSH)
+    (name,) = parsed_names(commands)
+    assert commands == [SendToServer(parse(name, BAD) + FLUSH)]
+    play(core, [(FromServer(ERROR), [SendToClient(ERROR)])])
+    assert not core.at_idle_point and core.statements.by_name == {} and not conn.prepared
+    play(
+        core,
+        [
+            (FromClient(query("SELECT 1")), [SendToServer(query("SELECT 1"))]),
+            (FromClient(SYNC), [SendToServer(SYNC)]),
+            (FromServer(IDLE), [SendToClient(IDLE), MAY_DETACH]),  # the Query got no answer
+        ],
+    )
+    assert core.at_idle_point
+
+
+def test_an_error_skips_the_pipeline_and_forgets_what_was_not_prepared() -> None:
+    core, conn = client(), connection()
+
+    def pipeline(a: str, b: str) -> bytes:
+        return parse(a, BAD) + bind(a) + EXECUTE + parse(b) + bind(b) + EXECUTE + SYNC
+
+    commands = attach(core, conn, pipeline("a", "b"))
+    (a, b) = parsed_names(commands)
+    assert commands == [SendToServer(pipeline(a, b))]
+    # The server fails the first Parse and skips every message up to Sync.
+    play(core, [(FromServer(ERROR + IDLE), [SendToClient(ERROR + IDLE), MAY_DETACH])])
+    assert core.statements.by_name == {} and not conn.prepared
+    # Neither exists upstream: the next Parse of "b" prepares it, under a name never used.
+    commands = core.receive_client(parse("b") + SYNC)
+    (again,) = parsed_names(commands)
+    assert again not in (a, b) and commands == [SendToServer(parse(again) + SYNC)]
 
 
 def test_an_error_in_a_transaction_skips_to_sync_and_keeps_the_connection() -> None:
     core, conn = client(), connection()
-    pipeline = query("BEGIN") + parse("", "SELECT * FROM nosuchtable") + bind("") + EXECUTE + SYNC
-    begun = frame(b"C", b"BEGIN\0") + IN_TRANSACTION
+    pipeline = query("BEGIN") + parse("", BAD) + bind("") + EXECUTE + SYNC
+    begun = done("BEGIN") + IN_TRANSACTION
     play(
         core,
         [
@@ -377,6 +967,121 @@ def test_an_error_in_a_transaction_skips_to_sync_and_keeps_the_connection() -> N
             ),
         ],
     )
+
+
+# --- waiting for the answers a message depends on ----------------------------------------------
+
+
+def test_a_bind_behind_an_unanswered_close_waits_for_its_answer() -> None:
+    core, first, second = client(), connection(), connection()
+    name = prepared(core, first)
+    play(
+        core,
+        [
+            (FromClient(close("s1") + bind_execute("s1")), [NEED_CONNECTION]),
+            # Whether the Bind needs a Parse first depends on the Close: the server is asked
+            # for its answers so far.
+            (Attached(second), [SendToServer(close(name) + FLUSH)]),
+            # Closed: the Bind names nothing of ours, and goes as the client sent it.
+            (FromServer(CLOSE_COMPLETE), [SendToClient(CLOSE_COMPLETE), SendToServer(bind_execute("s1"))]),
+            (FromServer(missing("s1") + IDLE), [SendToClient(missing("s1") + IDLE), MAY_DETACH]),
+        ],
+    )
+    assert core.statements.by_name == {} and first.to_close == [name]
+
+
+def test_a_bind_behind_a_close_the_server_skips_is_sent_with_a_parse_first() -> None:
+    core, first, second = client(), connection(), connection()
+    name = prepared(core, first)
+    play(
+        core,
+        [
+            (FromClient(parse("", BAD) + close("s1") + bind_execute("s1")), [NEED_CONNECTION]),
+            (Attached(second), [SendToServer(parse("", BAD) + close(name) + FLUSH)]),
+            # The Close was skipped: the statement lives on, and the server skips these too.
+            (FromServer(ERROR), [SendToClient(ERROR), SendToServer(parse(name) + bind_execute(name))]),
+            (FromServer(IDLE), [SendToClient(IDLE), MAY_DETACH]),
+        ],
+    )
+    assert list(core.statements.by_name) == ["s1"]
+    assert list(first.prepared) == [name] and not second.prepared and not first.to_close
+
+
+@pytest.mark.parametrize("sql", ["DEALLOCATE ALL", "DISCARD ALL"])
+def test_a_bind_behind_a_deallocate_all_in_flight_waits_for_its_answer(sql: str) -> None:
+    core, conn = client(), connection()
+    name = prepared(core, conn)
+    answer = done(sql) + IDLE
+    play(
+        core,
+        [
+            (FromClient(query(sql) + bind_execute("s1")), [NEED_CONNECTION]),
+            (Attached(conn), [SendToServer(query(sql) + FLUSH)]),
+            (FromServer(answer), [SendToClient(answer), SendToServer(bind_execute("s1"))]),
+        ],
+    )
+    assert core.statements.by_name == {} and name not in conn.prepared
+
+
+# --- server-side names in errors, in the client's words ------------------------------------------
+
+
+def wrong_count(statement: str) -> bytes:
+    return error(
+        "08P01", f'bind message supplies 0 parameters, but prepared statement "{statement}" requires 1'
+    )
+
+
+RENAMED_ERRORS = [
+    # A statement the server lost (the books said it held it), and a Bind that does not fit.
+    pytest.param(describe_statement, missing, id="does-not-exist"),
+    pytest.param(bind_execute, wrong_count, id="parameter-count"),
+]
+
+
+@pytest.mark.parametrize(("use", "refusal"), RENAMED_ERRORS)
+@pytest.mark.parametrize("matching", [False, True], ids=["header-walk", "matching"])
+def test_an_error_naming_our_statement_names_the_client_s_however_it_is_cut(
+    use: Callable[[str], bytes], refusal: Callable[[str], bytes], matching: bool
+) -> None:
+    # Alone, the request is a plain group (its answers walked by their headers); behind a
+    # Parse of a named statement, its answers are matched one by one.
+    prefix = parse("s2", "SELECT 2") if matching else b""
+    cut, last = 0, 0
+    while cut <= last:  # every cut inside the error (its length follows the name's)
+        core, conn = client(), connection()
+        name = prepared(core, conn, sql="SELECT $1")
+        commands = attach(core, conn, prefix + use("s1"))
+        before = parse(parsed_names(commands)[0], "SELECT 2") if matching else b""
+        assert commands == [SendToServer(before + use(name))]
+        head = PARSE_COMPLETE if matching else b""
+        stream = head + refusal(name) + IDLE
+        last = len(refusal(name))
+        at = len(head) + cut
+        out = [*core.receive_server(stream[:at]), *core.receive_server(stream[at:])]
+        received = b"".join(command.data for command in out if isinstance(command, SendToClient))
+        assert received == head + refusal("s1") + IDLE, cut
+        assert out[-1] == MAY_DETACH and core.at_idle_point
+        cut += 1
+
+
+@pytest.mark.parametrize("ending", [bind_execute, deallocate], ids=["bind", "deallocate"])
+def test_a_name_of_the_proxy_s_form_that_is_no_statement_of_the_client_s_goes_under_a_fresh_one(
+    ending: Callable[[str], bytes],
+) -> None:
+    # Else a client could run another client's statement by its server-side name.
+    owner, core, conn = client(), client(), connection()
+    theirs = prepared(owner, conn)
+    commands = attach(core, conn, ending(theirs))
+    (message, *_) = upstream(commands)
+    if isinstance(message, Bind):
+        alias = message.statement
+    else:
+        assert isinstance(message, Query)
+        alias = message.sql.split('"')[1]
+    assert alias.startswith("RP_") and alias != theirs
+    assert commands == [SendToServer(ending(alias))]
+    play(core, [(FromServer(missing(alias) + IDLE), [SendToClient(missing(theirs) + IDLE), MAY_DETACH])])
 
 
 # --- pins --------------------------------------------------------------------------------------
@@ -411,9 +1116,7 @@ def test_each_pin_is_said_once_and_keeps_the_connection(
 ) -> None:
     core, conn = client(), connection()
     request = parse("", sql) + bind("") + EXECUTE + SYNC if extended else query(sql)
-    answer = (
-        (PARSE_COMPLETE_MESSAGE + BIND_COMPLETE_MESSAGE if extended else b"") + frame(b"C", b"X\0") + IDLE
-    )
+    answer = (PARSE_COMPLETE + BIND_COMPLETE if extended else b"") + done("X") + IDLE
     play(
         core,
         [
@@ -438,7 +1141,7 @@ def test_an_unpinned_client_leaves_a_clean_connection() -> None:
             (Attached(conn), [SendToServer(query("SET LOCAL x.y = 1"))]),
         ],
     )
-    core.receive_server(frame(b"C", b"SET\0") + IDLE)
+    core.receive_server(done("SET") + IDLE)
     core.detached()
     assert core.release_terms() == Release(reusable=True, cancel_first=False, needs_reset=False)
 
@@ -576,22 +1279,16 @@ def test_a_setting_the_server_reports_travels_with_the_client() -> None:
 CLIENT_STREAM = (
     query("SET search_path TO x")
     + query("SELECT 1")
-    + parse("s1", "SELECT 1") + bind("s1") + EXECUTE + SYNC
-    + Close(TARGET_STATEMENT, "s1").encode() + SYNC
+    + parse("s1") + bind("s1") + EXECUTE + SYNC
+    + close("s1") + SYNC
     + query("DEALLOCATE ALL")
 )  # fmt: skip
 SERVER_STREAM = (
-    frame(b"C", b"SET\0") + IDLE
+    done("SET") + IDLE
     + SELECT_ANSWER
-    + PARSE_COMPLETE_MESSAGE + BIND_COMPLETE_MESSAGE + ROW + SELECT_DONE + IDLE
-    + IDLE
-)  # fmt: skip
-CLIENT_GETS = (
-    frame(b"C", b"SET\0") + IDLE
-    + SELECT_ANSWER
-    + PARSE_COMPLETE_MESSAGE + BIND_COMPLETE_MESSAGE + ROW + SELECT_DONE + IDLE
-    + CLOSE_COMPLETE_MESSAGE + IDLE
-    + frame(b"C", b"DEALLOCATE ALL\0") + IDLE
+    + PARSE_COMPLETE + BIND_COMPLETE + ROW + SELECT_DONE + IDLE
+    + CLOSE_COMPLETE + IDLE
+    + done("DEALLOCATE ALL") + IDLE
 )  # fmt: skip
 
 
@@ -613,6 +1310,7 @@ def drive(client_chunks: list[bytes], server_chunks: list[bytes]) -> list[Comman
         run(core.receive_client(chunk))
     for chunk in server_chunks:
         run(core.receive_server(chunk))
+    assert core.statements.by_name == {} and not conn.prepared and not conn.to_close
     return log
 
 
@@ -638,23 +1336,28 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[start:end] for start, end in itertools.pairwise(points) if end > start]
 
 
-UPSTREAM = (
-    query("SET search_path TO x")
-    + query("SELECT 1")
-    + parse(server_name("SELECT 1"), "SELECT 1") + bind(server_name("SELECT 1")) + EXECUTE + SYNC
-    + SYNC
-)  # fmt: skip
-WHOLE = [
-    NEED_CONNECTION,
-    Pinned("SET search_path", "SET"),
-    SendToServer(UPSTREAM),  # Close and DEALLOCATE of the client's own statement: answered here
-    SendToClient(CLIENT_GETS),
-    MAY_DETACH_PINNED,
-]
+def whole(commands: list[Command]) -> list[Command]:
+    """What the streams give, in whole, with the server-side name the core chose."""
+    (name,) = parsed_names(commands)
+    upstream_bytes = (
+        query("SET search_path TO x")
+        + query("SELECT 1")
+        + parse(name) + bind(name) + EXECUTE + SYNC
+        + close(name) + SYNC
+        + query("DEALLOCATE ALL")
+    )  # fmt: skip
+    return [
+        NEED_CONNECTION,
+        Pinned("SET search_path", "SET"),
+        SendToServer(upstream_bytes),
+        SendToClient(SERVER_STREAM),  # every answer the client's own
+        MAY_DETACH_PINNED,
+    ]
 
 
 def test_the_whole_streams_give_the_expected_commands() -> None:
-    assert normalised(drive([CLIENT_STREAM], [SERVER_STREAM])) == WHOLE
+    commands = normalised(drive([CLIENT_STREAM], [SERVER_STREAM]))
+    assert commands == whole(commands)
 
 
 @given(
@@ -664,7 +1367,8 @@ def test_the_whole_streams_give_the_expected_commands() -> None:
 def test_any_chunking_of_either_side_gives_the_same_commands(
     client_cuts: list[int], server_cuts: list[int]
 ) -> None:
-    assert normalised(drive(split(CLIENT_STREAM, client_cuts), split(SERVER_STREAM, server_cuts))) == WHOLE
+    commands = normalised(drive(split(CLIENT_STREAM, client_cuts), split(SERVER_STREAM, server_cuts)))
+    assert commands == whole(commands)
 
 
 @pytest.mark.parametrize("side", ["client", "server"])
@@ -673,48 +1377,85 @@ def test_every_single_split_point_gives_the_same_commands(side: str) -> None:
     for cut in range(1, len(stream)):
         chunks = [stream[:cut], stream[cut:]]
         commands = drive(chunks, [SERVER_STREAM]) if side == "client" else drive([CLIENT_STREAM], chunks)
-        assert normalised(commands) == WHOLE, cut
+        commands = normalised(commands)
+        assert commands == whole(commands), cut
 
 
 # --- regressions -------------------------------------------------------------------------------
 
 
-def test_a_close_answered_here_behind_a_walked_group_is_released_after_its_ready_for_query() -> None:
-    core, conn = client(), connection()
-    conn.prepared[server_name("SELECT 1")] = None
+def test_a_close_behind_a_walked_group_is_matched_after_its_ready_for_query() -> None:
+    for cut in range(len(SELECT_ANSWER + CLOSE_COMPLETE + IDLE) + 1):
+        core, conn = client(), connection()
+        name = prepared(core, conn)
+        # A plain query, then the Close behind it, then its Sync.
+        commands = attach(core, conn, query("SELECT 1") + close("s1") + SYNC)
+        assert commands == [SendToServer(query("SELECT 1") + close(name) + SYNC)]
+        stream = SELECT_ANSWER + CLOSE_COMPLETE + IDLE
+        out = [*core.receive_server(stream[:cut]), *core.receive_server(stream[cut:])]
+        assert b"".join(command.data for command in out if isinstance(command, SendToClient)) == stream, cut
+        assert out[-1] == MAY_DETACH and core.statements.by_name == {}
+
+
+# --- what PostgreSQL does and the core does not yet ----------------------------------------------
+
+
+def test_deallocate_run_by_the_extended_protocol_deallocates_the_client_s_statement() -> None:
+    # How psycopg 3, asyncpg and JDBC send conn.execute("DEALLOCATE s1"): the unnamed
+    # statement, first thing after an attach.
+    core, first, second = client(), connection(), connection()
+    name = spread(core, first, second)
+    dealloc = parse("", f'DEALLOCATE "{name}"') + bind("") + DESCRIBE_PORTAL + EXECUTE + SYNC
+    answer = PARSE_COMPLETE + BIND_COMPLETE + frame(b"n") + done("DEALLOCATE") + IDLE
     play(
         core,
         [
-            (FromClient(parse("s1", "SELECT 1") + SYNC), [NEED_CONNECTION]),
-            (Attached(conn), [SendToClient(PARSE_COMPLETE_MESSAGE), SendToServer(SYNC)]),
-            (FromServer(IDLE), [SendToClient(IDLE), MAY_DETACH]),
-            # Still attached: a plain query, then the Close behind it, then its Sync.
             (
-                FromClient(query("SELECT 1") + Close(TARGET_STATEMENT, "s1").encode() + SYNC),
-                [SendToServer(query("SELECT 1") + SYNC)],
+                FromClient(parse("", "DEALLOCATE s1") + bind("") + DESCRIBE_PORTAL + EXECUTE + SYNC),
+                [NEED_CONNECTION],
             ),
-            # The CloseComplete is due right after the query's ReadyForQuery, before the Sync's.
-            (
-                FromServer(SELECT_ANSWER + IDLE),
-                [SendToClient(SELECT_ANSWER + CLOSE_COMPLETE_MESSAGE + IDLE), MAY_DETACH],
-            ),
+            (Attached(second), [SendToServer(dealloc)]),  # nothing between the Parse and its Bind
+            (FromServer(answer), [SendToClient(answer), MAY_DETACH]),
+        ],
+    )
+    assert core.statements.by_name == {}
+    assert not second.prepared and first.to_close == [name]
+
+
+@pytest.mark.parametrize("sql", ["DEALLOCATE ALL", "DISCARD ALL"])
+def test_a_statement_prepared_right_behind_a_deallocate_all_waits_for_it(sql: str) -> None:
+    # Whether the Parse lands before or after the statements are dropped is the server's
+    # answer to say: the Parse waits for it (Flush), then goes on the same connection.
+    core, conn = client(), connection()
+    assert attach(core, conn, query(sql) + parse("s2") + SYNC) == [SendToServer(query(sql) + FLUSH)]
+    commands = core.receive_server(done(sql) + IDLE)
+    (name,) = parsed_names(commands)
+    assert commands == [SendToClient(done(sql) + IDLE), SendToServer(parse(name) + SYNC)]
+    play(
+        core,
+        [
+            (FromServer(PARSE_COMPLETE + IDLE), [SendToClient(PARSE_COMPLETE + IDLE), MAY_DETACH]),
+            (FromClient(bind_execute("s2")), [SendToServer(bind_execute(name))]),  # no Parse again
         ],
     )
 
 
-def test_discard_all_forgets_every_statement_and_goes_to_the_server() -> None:
-    core, conn = client(), connection()
-    name = server_name("SELECT 1")
+def test_a_query_the_server_skips_does_not_end_the_unnamed_statement() -> None:
+    core, first, second = client(), connection(), connection()
+    unnamed_prepared(core, first)
+    refused = error("08P01", 'bind message supplies 1 parameters, but prepared statement "" requires 0')
     play(
         core,
         [
-            (FromClient(parse("s1", "SELECT 1") + SYNC), [NEED_CONNECTION]),
-            (Attached(conn), [SendToServer(parse(name, "SELECT 1") + SYNC)]),
+            (FromClient(bind("", b"1") + EXECUTE + query("SELECT 2") + SYNC), [NEED_CONNECTION]),
             (
-                FromServer(PARSE_COMPLETE_MESSAGE + IDLE),
-                [SendToClient(PARSE_COMPLETE_MESSAGE + IDLE), MAY_DETACH],
+                Attached(first),
+                [SendToServer(parse("") + bind("", b"1") + EXECUTE + query("SELECT 2") + SYNC)],
             ),
-            (FromClient(query("DISCARD ALL")), [SendToServer(query("DISCARD ALL"))]),
+            # The Bind fails: the server skips the Query up to the Sync. SELECT 1 lives on.
+            (FromServer(PARSE_COMPLETE + refused + IDLE), [SendToClient(refused + IDLE), MAY_DETACH]),
+            (Detached(), []),
+            (FromClient(bind_execute("")), [NEED_CONNECTION]),
+            (Attached(second), [SendToServer(parse("") + bind_execute(""))]),
         ],
     )
-    assert not conn.prepared and core.statements.by_name == {}

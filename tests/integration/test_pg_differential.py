@@ -30,6 +30,9 @@ from tests.pgwire import (
     GROUP_ENDS,
     Bind,
     Close,
+    CopyData,
+    CopyDone,
+    CopyFail,
     Describe,
     Execute,
     Flush,
@@ -47,7 +50,8 @@ RESET = (
     f"DROP TABLE IF EXISTS {SCRATCH}; CREATE TABLE {SCRATCH} (a int, b text);"
     f" INSERT INTO {SCRATCH} VALUES (1, 'one'), (2, 'two')"
 )
-END_OF_SCRIPT = (Sync(), Query("ROLLBACK; SELECT 'end of script'"))
+# CopyDone ends a COPY FROM STDIN the script left open (outside one the server ignores it).
+END_OF_SCRIPT = (CopyDone(), Sync(), Query("ROLLBACK; SELECT 'end of script'"))
 SCRIPT_TIMEOUT = 10.0  # a hang is a failure, never a stuck suite
 INT4, TEXT = 23, 25
 PAUSE = 0.005  # between groups when not pipelined: the client detaches, others get the connection
@@ -71,6 +75,7 @@ PARSE_SQL = [
     "BEGIN",
     "COMMIT",
     "ROLLBACK",
+    f"COPY {SCRATCH} TO STDOUT",
     "",  # the empty query: EmptyQueryResponse
 ]
 QUERY_SQL = [
@@ -88,6 +93,7 @@ QUERY_SQL = [
     "BEGIN",
     "COMMIT",
     "ROLLBACK",
+    f"COPY {SCRATCH} TO STDOUT",
     "",
 ]
 STATEMENTS = ["", "s1", "s2"]
@@ -123,6 +129,27 @@ message = st.one_of(
     st.just(Sync()),
     st.builds(Query, sql=st.sampled_from(QUERY_SQL)),
 )
+COPY_FROM = f"COPY {SCRATCH} FROM STDIN"
+COPY_ROWS = [CopyData(b"7\tseven\n"), CopyData(b"8\teight\n"), CopyData(b"not a row\n")]
+
+
+@st.composite
+def copy_in(draw: st.DrawFn) -> tuple[Message, ...]:
+    """A COPY FROM STDIN and its data, by Query or by Parse/Bind/Execute, maybe with a Sync
+    before the data (the server ignores it: libpq sends one) and after; nothing else may
+    come while it runs (PostgreSQL ends the session)."""
+    rows = draw(st.lists(st.sampled_from(COPY_ROWS), max_size=3))
+    end: Message = draw(st.sampled_from([CopyDone(), CopyDone(), CopyFail("gave up")]))
+    if draw(st.booleans()):
+        return (Query(COPY_FROM), *rows, end)
+    start = (Parse("", COPY_FROM), Bind("", "", (), (), ()), Execute("", 0))
+    early_sync: tuple[Message, ...] = (Sync(),) if draw(st.booleans()) else ()
+    # The unnamed statement is the COPY now: make it something else, so a later Bind of it
+    # does not start a COPY in the middle of other messages.
+    return (*start, *early_sync, *rows, end, Sync(), Parse("", "SELECT 1"))
+
+
+piece = st.one_of(message.map(lambda one: (one,)), copy_in())
 
 
 @dataclass(frozen=True)
@@ -139,7 +166,7 @@ class Case:
 
 @st.composite
 def cases(draw: st.DrawFn) -> Case:
-    script = draw(st.lists(message, min_size=1, max_size=12))
+    script = [item for part in draw(st.lists(piece, min_size=1, max_size=10)) for item in part]
     if not isinstance(script[-1], GROUP_ENDS):
         script.append(draw(st.sampled_from([Sync(), Query("SELECT 1")])))
     return Case(
