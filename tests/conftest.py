@@ -165,6 +165,18 @@ def pool_toml(name: str, secret_id: str, *, poll_interval: str = "30s", **settin
     return "\n".join(lines)
 
 
+def transaction_pool_settings(pg: ThrowawayPostgres) -> dict[str, object]:
+    """What the transaction-mode pools of the PostgreSQL equivalence tests share (``pool_toml``)."""
+    return {
+        "engine": "postgres",
+        "mode": "transaction",
+        "upstream": f"127.0.0.1:{pg.port}",
+        "database": "appdb",
+        "tls": "disable",
+        "borrow_timeout": "10s",
+    }
+
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

@@ -152,9 +152,10 @@ class ClientStatements:
     ) -> bool:
         """The client's Parse (``name`` may be the unnamed statement)."""
         plan = self.plan
-        if self.clearing and (name or might_clear(sql)):
+        clears = might_clear(sql)
+        if self.clearing and (name or clears):
             return False
-        if might_clear(sql):
+        if clears:
             match = DEALLOCATE.match(sql)
             if match is None or match.group(1) is not None:
                 self._executes[name] = None  # DEALLOCATE ALL, DISCARD ALL, or may be

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from proxy.local.postgres import ThrowawayPostgres
 from proxy.local.proxy_process import ProxyProcess
-from tests.conftest import ProxyLauncher, Users, new_secret, pool_toml, rds_secret
+from tests.conftest import ProxyLauncher, Users, new_secret, pool_toml, rds_secret, transaction_pool_settings
 from tests.pgwire import (
     GROUP_ENDS,
     Bind,
@@ -253,14 +253,7 @@ class Targets:
 @pytest.fixture(scope="session")
 async def targets(launcher: ProxyLauncher, pg: ThrowawayPostgres, users: Users, sm_client: Any) -> Targets:
     secret = await new_secret(sm_client, rds_secret(pg, "app", users.app))
-    common = {
-        "engine": "postgres",
-        "mode": "transaction",
-        "upstream": f"127.0.0.1:{pg.port}",
-        "database": "appdb",
-        "tls": "disable",
-        "borrow_timeout": "10s",
-    }
+    common = transaction_pool_settings(pg)
     proxy = launcher.start(
         "".join(pool_toml(f"diff{size}", secret, max_server_connections=size, **common) for size in (1, 2, 3))
         + "".join(

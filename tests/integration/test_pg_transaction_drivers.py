@@ -28,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from proxy.local.postgres import ThrowawayPostgres
 from proxy.local.proxy_process import ProxyProcess
-from tests.conftest import ProxyLauncher, Users, new_secret, pool_toml, rds_secret
+from tests.conftest import ProxyLauncher, Users, new_secret, pool_toml, rds_secret, transaction_pool_settings
 
 TARGETS = ["direct", "proxy"]
 # A hang is the failure symptom 1 is about: bound every driver call that could hang.
@@ -45,14 +45,7 @@ async def drivers_proxy(
     launcher: ProxyLauncher, pg: ThrowawayPostgres, users: Users, sm_client: Any
 ) -> ProxyProcess:
     secret = await new_secret(sm_client, rds_secret(pg, "app", users.app))
-    common = {
-        "engine": "postgres",
-        "mode": "transaction",
-        "upstream": f"127.0.0.1:{pg.port}",
-        "database": "appdb",
-        "tls": "disable",
-        "borrow_timeout": "10s",
-    }
+    common = transaction_pool_settings(pg)
     return launcher.start(
         pool_toml("drv20", secret, max_server_connections=20, **common)
         + pool_toml("drv5", secret, max_server_connections=5, **common)
