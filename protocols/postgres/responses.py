@@ -47,6 +47,7 @@ from protocols.events import NeedData
 from protocols.postgres.extended import rename_statements
 from protocols.postgres.framing import (
     END_OF_CHUNK,
+    MARK,
     STOP_AT_HEADER,
     STOP_WHEN_WHOLE,
     FrameReader,
@@ -70,6 +71,7 @@ from protocols.postgres.tracker import (
 )
 
 NOTIFICATION_RESPONSE = b"A"
+PARSE_COMPLETE: Final = b"1"
 _ASYNC = frozenset({NOTICE_RESPONSE, PARAMETER_STATUS, NOTIFICATION_RESPONSE})
 _ERROR_BYTE: Final = ERROR_RESPONSE[0]
 COPY_IN_RESPONSE: Final = b"G"
@@ -82,6 +84,7 @@ _PLAN_STOPS: Final = stop_table(
         PARAMETER_STATUS: STOP_WHEN_WHOLE,
         COPY_IN_RESPONSE: STOP_WHEN_WHOLE,
         ERROR_RESPONSE: STOP_AT_HEADER,
+        PARSE_COMPLETE: MARK,  # (a plain group's first Parse: see ``send_parse``)
     }
 )
 
@@ -116,6 +119,9 @@ class Handling(enum.Enum):
     HIDE = "hide"
 
 
+# The requests that end a group: what is sent after them is not skipped for an error before.
+_GROUP_ENDS: Final = (Request.SYNC, Request.QUERY)
+
 # The message that ends each request's answer (an ErrorResponse ends the extended ones).
 _LAST: dict[Request, frozenset[bytes]] = {
     Request.PARSE: frozenset({b"1"}),
@@ -130,7 +136,7 @@ _LAST: dict[Request, frozenset[bytes]] = {
 
 
 class _Entry:
-    __slots__ = ("copy_ends", "handling", "ok", "plain_ends", "request", "tags", "token")
+    __slots__ = ("copy_ends", "handling", "ok", "parse_token", "plain_ends", "request", "tags", "token")
 
     def __init__(
         self,
@@ -140,6 +146,7 @@ class _Entry:
         plain_ends: int = 0,
         token: object = None,
         tags: frozenset[bytes] | None = None,
+        parse_token: object = None,
     ) -> None:
         self.request = request
         self.handling = handling
@@ -150,6 +157,8 @@ class _Entry:
         # of its group, which may be the COPY that made the server ignore it (see _copy_in).
         self.copy_ends = copy_ends
         self.plain_ends = plain_ends
+        # (a plain Sync) the token of its group's first request, a Parse (see ``send_parse``)
+        self.parse_token = parse_token
 
 
 class ResponsePlan:
@@ -162,6 +171,7 @@ class ResponsePlan:
     def __init__(self, parameters: dict[str, str] | None = None) -> None:
         self._entries: deque[_Entry] = deque()
         self._open: list[Request] = []  # plain requests of the group being sent (see above)
+        self._open_parse: object = None  # the token of the first of them, a Parse (``send_parse``)
         self._skipping = False  # the server skips to the next Sync, and none is queued
         self._copy_ends = 0  # CopyDone and CopyFail messages sent
         self._open_ends = 0  # ``_copy_ends`` when the last plain request was sent
@@ -218,7 +228,9 @@ class ResponsePlan:
         if handling is Handling.PASS and token is None:
             if request is Request.SYNC:  # (enum hashing is slow)
                 self._open.clear()  # the PASS Sync entry passes their answers too
-                self._entries.append(_Entry(request, handling, copy_ends, self._open_ends))
+                entry = _Entry(request, handling, copy_ends, self._open_ends, parse_token=self._open_parse)
+                self._open_parse = None
+                self._entries.append(entry)
                 return
             if request is Request.QUERY:
                 if self._open:  # skipped if one of them fails: match them one by one
@@ -231,6 +243,18 @@ class ResponsePlan:
         self._open_to_entries()
         self._entries.append(_Entry(request, handling, copy_ends, self._open_ends, token, tags))
 
+    def send_parse(self, token: object) -> None:
+        """A PASS Parse whose outcome is wanted. As the first request of its group it leaves
+        the group plain (walked by its headers): its outcome comes with the group's answer,
+        DONE at the first ParseComplete, FAILED at an ErrorResponse before any."""
+        entries = self._entries
+        if self._open or self._skipping or (entries and entries[-1].request not in _GROUP_ENDS):
+            self.send(Request.PARSE, token=token)
+            return
+        self._open_parse = token
+        self._open.append(Request.PARSE)
+        self._open_ends = self._copy_ends
+
     @property
     def unsynced(self) -> bool:
         """Whether what is sent now may be skipped: extended-protocol requests before it are
@@ -238,10 +262,7 @@ class ResponsePlan:
         if self._open or self._skipping:
             return True
         entries = self._entries
-        if not entries:
-            return False
-        last = entries[-1].request
-        return last is not Request.SYNC and last is not Request.QUERY
+        return bool(entries) and entries[-1].request not in _GROUP_ENDS
 
     def copy_end_sent(self) -> None:
         """The client sent CopyDone or CopyFail: whatever COPY it ends, Syncs sent after it count."""
@@ -249,7 +270,12 @@ class ResponsePlan:
 
     def _open_to_entries(self) -> None:
         copy_ends = self._copy_ends
-        self._entries.extend(_Entry(request, Handling.PASS, copy_ends) for request in self._open)
+        open_requests = self._open
+        if self._open_parse is not None:  # its entry reports it
+            self._entries.append(_Entry(Request.PARSE, Handling.PASS, copy_ends, token=self._open_parse))
+            self._open_parse = None
+            open_requests = open_requests[1:]
+        self._entries.extend(_Entry(request, Handling.PASS, copy_ends) for request in open_requests)
         self._open.clear()
 
     # --- server side -------------------------------------------------------------------------
@@ -323,7 +349,12 @@ class ResponsePlan:
         walk = self._header_walk
         walk.receive_data(data)
         emitted = 0  # of walk.data, what is in ``out`` already
-        while (kind := walk.next_stop()) != END_OF_CHUNK:
+        while True:
+            kind = walk.next_stop()
+            if walk.marked:  # a ParseComplete went by: the group's first Parse is done
+                self._group_parse(DONE)
+            if kind == END_OF_CHUNK:
+                break
             if kind == _COPY_IN_BYTE:
                 self._copy_in()
                 if not self._group_passes():
@@ -332,6 +363,7 @@ class ResponsePlan:
                     return walk.data[end:]
                 continue
             if kind == _ERROR_BYTE:
+                self._group_parse(FAILED)  # (if no ParseComplete came before it)
                 if self.renames:
                     start, end = walk.start, walk.end
                     if end > len(walk.data):  # not whole: the matcher reads it whole
@@ -357,6 +389,14 @@ class ResponsePlan:
         out.append(walk.data[emitted : walk.end])
         return b""
 
+    def _group_parse(self, outcome: int) -> None:
+        """The outcome of the head group's first Parse (``send_parse``), unless reported."""
+        entries = self._entries
+        if entries and (token := entries[0].parse_token) is not None:
+            head = entries[0]
+            head.parse_token = None
+            self.outcomes.append((token, outcome))
+
     def _observe(self, kind: int, body: bytes) -> None:
         status = observe_backend_state(kind, body, self.parameters)
         if status is None:
@@ -380,6 +420,8 @@ class ResponsePlan:
             self._open_to_entries()  # answers arrive before the group's Sync: match them one by one
         entry = self._entries[0]
         handling = entry.handling
+        if entry.parse_token is not None and kind in (PARSE_COMPLETE, ERROR_RESPONSE):
+            self._group_parse(DONE if kind == PARSE_COMPLETE else FAILED)
         if kind == ERROR_RESPONSE:
             out = b"" if handling is Handling.HIDE else message
             if out and self.renames:
@@ -407,6 +449,7 @@ class ResponsePlan:
         entries = self._entries
         if not entries:
             return
+        self._group_parse(DONE)  # (a CopyInResponse answers an Execute: any Parse before it is done)
         head = entries[0]
         if head.request is Request.SYNC:  # a plain group: the COPY is a request of its own before it
             ends, first = head.plain_ends, 0
@@ -433,5 +476,8 @@ class ResponsePlan:
         while entries and entries[0].request is not Request.SYNC:
             self._done(entries.popleft(), SKIPPED)
         if not entries:
+            if self._open_parse is not None:
+                self.outcomes.append((self._open_parse, SKIPPED))
+                self._open_parse = None
             self._open.clear()
             self._skipping = True

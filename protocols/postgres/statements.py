@@ -176,7 +176,7 @@ class ClientStatements:
         if not name:
             self.unnamed_here = True
             self._unnamed_sent.append((message, self.unnamed_generation))
-            plan.send(Request.PARSE, token=_UNNAMED_PARSE)
+            plan.send_parse(_UNNAMED_PARSE)
             batch.append(message)
             return True
         statement = self.by_name.get(name)
@@ -344,21 +344,20 @@ class ClientStatements:
     def settle(self, token: object, outcome: int, conn: ServerState) -> None:
         """What the server did with a request of ours (``ResponsePlan.outcomes``)."""
         assert isinstance(token, _Op)
-        ok = outcome == DONE
-        skipped = outcome == SKIPPED
         kind = token.kind
-        statement = token.statement
-        if kind == UNNAMED_END:
-            if not skipped:
-                self.unnamed_ended()
-            return
-        if kind == UNNAMED:
+        if kind == UNNAMED:  # (the most common, first)
             parse, generation = self._unnamed_sent.popleft()
             if generation == self.unnamed_generation:  # (else ended since)
-                if ok:
+                if outcome == DONE:
                     self.unnamed = parse
-                elif not skipped:
+                elif outcome != SKIPPED:
                     self.unnamed = None  # a failed Parse drops the one before it too
+            return
+        ok = outcome == DONE
+        statement = token.statement
+        if kind == UNNAMED_END:
+            if outcome != SKIPPED:
+                self.unnamed_ended()
             return
         if kind == SWEEP:
             if not ok:

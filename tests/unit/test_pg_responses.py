@@ -395,3 +395,82 @@ def split_messages(stream: bytes) -> list[bytes]:
         messages.append(stream[pos:end])
         pos = end
     return messages
+
+
+# --- a plain group's first Parse (send_parse): its outcome read off the walked answer ---------
+
+COPY_IN = frame(b"G", b"\x00\x00\x00")
+PLAIN_PARSE_ANSWERS = {
+    "done": (PARSE_COMPLETE + BIND_COMPLETE + PARAMETER + ROW + SELECTED + READY, DONE),
+    "failed at the Parse": (NOTICE + ERROR + READY, FAILED),
+    "failed at the Bind": (PARSE_COMPLETE + PARAMETER + ERROR + READY, DONE),
+}
+
+
+def plain_parse_plan() -> ResponsePlan:
+    plan = ResponsePlan()
+    plan.send_parse("unnamed")
+    for request in (Request.BIND, Request.EXECUTE, Request.SYNC):
+        plan.send(request)
+    return plan
+
+
+@pytest.mark.parametrize("case", PLAIN_PARSE_ANSWERS)
+def test_a_plain_group_s_first_parse_is_reported_from_its_walked_answer_through_any_split(case: str) -> None:
+    stream, outcome = PLAIN_PARSE_ANSWERS[case]
+    reference = plain_parse_plan()
+    assert match_each(reference, *split_messages(stream)) == stream
+    assert reference.outcomes == [("unnamed", outcome)]
+    for cut in range(len(stream) + 1):
+        plan = plain_parse_plan()
+        assert len(plan) == 1  # the group stays plain: one entry
+        assert feed_chunked(plan, stream, [cut]) == stream
+        assert plan.at_rest and plan.outcomes == [("unnamed", outcome)]
+
+
+def test_a_parse_that_does_not_open_its_group_is_matched_one_by_one() -> None:
+    plan = ResponsePlan()
+    plan.send(Request.BIND)
+    plan.send_parse("second")  # behind an unsynced Bind: an entry of its own
+    plan.send(Request.SYNC)
+    assert len(plan) == 3
+    assert plan.receive_data(BIND_COMPLETE + ERROR + READY) == BIND_COMPLETE + ERROR + READY
+    assert plan.outcomes == [("second", FAILED)]
+
+
+def test_a_plain_parse_skipped_or_matched_before_its_sync_is_reported_so() -> None:
+    plan = ResponsePlan()
+    plan.send(Request.BIND)
+    plan.send(Request.EXECUTE)
+    assert plan.receive_data(ERROR) == ERROR  # (answered before any Sync: matched)
+    plan.send_parse("skipped")
+    plan.send(Request.SYNC)
+    assert plan.receive_data(READY) == READY and plan.outcomes == [("skipped", SKIPPED)]
+    plan = ResponsePlan()
+    plan.send_parse("early")
+    plan.send(Request.BIND)  # then Flush: the server answers before the Sync is sent
+    assert plan.receive_data(PARSE_COMPLETE + BIND_COMPLETE) == PARSE_COMPLETE + BIND_COMPLETE
+    assert plan.outcomes == [("early", DONE)]
+    plan.send(Request.SYNC)
+    assert plan.receive_data(READY) == READY and plan.at_rest
+
+
+def test_a_plain_parse_before_a_query_in_its_group_is_matched_one_by_one() -> None:
+    plan = ResponsePlan()
+    plan.send_parse("unnamed")
+    plan.send(Request.QUERY)  # skipped if the Parse fails: the group is matched
+    assert plan.receive_data(ERROR) == ERROR
+    assert plan.outcomes == [("unnamed", FAILED)] and not plan.at_rest  # (skipping to a Sync)
+    plan.send(Request.SYNC)
+    assert plan.receive_data(READY) == READY and plan.at_rest
+
+
+def test_a_plain_parse_before_a_copy_from_stdin_is_done() -> None:
+    plan = plain_parse_plan()  # COPY t FROM STDIN, as libpq sends it in the extended protocol
+    answer = PARSE_COMPLETE + BIND_COMPLETE + COPY_IN
+    assert plan.receive_data(answer) == answer
+    assert plan.outcomes == [("unnamed", DONE)]
+    plan.copy_end_sent()
+    plan.send(Request.SYNC)
+    assert plan.receive_data(tag(b"COPY 0") + READY) == tag(b"COPY 0") + READY
+    assert plan.at_rest and plan.outcomes == [("unnamed", DONE)]
