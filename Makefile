@@ -1,5 +1,5 @@
 # The two commands in the README. Both set up everything they need (scripts/dev).
-.PHONY: demo test unit setup lint
+.PHONY: demo test unit setup build lint
 
 demo:
 	bash scripts/dev demo
@@ -12,6 +12,9 @@ unit:
 
 setup:
 	bash scripts/dev setup
+
+build:
+	bash scripts/dev build
 
 lint:
 	.venv/bin/ruff check proxy protocols tests && .venv/bin/mypy && .venv/bin/lint-imports

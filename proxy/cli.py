@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
 import os
+import platform
 import signal
 import sys
 import time
@@ -16,6 +18,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from proxy.build import build
 from proxy.config import Config, ConfigError, load_config, parse_duration, quick_config
 from proxy.logs import LOG_FORMATS, setup_logging
 
@@ -23,6 +26,15 @@ log = logging.getLogger("rotaproxy")
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:9631"
 STATUS_TIMEOUT = 5.0
+
+
+def version_line() -> str:
+    """``rotaproxy --version``: the release, and which build runs (compiled or pure Python)."""
+    try:
+        release = importlib.metadata.version("rotaproxy")
+    except importlib.metadata.PackageNotFoundError:
+        release = "(not installed)"
+    return f"rotaproxy {release} ({build()}, Python {platform.python_version()})"
 
 
 def run_async(main: Coroutine[Any, Any, int]) -> int:
@@ -69,6 +81,7 @@ def _add_run_parser(commands: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rotaproxy", description=__doc__)
+    parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],

@@ -27,6 +27,7 @@ from hypothesis import settings as hypothesis_settings
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.build import stale_modules
 from proxy.local.mariadb import ThrowawayMariaDB
 from proxy.local.postgres import ThrowawayPostgres
 from proxy.local.process import free_port
@@ -46,6 +47,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--long"):
         hypothesis_settings.load_profile("long")
+    stale = stale_modules()
+    if stale:  # the compiled modules are imported first: the tests would run the old code
+        pytest.exit(f"compiled modules older than their .py: {', '.join(stale)}; run `scripts/dev build`", 2)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import re
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import Final, Self
 
 from protocols.errors import LocalProtocolError, ProtocolViolation
 from protocols.postgres.messages import (
@@ -215,14 +215,16 @@ class Bind:
 class _Target:
     """A message naming a prepared statement or a portal: Describe and Close."""
 
-    MESSAGE_TYPE: ClassVar[bytes]
     kind: bytes  # TARGET_STATEMENT or TARGET_PORTAL
     name: str
 
     def encode(self) -> bytes:
         if self.kind not in TARGET_KINDS:
             raise LocalProtocolError(f"{type(self).__name__} of unknown kind {self.kind!r}")
-        return frame(self.MESSAGE_TYPE, self.kind + _text(self.name))
+        return frame(self.message_type(), self.kind + _text(self.name))
+
+    def message_type(self) -> bytes:
+        raise NotImplementedError
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
@@ -231,12 +233,14 @@ class _Target:
 
 @dataclass(frozen=True, slots=True)
 class Describe(_Target):
-    MESSAGE_TYPE: ClassVar[bytes] = DESCRIBE
+    def message_type(self) -> bytes:
+        return DESCRIBE
 
 
 @dataclass(frozen=True, slots=True)
 class Close(_Target):
-    MESSAGE_TYPE: ClassVar[bytes] = CLOSE
+    def message_type(self) -> bytes:
+        return CLOSE
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,10 +269,8 @@ class Execute:
 class _Bare:
     """A message that is its type alone: Sync and Flush."""
 
-    MESSAGE: ClassVar[bytes]
-
     def encode(self) -> bytes:
-        return self.MESSAGE
+        raise NotImplementedError
 
     @classmethod
     def decode(cls, payload: bytes) -> Self:
@@ -278,12 +280,14 @@ class _Bare:
 
 @dataclass(frozen=True, slots=True)
 class Sync(_Bare):
-    MESSAGE: ClassVar[bytes] = frame(SYNC)
+    def encode(self) -> bytes:
+        return SYNC_MESSAGE
 
 
 @dataclass(frozen=True, slots=True)
 class Flush(_Bare):
-    MESSAGE: ClassVar[bytes] = frame(FLUSH)
+    def encode(self) -> bytes:
+        return FLUSH_MESSAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,8 +325,8 @@ def decode_frontend(message: RawMessage) -> FrontendMessage:
 
 
 # --- fixed messages (built once) -------------------------------------------------------------
-SYNC_MESSAGE = Sync.MESSAGE
-FLUSH_MESSAGE = Flush.MESSAGE
+SYNC_MESSAGE: Final = frame(SYNC)
+FLUSH_MESSAGE: Final = frame(FLUSH)
 PARSE_COMPLETE_MESSAGE = frame(PARSE_COMPLETE)
 BIND_COMPLETE_MESSAGE = frame(BIND_COMPLETE)
 CLOSE_COMPLETE_MESSAGE = frame(CLOSE_COMPLETE)

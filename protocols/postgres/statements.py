@@ -25,6 +25,7 @@ asked to flush its answers, and the message goes on once they are in.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections import deque
 from typing import Final
@@ -73,15 +74,12 @@ def might_clear(sql: str) -> bool:
     return _MIGHT_CLEAR.search(sql) is not None
 
 
-class _ServerNames:
-    """Hands out server-side statement names: one per statement, never reused."""
+_server_numbers: Final = itertools.count(1)
 
-    last = 0
 
-    @classmethod
-    def next(cls) -> str:
-        cls.last += 1
-        return f"{SERVER_STATEMENT_PREFIX}{cls.last}"
+def _server_name() -> str:
+    """A server-side statement name: one per statement, never reused in this process."""
+    return f"{SERVER_STATEMENT_PREFIX}{next(_server_numbers)}"
 
 
 class Statement:
@@ -181,7 +179,7 @@ class ClientStatements:
             return True
         statement = self.by_name.get(name)
         if statement is None:
-            server_name = _ServerNames.next()
+            server_name = _server_name()
             renamed = with_name(message, start, end, server_name)
             statement = Statement(name, server_name, renamed)
             self.by_name[name] = statement
@@ -472,7 +470,7 @@ class ClientStatements:
 
     def _alias(self, name: str) -> str:
         """A server-side name nothing has, standing for the client's ``name`` in errors."""
-        alias = _ServerNames.next()
+        alias = _server_name()
         self.renames[alias.encode()] = _encoded(name)
         self._dead.append(alias.encode())
         return alias

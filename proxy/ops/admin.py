@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from proxy.build import build
 from proxy.config import Address
 from proxy.credentials.base import CredentialsError
 from proxy.ops.view import ProxyView
@@ -61,6 +62,7 @@ def pool_state(pool: Pool) -> dict[str, Any]:
         **pool.stats(),
         "engine": config.engine,
         "mode": config.mode,
+        "build": build(),  # of the process: compiled or pure Python
         "listen": str(config.listen),
         "max_server_connections": config.max_server_connections,
         "min_server_connections": config.min_server_connections,

@@ -26,7 +26,7 @@ from proxy.pool.states import BUSY, CLOSED, IDLE, KEPT, RESETTING, StateCounts
 
 log = logging.getLogger("proxy.pool")
 
-RETRY_DELAYS: Final = (0.05, 0.1, 0.25, 0.5, 1.0)
+RETRY_DELAYS: Final[tuple[float, ...]] = (0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class Pool:

@@ -38,7 +38,7 @@ TRANSITIONS: Final[dict[ConnectionState | None, frozenset[ConnectionState]]] = {
 }
 
 
-class IllegalTransition(RuntimeError):
+class IllegalTransition(Exception):
     """The pool tried a transition the table does not list: a bug in the pool, never the peer's doing."""
 
     def __init__(self, connection: ServerConnection, to: ConnectionState) -> None:

@@ -1,0 +1,83 @@
+"""Which build is running: the hot path compiled to C by mypyc, or pure Python.
+
+``setup.py`` compiles the modules named here whenever a C compiler and the Python headers
+exist, unless ``ROTAPROXY_PURE_PYTHON=1`` is set at build time. A compiled module is an
+extension module (``.so``) beside its ``.py``, and Python imports the extension first; the
+pure-Python build has only the ``.py`` files and behaves the same, slower.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import pkgutil
+from functools import cache
+from pathlib import Path
+from typing import Final
+
+PURE_PYTHON_ENV: Final = "ROTAPROXY_PURE_PYTHON"
+
+# Compiled: every module of these packages (the sans-IO protocols) ...
+COMPILED_PACKAGES: Final = ("protocols",)
+# ... and the I/O modules every login, relayed byte or pooled query goes through. (A class
+# compiled here is subclassed only here: an interpreted module may not subclass it.)
+COMPILED_MODULES: Final = (
+    "proxy.core.counters",
+    "proxy.core.endpoint",
+    "proxy.core.relay",
+    "proxy.listener",
+    "proxy.mysql.client",
+    "proxy.pool.keep",
+    "proxy.pool.pool",
+    "proxy.pool.queue",
+    "proxy.pool.states",
+    "proxy.postgres.attachment",
+    "proxy.postgres.client",
+    "proxy.postgres.transaction",
+    "proxy.session_mode",
+)
+
+COMPILED: Final = "compiled"
+PURE: Final = "pure Python"
+MIXED: Final = "mixed"  # some compiled, some not: a stale or partial build
+
+_EXTENSION_SUFFIXES: Final = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+
+
+def hot_modules() -> list[str]:
+    """Every module a compiled build compiles, by name."""
+    names: list[str] = []
+    # A top-level package's own __init__ stays Python: an editable install imports it as .py.
+    for package in COMPILED_PACKAGES:
+        path = importlib.import_module(package).__path__
+        names.extend(info.name for info in pkgutil.walk_packages(path, prefix=f"{package}."))
+    names.extend(COMPILED_MODULES)
+    return names
+
+
+def is_compiled(name: str) -> bool:
+    """Whether module ``name`` was imported from an extension module."""
+    origin = getattr(importlib.import_module(name), "__file__", None) or ""
+    return origin.endswith(_EXTENSION_SUFFIXES)
+
+
+def stale_modules() -> list[str]:
+    """Compiled modules whose ``.py`` was edited after they were compiled (the old code runs)."""
+    stale = []
+    for name in hot_modules():
+        origin = getattr(importlib.import_module(name), "__file__", None) or ""
+        if origin.endswith(_EXTENSION_SUFFIXES):
+            compiled = Path(origin)
+            source = compiled.with_name(compiled.name.split(".", 1)[0] + ".py")
+            if source.is_file() and source.stat().st_mtime > compiled.stat().st_mtime:
+                stale.append(name)
+    return stale
+
+
+@cache
+def build() -> str:
+    """COMPILED, PURE or MIXED: what this process runs."""
+    compiled = {is_compiled(name) for name in hot_modules()}
+    if compiled == {True}:
+        return COMPILED
+    return PURE if compiled == {False} else MIXED
