@@ -35,6 +35,7 @@ from tests.conftest import (
     scrape,
     wait_for,
 )
+from tests.unit.test_build import expected_build
 
 ADMIN_PORT = free_port()
 # The issue asks for 20 s of driver load; the two drivers' runs take 40 s of the suite.
@@ -139,7 +140,9 @@ def test_session_state_pins_and_never_leaks(txn_proxy: ProxyProcess) -> None:
     thread.join(timeout=10)
     assert seen["at"] >= released
     assert seen["state"] == ('"$user", public', None)  # reset before b got it
-    assert get_json(ADMIN_PORT, "/pools")["txn1"]["pins_total"] == {"SET": 1}
+    pools = get_json(ADMIN_PORT, "/pools")
+    assert pools["txn1"]["pins_total"] == {"SET": 1}
+    assert pools["txn1"]["build"] == expected_build()  # the proxy runs the build under test
 
 
 def test_listen_pins_and_notifications_arrive(txn_proxy: ProxyProcess) -> None:
