@@ -28,6 +28,7 @@ COMPILED_MODULES: Final = (
     "proxy.listener",
     "proxy.mysql.client",
     "proxy.pool.keep",
+    "proxy.pool.known_logins",
     "proxy.pool.pool",
     "proxy.pool.queue",
     "proxy.pool.states",

@@ -20,6 +20,7 @@ from proxy.pool import stats
 from proxy.pool.generations import Generations
 from proxy.pool.janitor import Janitor
 from proxy.pool.keep import KeptConnections, TakeBack
+from proxy.pool.known_logins import KnownLogins
 from proxy.pool.queue import Handed, Waiter, WaitQueue
 from proxy.pool.reset import Resets
 from proxy.pool.states import BUSY, CLOSED, IDLE, KEPT, RESETTING, StateCounts
@@ -73,6 +74,7 @@ class Pool:
         self.failed_total = 0
         self.borrow_timeouts_total = 0
         self.pins_total: dict[str, int] = {}  # transaction mode: clients pinned, by reason
+        self.known_logins = KnownLogins()  # transaction mode: logins answered without the server
         self.last_error: str | None = None  # of the last attempt to open a connection; None if it worked
         self.last_open_at: float | None = None  # wall clock of the last connection opened
 

@@ -191,6 +191,12 @@ class PgClientSession:
 
     async def _serve_on(self, pool: Pool, parameters: dict[str, str], user: str) -> None:
         settings = session_settings(parameters)
+        transaction_mode = pool.config.mode == "transaction"
+        known = pool.known_logins.answer(pool.generation, settings) if transaction_mode else None
+        if known is not None and pool.open_connections:
+            # Answered as the server answered this login before: no connection needed.
+            await self._serve_transactions(pool, known)
+            return
         self._phase = PHASE_BORROWING
         server = await borrow_for_client(pool, self._refused)
         assert isinstance(server, PgServerConnection)
@@ -205,10 +211,13 @@ class PgClientSession:
             cut = isinstance(exc, asyncio.CancelledError)
             pool.release(server, reusable=not server.is_closed and not cut)
             raise
-        transaction_mode = pool.config.mode == "transaction"
-        if self.closing is not None and not (transaction_mode and pool.live_successor() is not None):
+        if transaction_mode:
+            pool.known_logins.remember(server.generation, settings, parameters)
+            pool.release(server, reusable=True)  # the client's settings travel with it from here on
+            await self._serve_transactions(pool, parameters)
+            return
+        if self.closing is not None:
             # Asked to end while logging in: refuse the login as a server shutting down would.
-            # (A transaction-mode client of a changed pool is let in and moves to the new pool.)
             pool.release(server, reusable=not server.is_closed)
             self.say_goodbye()
             return
@@ -216,15 +225,8 @@ class PgClientSession:
         pool.metrics.clients_accepted += 1
         assert self.meter is not None
         try:
-            if transaction_mode:
-                # The client's settings travel with the client from here on.
-                self._greet(server, process_id=secrets.randbits(31))
-                pool.release(server, reusable=True)
-                self._transaction_relay = TransactionRelay(self, self.endpoint, pool, self.meter, parameters)
-                await self._transaction_relay.run(closing=self.closing is not None)
-                return
             self.server = server
-            self._greet(server)
+            self._greet(server.parameters, server.transaction_status, server.backend_pid)
             log.debug('pool "%s": client %s (user %r) attached to %r', pool.name, self.peer, user, server)
             self._session_relay = PgSessionRelay(self.endpoint, pool, server, self.meter, self.peer)
             try:
@@ -233,6 +235,23 @@ class PgClientSession:
                 self.server = None
             if reason is EndReason.GOODBYE:
                 await self.say_goodbye_at_idle()
+        finally:
+            self.listener.forget_key(self.cancel_key)
+
+    async def _serve_transactions(self, pool: Pool, parameters: dict[str, str]) -> None:
+        """Transaction mode, from the greeting on: ``parameters`` are what the client is told."""
+        if self.closing is not None and pool.live_successor() is None:
+            # Asked to end while logging in: refuse the login as a server shutting down would.
+            # (A client of a changed pool is let in and moves to the new pool.)
+            self.say_goodbye()
+            return
+        self._phase = PHASE_RELAY
+        pool.metrics.clients_accepted += 1
+        assert self.meter is not None
+        try:
+            self._greet(parameters, STATUS_IDLE, process_id=secrets.randbits(31))
+            self._transaction_relay = TransactionRelay(self, self.endpoint, pool, self.meter, parameters)
+            await self._transaction_relay.run(closing=self.closing is not None)
         finally:
             self.listener.forget_key(self.cancel_key)
 
@@ -251,17 +270,17 @@ class PgClientSession:
                 raise ClientError(errors[0].code, errors[0].message)
         return dict(server.parameters)
 
-    def _greet(self, server: PgServerConnection, process_id: int | None = None) -> None:
+    def _greet(self, parameters: dict[str, str], status: bytes, process_id: int) -> None:
         """AuthenticationOk, the server's settings, our cancel key, ReadyForQuery.
 
         Session mode hands out the real backend PID; transaction mode, whose client moves
         between backends, one of our own.
         """
-        self.cancel_key = self._claim_cancel_key(server.backend_pid if process_id is None else process_id)
+        self.cancel_key = self._claim_cancel_key(process_id)
         greeting = [AUTH_OK_MESSAGE]
-        greeting += [ParameterStatus(name, value).encode() for name, value in server.parameters.items()]
+        greeting += [ParameterStatus(name, value).encode() for name, value in parameters.items()]
         greeting.append(BackendKeyData(*self.cancel_key).encode())
-        greeting.append(ReadyForQuery(server.transaction_status).encode())
+        greeting.append(ReadyForQuery(status).encode())
         self.endpoint.write(b"".join(greeting))
 
     def _claim_cancel_key(self, process_id: int) -> tuple[int, int]:

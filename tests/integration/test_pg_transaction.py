@@ -124,11 +124,11 @@ def test_session_state_pins_and_never_leaks(txn_proxy: ProxyProcess) -> None:
     seen: dict[str, Any] = {}
 
     def b_runs() -> None:
-        with connect(txn_proxy, "txn1") as b:
-            seen["at"] = time.monotonic()
+        with connect(txn_proxy, "txn1") as b:  # (a known login: greeted without the server)
             seen["state"] = b.execute(
                 "SELECT current_setting('search_path'), to_regclass('pg_temp.scratch')"
             ).fetchone()
+            seen["at"] = time.monotonic()
 
     thread = threading.Thread(target=b_runs)
     thread.start()
@@ -504,3 +504,43 @@ def test_a_client_queued_past_borrow_timeout_is_told_why(txn_proxy: ProxyProcess
         assert holder.execute("SELECT 1").fetchone() == (1,)
     pools = get_json(ADMIN_PORT, "/pools")
     assert pools["txn_short"]["borrow_timeouts_total"] == timeouts_before + 1
+
+
+REPORTED = (
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "server_version",
+    "integer_datetimes",
+)
+
+
+def test_a_login_the_server_answered_before_needs_no_server_connection(txn_proxy: ProxyProcess) -> None:
+    settings = {"application_name": "known-login", "options": "-c DateStyle=SQL,DMY"}
+    with connect(txn_proxy, "txn_short", **settings) as first:  # asks the server: set_config
+        first.execute("BEGIN")
+        first.execute("SELECT 1")  # the pool's only connection is taken from here on
+        started = time.monotonic()
+        # The same settings again: greeted at once, as the server greeted the first login
+        # (a borrow would time out after borrow_timeout 1s: the connection is in use).
+        with connect(txn_proxy, "txn_short", **settings) as second:
+            assert time.monotonic() - started < 0.5
+            for name in REPORTED:
+                assert second.info.parameter_status(name) == first.info.parameter_status(name), name
+            assert second.info.parameter_status("DateStyle") == "SQL, DMY"  # normalised by the server
+            # Settings the server has not answered yet need it: this login waits, and times out.
+            with pytest.raises(psycopg.OperationalError, match="within borrow_timeout 1s"):
+                connect(txn_proxy, "txn_short", application_name="unknown-login")
+            first.execute("COMMIT")
+            # The client's settings reached the server with its first transaction.
+            assert second.execute(
+                "SELECT current_setting('application_name'), current_setting('DateStyle')"
+            ).fetchone() == ("known-login", "SQL, DMY")
+
+
+def test_a_login_with_a_bad_setting_is_refused_even_beside_known_ones(txn_proxy: ProxyProcess) -> None:
+    with connect(txn_proxy, "txn", application_name="fine"):
+        pass
+    with pytest.raises(psycopg.OperationalError, match='invalid value for parameter "TimeZone"'):
+        connect(txn_proxy, "txn", application_name="fine", options="-c TimeZone=Nowhere/Nothing")
