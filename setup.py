@@ -17,7 +17,7 @@ from setuptools import Extension, setup
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from proxy.build import COMPILED_MODULES, COMPILED_PACKAGES, PURE_PYTHON_ENV  # noqa: E402
+from proxy.build import COMPILED_MODULES, COMPILED_PACKAGES, GROUP, PURE_PYTHON_ENV  # noqa: E402
 
 
 def hot_sources() -> list[str]:
@@ -56,7 +56,7 @@ def compiled_extensions() -> list[Extension]:
     # isolated build environment typed as Any.
     os.chdir(ROOT)
     return mypycify(
-        ["--config-file=", "--ignore-missing-imports", *hot_sources()], opt_level="3", group_name="rotaproxy"
+        ["--config-file=", "--ignore-missing-imports", *hot_sources()], opt_level="3", group_name=GROUP
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import pkgutil
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Final
@@ -43,6 +44,10 @@ PURE: Final = "pure Python"
 MIXED: Final = "mixed"  # some compiled, some not: a stale or partial build
 
 _EXTENSION_SUFFIXES: Final = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+# mypyc compiles every module into one shared library, GROUP's; each module's own .so is a
+# small shim that loads it, and a rebuild may leave the shims alone.
+GROUP: Final = "rotaproxy"
+SHARED_LIBRARY: Final = f"{GROUP}__mypyc"
 
 
 def hot_modules() -> list[str]:
@@ -68,11 +73,18 @@ def stale_modules() -> list[str]:
     for name in hot_modules():
         origin = getattr(importlib.import_module(name), "__file__", None) or ""
         if origin.endswith(_EXTENSION_SUFFIXES):
-            compiled = Path(origin)
-            source = compiled.with_name(compiled.name.split(".", 1)[0] + ".py")
-            if source.is_file() and source.stat().st_mtime > compiled.stat().st_mtime:
+            shim = Path(origin)
+            source = shim.with_name(shim.name.split(".", 1)[0] + ".py")
+            if source.is_file() and source.stat().st_mtime > _compiled_at(shim):
                 stale.append(name)
     return stale
+
+
+def _compiled_at(shim: Path) -> float:
+    """When the code behind a compiled module's shim was built: the newer of the two files."""
+    shared = getattr(sys.modules.get(SHARED_LIBRARY), "__file__", None)
+    built = shim.stat().st_mtime
+    return max(built, Path(shared).stat().st_mtime) if shared else built
 
 
 @cache

@@ -216,13 +216,9 @@ class PgClientSession:
             pool.release(server, reusable=True)  # the client's settings travel with it from here on
             await self._serve_transactions(pool, parameters)
             return
-        if self.closing is not None:
-            # Asked to end while logging in: refuse the login as a server shutting down would.
+        if not self._admitted(pool, transaction_mode=False):
             pool.release(server, reusable=not server.is_closed)
-            self.say_goodbye()
             return
-        self._phase = PHASE_RELAY
-        pool.metrics.clients_accepted += 1
         assert self.meter is not None
         try:
             self.server = server
@@ -240,13 +236,8 @@ class PgClientSession:
 
     async def _serve_transactions(self, pool: Pool, parameters: dict[str, str]) -> None:
         """Transaction mode, from the greeting on: ``parameters`` are what the client is told."""
-        if self.closing is not None and pool.live_successor() is None:
-            # Asked to end while logging in: refuse the login as a server shutting down would.
-            # (A client of a changed pool is let in and moves to the new pool.)
-            self.say_goodbye()
+        if not self._admitted(pool, transaction_mode=True):
             return
-        self._phase = PHASE_RELAY
-        pool.metrics.clients_accepted += 1
         assert self.meter is not None
         try:
             self._greet(parameters, STATUS_IDLE, process_id=secrets.randbits(31))
@@ -254,6 +245,17 @@ class PgClientSession:
             await self._transaction_relay.run(closing=self.closing is not None)
         finally:
             self.listener.forget_key(self.cancel_key)
+
+    def _admitted(self, pool: Pool, transaction_mode: bool) -> bool:
+        """Let the logged-in client in, unless it was asked to end while logging in: then the
+        login is refused as a server shutting down would (a transaction-mode client of a
+        changed pool is let in, and moves to the new pool)."""
+        if self.closing is not None and not (transaction_mode and pool.live_successor() is not None):
+            self.say_goodbye()
+            return False
+        self._phase = PHASE_RELAY
+        pool.metrics.clients_accepted += 1
+        return True
 
     def _refused(self, exc: PoolError) -> ClientError:
         """What a client is told when no server connection can be had for its login."""

@@ -4,11 +4,22 @@ a short smoke against a pure-Python install of the same code (``ROTAPROXY_PURE_P
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-from proxy.build import COMPILED, PURE, PURE_PYTHON_ENV, build, hot_modules, is_compiled
+from proxy.build import (
+    COMPILED,
+    PURE,
+    PURE_PYTHON_ENV,
+    SHARED_LIBRARY,
+    build,
+    hot_modules,
+    is_compiled,
+    stale_modules,
+)
 
 
 def expected_build() -> str:
@@ -30,3 +41,26 @@ def test_rotaproxy_version_says_which_build_runs() -> None:
     )
     assert result.stdout.startswith("rotaproxy 0.1.0 (")
     assert f"({expected_build()}, Python " in result.stdout
+
+
+def test_an_edit_after_the_build_is_stale_until_the_next_build() -> None:
+    """Checked at every test run (conftest): a .py newer than what was compiled from it."""
+    assert stale_modules() == []
+    if expected_build() != COMPILED:
+        return  # nothing compiled, nothing stale
+    name = "proxy.pool.queue"
+    shim = Path(importlib.import_module(name).__file__ or "")
+    source = shim.with_name("queue.py")
+    shared = Path(sys.modules[SHARED_LIBRARY].__file__ or "")
+    times = {path: path.stat().st_mtime for path in (shim, source, shared)}
+    built = max(times[shim], times[shared])
+    try:
+        os.utime(source, (built + 10, built + 10))  # edited after the build
+        assert stale_modules() == [name]
+        # A rebuild writes the shared library; the module's own shim may stay as it was.
+        os.utime(shim, (built - 100, built - 100))
+        os.utime(shared, (built + 20, built + 20))
+        assert stale_modules() == []
+    finally:
+        for path, mtime in times.items():
+            os.utime(path, (mtime, mtime))
