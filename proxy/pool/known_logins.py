@@ -1,4 +1,4 @@
-"""Logins answered without a server round trip (transaction mode), for any engine.
+"""Logins answered without a server round trip, for any engine.
 
 A transaction-mode client holds no server connection between its transactions, so its login
 needs none either, once the pool has seen the server answer a login like it. The engine's
@@ -9,6 +9,9 @@ generation is greeted with that ``answer`` at once, and its settings reach a ser
 first transaction. The engine asks only while the pool holds an open connection: with none
 (the server down, or not reached yet) every login asks the server, and fails as it would.
 New credentials (maybe another user, another server) forget every answer.
+
+Session mode asks too: a login whose known answer is what the borrowed connection reports
+already changes nothing there, so its settings need no round trip either.
 """
 
 from __future__ import annotations

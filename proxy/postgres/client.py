@@ -2,8 +2,9 @@
 
 Theory of operation: the client's startup packet picks a pool by database name; the session
 borrows a server connection, replays the client's startup parameters on it with
-``set_config`` (so the server normalises them exactly as at login), and only then tells the
-client it is authenticated, replaying the server's ParameterStatus values and the server's
+``set_config`` (so the server normalises them exactly as at login; skipped when the pool has
+seen them answered and the connection already reports that answer, see ``already_set``), and
+only then tells the client it is authenticated, replaying the server's ParameterStatus values and the server's
 real backend PID. From there bytes are relayed both ways while trackers watch the message
 headers; when the client leaves, the connection goes back to the pool (and is reset) only
 if it sits at a safe point, otherwise it is cancelled and closed so that nothing a client
@@ -52,6 +53,7 @@ from proxy.core.endpoint import ConnectionClosed, Endpoint
 from proxy.core.errors import BorrowTimeout, PoolError
 from proxy.core.relay import await_next_request
 from proxy.engine import SessionHost
+from proxy.pool.known_logins import KnownLogins
 from proxy.pool.pool import Pool
 from proxy.postgres.server import PgServerConnection
 from proxy.postgres.settings import ClientError, session_settings, set_config_query
@@ -192,18 +194,23 @@ class PgClientSession:
     async def _serve_on(self, pool: Pool, parameters: dict[str, str], user: str) -> None:
         settings = session_settings(parameters)
         transaction_mode = pool.config.mode == "transaction"
-        known = pool.known_logins.answer(pool.generation, settings) if transaction_mode else None
-        if known is not None and pool.open_connections:
-            # Answered as the server answered this login before: no connection needed.
-            await self._serve_transactions(pool, known)
-            return
+        if transaction_mode and pool.open_connections:
+            known = pool.known_logins.answer(pool.generation, settings)
+            if known is not None:
+                # Answered as the server answered this login before: no connection needed.
+                await self._serve_transactions(pool, known)
+                return
         self._phase = PHASE_BORROWING
         server = await borrow_for_client(pool, self._refused)
         assert isinstance(server, PgServerConnection)
         self._phase = PHASE_LOGIN
         server.dirty = True  # the client's settings and whatever it does stay on it: reset later
         try:
-            parameters = await self._apply_settings(server, settings)
+            if transaction_mode or not already_set(server, settings, pool.known_logins):
+                parameters = await self._apply_settings(server, settings)
+                pool.known_logins.remember(server.generation, settings, parameters)
+            else:
+                parameters = dict(server.parameters)
         except BaseException as exc:
             if isinstance(exc, ClientError):
                 pool.metrics.reject(REJECTED_CLIENT)
@@ -212,7 +219,6 @@ class PgClientSession:
             pool.release(server, reusable=not server.is_closed and not cut)
             raise
         if transaction_mode:
-            pool.known_logins.remember(server.generation, settings, parameters)
             pool.release(server, reusable=True)  # the client's settings travel with it from here on
             await self._serve_transactions(pool, parameters)
             return
@@ -357,3 +363,18 @@ class PgSessionRelay(SessionRelay[PgServerConnection]):
             await server.cancel_abandoned(self.peer)
             return False
         return safe and client_left
+
+
+def already_set(server: PgServerConnection, settings: dict[str, str], known: KnownLogins) -> bool:
+    """Session mode: whether the client's startup ``settings`` would change nothing on
+    ``server``, so the login needs no round trip. True when the server answered such a login
+    before (in this connection's generation) with exactly the parameters the connection
+    reports now, and every setting is one it reports (what it does not report, it could
+    not compare)."""
+    if not settings:
+        return True
+    answer = known.answer(server.generation, settings)
+    if answer is None or answer != server.parameters:
+        return False
+    reported = {name.lower() for name in answer}
+    return all(name.lower() in reported for name in settings)

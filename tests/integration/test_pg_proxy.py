@@ -318,6 +318,41 @@ def test_session_state_does_not_leak_to_the_next_client(pg_proxy: PgProxy) -> No
         assert second.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone() == (0,)
 
 
+def test_a_login_whose_settings_the_connection_has_already_makes_no_round_trip(
+    pg_proxy: PgProxy, pg: ThrowawayPostgres
+) -> None:
+    """Session mode: a login's startup settings go to the server (``set_config``) unless the
+    pool has seen them answered and the connection reports that answer already. Seen from
+    the server: the last statement its backend ran before the client's first query."""
+
+    def set_at_login(conn: psycopg.Connection[Any]) -> bool:
+        pid = conn.info.backend_pid
+        return "set_config" in pg.sql(f"SELECT query FROM pg_stat_activity WHERE pid = {pid}")
+
+    # A spelling no other test uses, of the encoding every pooled connection has (UTF8).
+    same = {"client_encoding": "UtF8"}
+    with connect(pg_proxy, "tiny", **same) as conn:
+        assert set_at_login(conn)  # never answered before: the server normalises it
+        assert conn.execute("SHOW client_encoding").fetchone() == ("UTF8",)
+    with connect(pg_proxy, "tiny", **same) as conn:
+        assert not set_at_login(conn)
+        assert conn.execute("SHOW client_encoding").fetchone() == ("UTF8",)
+    # A reported setting the connection lacks goes there every time; the next client has none
+    # of it (the reset), and its own login, known, again needs nothing.
+    for _ in range(2):
+        with connect(pg_proxy, "tiny", application_name="probe-login") as conn:
+            assert set_at_login(conn)
+            assert conn.execute("SHOW application_name").fetchone() == ("probe-login",)
+    with connect(pg_proxy, "tiny", **same) as conn:
+        assert not set_at_login(conn)
+        assert conn.execute("SHOW application_name").fetchone() == ("",)
+    # A setting the server does not report cannot be compared: always sent.
+    for _ in range(2):
+        with connect(pg_proxy, "tiny", options="-c work_mem=5MB") as conn:
+            assert set_at_login(conn)
+            assert conn.execute("SHOW work_mem").fetchone() == ("5MB",)
+
+
 CLIENT_THAT_DIES = textwrap.dedent(
     """
     import sys, psycopg
