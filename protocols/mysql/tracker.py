@@ -12,7 +12,7 @@ all small, are kept whole (their status flags and counts move the grammar on); r
 column definitions are skipped without being copied.
 
 Response grammars (``_COMMAND_RESPONSES`` maps each command to one, ``_TRANSITIONS`` maps
-each (phase, packet kind) to what happens):
+each (phase, packet kind) to the action that follows):
 
 * result (COM_QUERY, COM_STMT_EXECUTE): OK | ERR | LOCAL INFILE request (COM_QUERY only:
   the client then sends its file, ending with an empty packet, and the server answers OK or
@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Callable
 from typing import Final
 
 from protocols.errors import LocalProtocolError, ProtocolViolation
@@ -94,7 +93,7 @@ from protocols.mysql.constants import (
     SERVER_STATUS_IN_TRANS,
 )
 from protocols.mysql.messages import EOF_PACKET_LIMIT, EofPacket, ErrPacket, OkPacket, command_byte
-from protocols.mysql.packets import HEADER, HEADER_SIZE, Packet, decode_lenenc_int
+from protocols.mysql.packets import HEADER_SIZE, Packet, decode_lenenc_int
 
 # An OK packet carrying session-state changes (session_track_system_variables='*') can run
 # to kilobytes; nothing the tracker keeps whole is legitimately anywhere near this.
@@ -133,20 +132,33 @@ _COMMAND_RESPONSES: Final[dict[int, str]] = {
     COM_QUIT: NO_RESPONSE,
 }
 
-# --- phases within a response --------------------------------------------------------------
-IDLE: Final = "idle"
-RESULT_START: Final = "result start"  # OK | ERR | LOCAL INFILE | column count
-DEFINITIONS: Final = "definitions"  # a counted run of column or parameter definitions
-DEFINITIONS_EOF: Final = "definitions EOF"  # classic EOF after a run of definitions
-ROWS: Final = "rows"
-INFILE_DATA: Final = "infile data"  # the client owes its file; the server is silent
-INFILE_RESULT: Final = "infile result"
-PREPARE_OK: Final = "prepare OK"
-UNTIL_EOF: Final = "until EOF"  # COM_FIELD_LIST: definitions up to the terminator
-SINGLE_STATUS: Final = "single status"
-SINGLE_PACKET: Final = "single packet"
+# --- phases within a response (small ints: the tracker looks one up for every packet) -----
+IDLE: Final = 0
+RESULT_START: Final = 1  # OK | ERR | LOCAL INFILE | column count
+DEFINITIONS: Final = 2  # a counted run of column or parameter definitions
+DEFINITIONS_EOF: Final = 3  # classic EOF after a run of definitions
+ROWS: Final = 4
+INFILE_DATA: Final = 5  # the client owes its file; the server is silent
+INFILE_RESULT: Final = 6
+PREPARE_OK: Final = 7
+UNTIL_EOF: Final = 8  # COM_FIELD_LIST: definitions up to the terminator
+SINGLE_STATUS: Final = 9
+SINGLE_PACKET: Final = 10
+_PHASE_NAMES: Final = (
+    "idle",
+    "result start",
+    "definitions",
+    "definitions EOF",
+    "rows",
+    "infile data",
+    "infile result",
+    "prepare OK",
+    "until EOF",
+    "single status",
+    "single packet",
+)
 
-_INITIAL_PHASES: Final[dict[str, str]] = {
+_INITIAL_PHASES: Final[dict[str, int]] = {
     TEXT_RESULT: RESULT_START,
     BINARY_RESULT: RESULT_START,
     FETCHED_ROWS: ROWS,
@@ -157,12 +169,32 @@ _INITIAL_PHASES: Final[dict[str, str]] = {
 }
 
 # --- kinds of server packet, told from the first byte and the length ---------------------
-K_OK: Final = "OK"
-K_ERR: Final = "ERR"
-K_TERMINATOR: Final = "EOF"  # 0xFE and short: an EOF, or an OK ending rows (DEPRECATE_EOF)
-K_LOCAL_INFILE: Final = "LOCAL INFILE"
-K_EMPTY: Final = "empty"
-K_OTHER: Final = "other"
+K_OK: Final = 0
+K_ERR: Final = 1
+K_TERMINATOR: Final = 2  # 0xFE and short: an EOF, or an OK ending rows (DEPRECATE_EOF)
+K_LOCAL_INFILE: Final = 3
+K_EMPTY: Final = 4
+K_OTHER: Final = 5
+_KIND_NAMES: Final = ("OK", "ERR", "EOF", "LOCAL INFILE", "empty", "other")
+_KINDS: Final = len(_KIND_NAMES)
+
+# --- what a packet does, by phase and kind (``_TRANSITIONS``; ``_act`` carries it out) ----
+UNEXPECTED: Final = 0
+A_ERR: Final = 1
+A_RESULT_OK: Final = 2
+A_LOCAL_INFILE: Final = 3
+A_COLUMN_COUNT: Final = 4
+A_DEFINITION: Final = 5
+A_DEFINITIONS_EOF: Final = 6
+A_SKIP: Final = 7  # a row or a definition the grammar does not count: nothing to learn
+A_ROWS_END: Final = 8
+A_PREPARE_OK: Final = 9
+A_STATUS: Final = 10
+A_SINGLE_PACKET: Final = 11
+# Actions that read the packet: only these packets are kept whole.
+_NEEDS_PAYLOAD: Final = frozenset(
+    {A_ERR, A_RESULT_OK, A_COLUMN_COUNT, A_DEFINITIONS_EOF, A_ROWS_END, A_PREPARE_OK, A_STATUS}
+)
 
 _GRAMMAR_CHANGING_CAPABILITIES = (
     CLIENT_COMPRESS | CLIENT_OPTIONAL_RESULTSET_METADATA | MARIADB_CLIENT_CACHE_METADATA
@@ -170,13 +202,12 @@ _GRAMMAR_CHANGING_CAPABILITIES = (
 _PREPARE_OK_BODY = struct.Struct("<xIHH")  # header, statement id, columns, parameters
 _NOT_DECIDED = -1
 
-Handler = Callable[["ResponseTracker", bytes], None]
-
 
 class ResponseTracker:
     """Follows the server's responses to the commands a client sends; see the module docstring."""
 
     __slots__ = (
+        "_action",
         "_body_left",
         "_capabilities",
         "_capture",
@@ -185,7 +216,6 @@ class ResponseTracker:
         "_expected",
         "_first_byte",
         "_first_length",
-        "_handler",
         "_header",
         "_in_packet",
         "_more_physical",
@@ -212,7 +242,7 @@ class ResponseTracker:
         self._expected: deque[str] = deque()
         self._phase = IDLE
         self._count = 0  # definitions left in a DEFINITIONS phase
-        self._plan: deque[tuple[str, int]] = deque()  # phases after the current one
+        self._plan: deque[tuple[int, int]] = deque()  # phases after the current one
         # Framing state.
         self._header = bytearray()  # a header split across chunks
         self._body_left = 0  # bytes of the current physical packet still to come
@@ -220,7 +250,7 @@ class ResponseTracker:
         self._in_packet = False
         self._first_byte = _NOT_DECIDED
         self._first_length = 0
-        self._handler: Handler | None = None
+        self._action = UNEXPECTED
         self._capture: bytearray | None = None
 
     # --- what the proxy asks -----------------------------------------------------------------
@@ -293,7 +323,7 @@ class ResponseTracker:
                     if position == size:
                         return
                 if not self._header and size - position >= HEADER_SIZE:
-                    (header,) = HEADER.unpack_from(data, position)
+                    length = _length_at(data, position)
                     position += HEADER_SIZE
                 else:
                     missing = HEADER_SIZE - len(self._header)
@@ -301,9 +331,9 @@ class ResponseTracker:
                     position += missing
                     if len(self._header) < HEADER_SIZE:
                         return
-                    (header,) = HEADER.unpack(self._header)
+                    length = _length_at(bytes(self._header), 0)
                     self._header.clear()
-                self._start_physical(header & MAX_PACKET_PAYLOAD)
+                self._start_physical(length)
                 continue
             if self._first_byte == _NOT_DECIDED:
                 self._decide(data[position])
@@ -325,8 +355,7 @@ class ResponseTracker:
         size = len(data)
         terminator_limit = self._terminator_limit
         while size - position > HEADER_SIZE:
-            (header,) = HEADER.unpack_from(data, position)
-            length = header & MAX_PACKET_PAYLOAD
+            length = _length_at(data, position)
             end = position + HEADER_SIZE + length
             if length == 0 or length == MAX_PACKET_PAYLOAD or end > size:
                 break
@@ -357,17 +386,21 @@ class ResponseTracker:
         """Look up what the packet starting with ``first_byte`` means in the current phase."""
         self._first_byte = first_byte
         kind = self._kind(first_byte, self._first_length)
-        handler = _TRANSITIONS.get((self._phase, kind))
-        if handler is None:
-            response = self._expected[0]
-            raise ProtocolViolation(f"unexpected {kind} packet in phase {self._phase!r} of a {response}")
-        self._handler = handler
-        if handler in _NEEDS_PAYLOAD:
+        action = _TRANSITIONS[self._phase * _KINDS + kind]
+        if action == UNEXPECTED:
+            raise ProtocolViolation(
+                f"unexpected {_KIND_NAMES[kind]} packet in phase {_PHASE_NAMES[self._phase]!r} "
+                f"of a {self._expected[0]}"
+            )
+        self._action = action
+        if action in _NEEDS_PAYLOAD:
             if self._first_length > MAX_TRACKED_PAYLOAD or self._first_length == MAX_PACKET_PAYLOAD:
-                raise ProtocolViolation(f"{kind} packet of {self._first_length} bytes is implausibly large")
+                raise ProtocolViolation(
+                    f"{_KIND_NAMES[kind]} packet of {self._first_length} bytes is implausibly large"
+                )
             self._capture = bytearray()
 
-    def _kind(self, first_byte: int, length: int) -> str:
+    def _kind(self, first_byte: int, length: int) -> int:
         if length == 0:
             return K_EMPTY
         if first_byte == ERR:
@@ -383,11 +416,35 @@ class ResponseTracker:
     def _end_physical(self) -> None:
         if self._more_physical:
             return
-        handler, payload = self._handler, self._capture
-        self._handler = self._capture = None
+        action, payload = self._action, self._capture
+        self._action, self._capture = UNEXPECTED, None
         self._in_packet = False
-        assert handler is not None  # every packet start decides a handler
-        handler(self, bytes(payload) if payload is not None else b"")
+        self._act(action, bytes(payload) if payload is not None else b"")
+
+    def _act(self, action: int, payload: bytes) -> None:
+        """What a whole packet does, decided at its first byte (see ``_TRANSITIONS``)."""
+        if action == A_SKIP:
+            return
+        if action == A_DEFINITION:
+            self._on_definition()
+        elif action == A_COLUMN_COUNT:
+            self._on_column_count(payload)
+        elif action == A_DEFINITIONS_EOF:
+            self._on_definitions_eof(payload)
+        elif action == A_ROWS_END:
+            self._end_result(self._terminator_status(payload))
+        elif action == A_RESULT_OK:
+            self._end_result(OkPacket.decode(payload, self._capabilities).status_flags)
+        elif action == A_ERR:
+            self._on_err(payload)
+        elif action == A_STATUS:
+            self._on_status(payload)
+        elif action == A_PREPARE_OK:
+            self._on_prepare_ok(payload)
+        elif action == A_LOCAL_INFILE:
+            self._on_local_infile()
+        else:  # A_SINGLE_PACKET (UNEXPECTED never gets this far: _decide refuses it)
+            self._finish_response()
 
     # --- grammar -----------------------------------------------------------------------------
 
@@ -431,10 +488,7 @@ class ResponseTracker:
             return
         self._finish_response()
 
-    def _on_result_ok(self, payload: bytes) -> None:
-        self._end_result(OkPacket.decode(payload, self._capabilities).status_flags)
-
-    def _on_local_infile(self, payload: bytes) -> None:
+    def _on_local_infile(self) -> None:
         if self._expected[0] != TEXT_RESULT:
             raise ProtocolViolation("LOCAL INFILE request in answer to a prepared statement")
         self._phase = INFILE_DATA
@@ -450,7 +504,7 @@ class ResponseTracker:
         self._plan.append((ROWS, 0))
         self._advance()
 
-    def _on_definition(self, payload: bytes) -> None:
+    def _on_definition(self) -> None:
         self._count -= 1
         if self._count == 0:
             self._advance()
@@ -461,12 +515,6 @@ class ResponseTracker:
             self._finish_response()  # rows come later, through COM_STMT_FETCH
         else:
             self._advance()
-
-    def _skip(self, payload: bytes) -> None:
-        """A row or a definition the grammar does not count: nothing to learn from it."""
-
-    def _on_rows_end(self, payload: bytes) -> None:
-        self._end_result(self._terminator_status(payload))
 
     def _on_prepare_ok(self, payload: bytes) -> None:
         if len(payload) < _PREPARE_OK_BODY.size:
@@ -487,47 +535,44 @@ class ResponseTracker:
             self._status_flags = self._terminator_status(payload)
         self._finish_response()
 
-    def _on_single_packet(self, payload: bytes) -> None:
-        self._finish_response()
+
+def _length_at(data: bytes, position: int) -> int:
+    """The payload length in the packet header at ``position`` (3 bytes, little-endian)."""
+    return data[position] | data[position + 1] << 8 | data[position + 2] << 16
+
+
+def _transition_table(transitions: dict[tuple[int, int], int]) -> bytes:
+    """``transitions`` as bytes indexed by ``phase * _KINDS + kind``; UNEXPECTED elsewhere."""
+    table = bytearray(len(_PHASE_NAMES) * _KINDS)
+    for (phase, kind), action in transitions.items():
+        table[phase * _KINDS + kind] = action
+    return bytes(table)
 
 
 _DEFINITION_KINDS = (K_OK, K_LOCAL_INFILE, K_OTHER)
-_TRANSITIONS: Final[dict[tuple[str, str], Handler]] = {
-    (RESULT_START, K_ERR): ResponseTracker._on_err,
-    (RESULT_START, K_OK): ResponseTracker._on_result_ok,
-    (RESULT_START, K_LOCAL_INFILE): ResponseTracker._on_local_infile,
-    (RESULT_START, K_OTHER): ResponseTracker._on_column_count,
-    (DEFINITIONS, K_ERR): ResponseTracker._on_err,
-    **{(DEFINITIONS, kind): ResponseTracker._on_definition for kind in _DEFINITION_KINDS},
-    (DEFINITIONS_EOF, K_ERR): ResponseTracker._on_err,
-    (DEFINITIONS_EOF, K_TERMINATOR): ResponseTracker._on_definitions_eof,
-    (ROWS, K_ERR): ResponseTracker._on_err,
-    (ROWS, K_TERMINATOR): ResponseTracker._on_rows_end,
-    **{(ROWS, kind): ResponseTracker._skip for kind in _DEFINITION_KINDS},
-    (INFILE_RESULT, K_ERR): ResponseTracker._on_err,
-    (INFILE_RESULT, K_OK): ResponseTracker._on_result_ok,
-    (PREPARE_OK, K_ERR): ResponseTracker._on_err,
-    (PREPARE_OK, K_OK): ResponseTracker._on_prepare_ok,
-    (UNTIL_EOF, K_ERR): ResponseTracker._on_err,
-    (UNTIL_EOF, K_TERMINATOR): ResponseTracker._on_status,
-    **{(UNTIL_EOF, kind): ResponseTracker._skip for kind in _DEFINITION_KINDS},
-    (SINGLE_STATUS, K_ERR): ResponseTracker._on_err,
-    (SINGLE_STATUS, K_OK): ResponseTracker._on_status,
-    (SINGLE_STATUS, K_TERMINATOR): ResponseTracker._on_status,
-    **{
-        (SINGLE_PACKET, kind): ResponseTracker._on_single_packet
-        for kind in (K_OK, K_ERR, K_TERMINATOR, K_LOCAL_INFILE, K_EMPTY, K_OTHER)
-    },
-}
-# Handlers that read the packet: only these packets are buffered whole.
-_NEEDS_PAYLOAD: Final = frozenset(
+_TRANSITIONS: Final = _transition_table(
     {
-        ResponseTracker._on_err,
-        ResponseTracker._on_result_ok,
-        ResponseTracker._on_column_count,
-        ResponseTracker._on_definitions_eof,
-        ResponseTracker._on_rows_end,
-        ResponseTracker._on_prepare_ok,
-        ResponseTracker._on_status,
+        (RESULT_START, K_ERR): A_ERR,
+        (RESULT_START, K_OK): A_RESULT_OK,
+        (RESULT_START, K_LOCAL_INFILE): A_LOCAL_INFILE,
+        (RESULT_START, K_OTHER): A_COLUMN_COUNT,
+        (DEFINITIONS, K_ERR): A_ERR,
+        **{(DEFINITIONS, kind): A_DEFINITION for kind in _DEFINITION_KINDS},
+        (DEFINITIONS_EOF, K_ERR): A_ERR,
+        (DEFINITIONS_EOF, K_TERMINATOR): A_DEFINITIONS_EOF,
+        (ROWS, K_ERR): A_ERR,
+        (ROWS, K_TERMINATOR): A_ROWS_END,
+        **{(ROWS, kind): A_SKIP for kind in _DEFINITION_KINDS},
+        (INFILE_RESULT, K_ERR): A_ERR,
+        (INFILE_RESULT, K_OK): A_RESULT_OK,
+        (PREPARE_OK, K_ERR): A_ERR,
+        (PREPARE_OK, K_OK): A_PREPARE_OK,
+        (UNTIL_EOF, K_ERR): A_ERR,
+        (UNTIL_EOF, K_TERMINATOR): A_STATUS,
+        **{(UNTIL_EOF, kind): A_SKIP for kind in _DEFINITION_KINDS},
+        (SINGLE_STATUS, K_ERR): A_ERR,
+        (SINGLE_STATUS, K_OK): A_STATUS,
+        (SINGLE_STATUS, K_TERMINATOR): A_STATUS,
+        **{(SINGLE_PACKET, kind): A_SINGLE_PACKET for kind in range(_KINDS)},
     }
 )
