@@ -1,9 +1,9 @@
 """``rotaproxy bench``: what a connection costs, direct (with a password, as an application
-would) vs through rotaproxy (no password, pooled server connection), for PostgreSQL and MariaDB;
-throughput against PgBouncer; a connection storm; latency across rotations under load.
+would) vs through rotaproxy (no password, pooled server connection) and PgBouncer, for PostgreSQL
+and MariaDB; throughput against PgBouncer; a connection storm; latency across rotations under load.
 
-Runs are interleaved (direct, proxy, direct, proxy, ...) so the ratio holds on a noisy
-machine; each figure is reported with its spread across rounds.
+Runs are interleaved (A B C A B C ...) so the ratios hold on a noisy machine; each figure is
+reported with its spread across rounds.
 """
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ from typing import Any
 from proxy.bench.charts import bar_chart, timeline_chart
 from proxy.bench.demo import Tally, client_load, prepare_tables, rotate_secrets
 from proxy.bench.storm import Storm, connection_storm, storm_json, storm_markdown
-from proxy.bench.throughput import Run, mysql_markdown, mysql_throughput, throughput, throughput_markdown
+from proxy.bench.throughput import (
+    Run,
+    mysql_markdown,
+    mysql_throughput,
+    pgbouncer_for,
+    throughput,
+    throughput_markdown,
+)
 from proxy.bench.timeline import Point, Timeline, half_range, percentile
 from proxy.local.stack import LocalStack, local_stack
 
@@ -61,6 +68,14 @@ DRIVERS: dict[str, tuple[str, Cycle]] = {
     "psycopg": ("postgres", psycopg_cycle),
     "aiomysql": ("mysql", aiomysql_cycle),
 }
+# Connection overhead's targets: "rotaproxy" is its session-mode pool.
+TRANSACTION_POOL = "rotaproxy-transaction"
+OVERHEAD_TARGETS = ("direct", "rotaproxy", TRANSACTION_POOL, "pgbouncer")
+# PgBouncer 1.18's transaction mode does not carry named prepared statements from one server
+# connection to the next, and asyncpg's statement cache names them: under concurrency a Bind
+# lands where its Parse never ran ("does not exist"). Behind it asyncpg needs the setting its
+# documentation gives for PgBouncer; every other setting, TLS included, stays the default.
+BEHIND_PGBOUNCER: dict[str, dict[str, Any]] = {"asyncpg": {"statement_cache_size": 0}}
 
 
 @dataclass
@@ -109,39 +124,71 @@ async def _batch(cycle: Cycle, dsn: dict[str, Any], count: int, concurrency: int
 
 
 async def connection_overhead(
-    stack: LocalStack, *, rounds: int, per_round: int, concurrencies: tuple[int, ...]
-) -> list[Series]:
+    stack: LocalStack, *, rounds: int, per_round: int, concurrencies: tuple[int, ...], pool_size: int
+) -> tuple[list[Series], str]:
+    """Interleaved connect + SELECT 1 + close for every driver and target, pools warm; returns
+    the series and why PgBouncer is absent (or "")."""
     upstreams = {"postgres": stack.postgres, "mysql": stack.mysql}
     results: list[Series] = []
-    for driver, (engine, cycle) in DRIVERS.items():
-        upstream = upstreams[engine]
-        if upstream is None:
-            continue  # MariaDB not installed here
-        targets = {"direct": upstream.direct_dsn(), "rotaproxy": upstream.proxy_dsn()}
-        for concurrency in concurrencies:
-            pair = {name: Series(driver, name, concurrency) for name in targets}
-            await _batch(cycle, targets["rotaproxy"], concurrency, concurrency, Series(driver, "warm-up", 1))
-            for _ in range(rounds):
-                for name, dsn in targets.items():  # interleaved: A B A B
-                    await _batch(cycle, dsn, per_round, concurrency, pair[name])
-            results += pair.values()
-    return results
+    async with pgbouncer_for(stack, pool_size) as (bouncer, absent):
+        for driver, (engine, cycle) in DRIVERS.items():
+            upstream = upstreams[engine]
+            if upstream is None:
+                continue  # MariaDB not installed here
+            pooled = upstream.proxy_dsn()
+            targets = {"direct": upstream.direct_dsn(), "rotaproxy": pooled}
+            if engine == "postgres":  # MySQL pools are session mode only; PgBouncer is PostgreSQL's
+                targets[TRANSACTION_POOL] = {**pooled, "port": stack.txn_proxy_port}
+                if bouncer is not None:
+                    targets["pgbouncer"] = {
+                        **pooled,
+                        "port": bouncer.port,
+                        **BEHIND_PGBOUNCER.get(driver, {}),
+                    }
+            for concurrency in concurrencies:
+                series = {name: Series(driver, name, concurrency) for name in targets}
+                for name, dsn in targets.items():
+                    if name != "direct":
+                        await _batch(cycle, dsn, concurrency, concurrency, Series(driver, "warm-up", 1))
+                for _ in range(rounds):
+                    for name, dsn in targets.items():  # interleaved: A B C D A B C D
+                        await _batch(cycle, dsn, per_round, concurrency, series[name])
+                results += series.values()
+    return results, absent
 
 
-def markdown(results: list[Series]) -> str:
+def _latency_cell(series: Series | None, why: str) -> str:
+    return f"{series.median_ms:.2f} ± {series.spread_ms:.2f}" if series else why
+
+
+def _latency_ratio(ours: Series | None, reference: Series | None) -> str:
+    return f"{ours.median_ms / reference.median_ms:.2f}x" if ours and reference else "-"
+
+
+def markdown(results: list[Series], absent: str) -> str:
     lines = [
-        "| driver | concurrency | direct median (ms) | rotaproxy median (ms) | ratio "
-        "| direct p99 | rotaproxy p99 | errors |",
-        "|---|---|---|---|---|---|---|---|",
+        "| driver | concurrency | direct median (ms) | rotaproxy session median (ms) "
+        "| rotaproxy transaction median (ms) | PgBouncer median (ms) "
+        "| rotaproxy/direct (session / transaction) | rotaproxy/PgBouncer (session / transaction) "
+        "| p99 ms (direct / session / transaction / PgBouncer) | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     by_key = {(s.driver, s.concurrency, s.target): s for s in results}
     for driver, concurrency in dict.fromkeys((s.driver, s.concurrency) for s in results):
-        direct, proxied = by_key[(driver, concurrency, "direct")], by_key[(driver, concurrency, "rotaproxy")]
+        direct, session, transaction, bouncer = (
+            by_key.get((driver, concurrency, target)) for target in OVERHEAD_TARGETS
+        )
+        mysql = DRIVERS[driver][0] == "mysql"
+        transaction_why = "MySQL pools: session mode only" if mysql else "-"
+        bouncer_why = "PostgreSQL only" if mysql else f"absent: {absent}"
+        p99s = " / ".join(f"{s.p99_ms:.2f}" if s else "-" for s in (direct, session, transaction, bouncer))
+        errors = sum(s.errors for s in (direct, session, transaction, bouncer) if s)
         lines.append(
-            f"| {driver} | {concurrency} | {direct.median_ms:.2f} ± {direct.spread_ms:.2f} | "
-            f"{proxied.median_ms:.2f} ± {proxied.spread_ms:.2f} | "
-            f"{proxied.median_ms / direct.median_ms:.2f}x | {direct.p99_ms:.2f} | {proxied.p99_ms:.2f} | "
-            f"{direct.errors + proxied.errors} |"
+            f"| {driver} | {concurrency} | {_latency_cell(direct, '-')} | {_latency_cell(session, '-')} | "
+            f"{_latency_cell(transaction, transaction_why)} | {_latency_cell(bouncer, bouncer_why)} | "
+            f"{_latency_ratio(session, direct)} / {_latency_ratio(transaction, direct)} | "
+            f"{_latency_ratio(session, bouncer)} / {_latency_ratio(transaction, bouncer)} | "
+            f"{p99s} | {errors} |"
         )
     return "\n".join(lines)
 
@@ -248,13 +295,13 @@ async def run_bench(
     mysql_runs: list[Run] = []
     storms: list[Storm] = []
     rotation: RotationRun | None = None
-    absent = storm_absent = ""
+    absent = overhead_absent = storm_absent = ""
     async with local_stack(
         max_server_connections=POOL_SIZE, min_server_connections=2, poll_interval="1s"
     ) as stack:
         if "connections" in scenarios:
-            results = await connection_overhead(
-                stack, rounds=rounds, per_round=per_round, concurrencies=concurrencies
+            results, overhead_absent = await connection_overhead(
+                stack, rounds=rounds, per_round=per_round, concurrencies=concurrencies, pool_size=POOL_SIZE
             )
         if "throughput" in scenarios:
             runs, absent = await throughput(
@@ -273,10 +320,14 @@ async def run_bench(
         print("## Connection overhead: connect + SELECT 1 + close")
         print()
         print("direct = the driver's defaults with the password (PostgreSQL: SCRAM + TLS; MariaDB:")
-        print("native password, no TLS); rotaproxy = no password, pooled server connection (TLS upstream)")
+        print("native password, no TLS); rotaproxy = no password, pooled server connection (TLS upstream),")
+        print(f"session and transaction mode; PgBouncer = trust auth, transaction mode, {POOL_SIZE} server")
+        print("connections. Pools warm, drivers' defaults (the PostgreSQL drivers ask the poolers for TLS")
+        print("and are declined), but asyncpg behind PgBouncer has statement_cache_size=0, which PgBouncer's")
+        print("transaction mode needs.")
         print(f"{rounds} interleaved rounds of {per_round}; median ± half the range of the per-round medians")
         print()
-        print(markdown(results))
+        print(markdown(results, overhead_absent))
         print()
     if runs:
         print(
@@ -284,7 +335,9 @@ async def run_bench(
         )
         print()
         print(f"rotaproxy and PgBouncer in transaction mode, {POOL_SIZE} server connections each, TLS")
-        print("(verify-full) upstream; direct = pgbench with the password, TLS; median ± half the range")
+        print("(verify-full) upstream; direct = pgbench with the password, TLS; median ± half the range.")
+        print("Session mode columns: rotaproxy's session pool and the same PgBouncer's session-mode alias,")
+        print("same pool size, where every client can hold a server connection")
         print()
         print(throughput_markdown(runs, absent))
         print()
@@ -320,7 +373,7 @@ async def run_bench(
                     {**asdict(r), "median_tps": r.median_tps, "spread_tps": r.spread_tps}
                     for r in runs + mysql_runs
                 ],
-                "pgbouncer_absent": (absent or storm_absent) or None,
+                "pgbouncer_absent": (absent or overhead_absent or storm_absent) or None,
                 "storm": storm_json(storms),
                 "rotation": [rotation.row(engine) for engine in rotation.timeline.series] if rotation else [],
             }
@@ -351,26 +404,17 @@ def draw_plots(
     """PNG charts of whatever ran."""
     paths = []
     if results:
-        groups = list(dict.fromkeys(f"{s.driver} x{s.concurrency}" for s in results))
-        values = {
-            target: [s.median_ms for s in results if s.target == target] for target in ("direct", "rotaproxy")
-        }
+        groups, values = _bars([(f"{s.driver} x{s.concurrency}", s.target, s.median_ms) for s in results])
         paths.append(
             bar_chart(
                 directory / "connection-overhead.png", "connect + SELECT 1 + close", groups, values, "ms"
             )
         )
     if runs:
-        groups = list(dict.fromkeys(f"{r.scenario} x{r.clients}" for r in runs))
-        keyed = {(f"{r.scenario} x{r.clients}", r.target): r.median_tps for r in runs}
-        targets = list(dict.fromkeys(r.target for r in runs))
-        values = {t: [keyed.get((g, t), 0.0) for g in groups] for t in targets}
+        groups, values = _bars([(f"{r.scenario} x{r.clients}", r.target, r.median_tps) for r in runs])
         paths.append(bar_chart(directory / "throughput.png", "pgbench -M extended", groups, values, "TPS"))
     if storms:
-        groups = list(dict.fromkeys(f"{s.clients:,} clients" for s in storms))
-        targets = list(dict.fromkeys(s.target for s in storms))
-        keyed = {(f"{s.clients:,} clients", s.target): s.median_seconds for s in storms}
-        values = {t: [keyed.get((g, t), 0.0) for g in groups] for t in targets}
+        groups, values = _bars([(f"{s.clients:,} clients", s.target, s.median_seconds) for s in storms])
         paths.append(
             bar_chart(directory / "storm.png", "time until every client ran a query", groups, values, "s")
         )
@@ -379,3 +423,12 @@ def draw_plots(
             timeline_chart(rotation.timeline, directory / "rotation.png", "rotation under load (rotaproxy)")
         )
     return paths
+
+
+def _bars(figures: list[tuple[str, str, float]]) -> tuple[list[str], dict[str, list[float]]]:
+    """(group, target, value) as a bar chart's groups and one value per group for each target
+    (0 where a target did not run in a group)."""
+    groups = list(dict.fromkeys(group for group, _, _ in figures))
+    keyed = {(group, target): value for group, target, value in figures}
+    targets = dict.fromkeys(target for _, target, _ in figures)
+    return groups, {target: [keyed.get((group, target), 0.0) for group in groups] for target in targets}

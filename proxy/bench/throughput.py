@@ -1,6 +1,6 @@
 """Throughput through the poolers: pgbench select-only, a ``SELECT 1`` script and the
-TPC-B-like default at 10 and 100 clients, direct vs rotaproxy (transaction mode) vs PgBouncer
-(transaction mode, same pool size).
+TPC-B-like default at 10 and 100 clients, direct vs rotaproxy vs PgBouncer (same pool size), in
+transaction mode and, where the pool has a server connection per client, in session mode.
 
 PgBouncer comes from Debian's package; when it is missing and we are root on Debian it is
 installed, otherwise its column says why it is absent. Runs are interleaved so that the
@@ -22,8 +22,8 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 from proxy.bench.timeline import half_range
 from proxy.local.process import free_port
@@ -31,6 +31,12 @@ from proxy.local.stack import DATABASE, USER, LocalStack
 
 SELECT_ONE = "SELECT 1;\n"
 SESSION_MODE = "rotaproxy-session"
+PGBOUNCER_SESSION = "pgbouncer-session"
+# The targets that hold a server connection per client: run only where the pool has one each.
+SESSION_TARGETS = frozenset({SESSION_MODE, PGBOUNCER_SESSION})
+BEYOND_POOL = "more clients than server connections"
+# PgBouncer's second alias for the same database, served in session mode by the same process.
+PGBOUNCER_SESSION_DATABASE = f"{DATABASE}_session"
 SCALE = 10
 # A benchmark tool's run: (TPS, average latency ms, transactions processed, problem or "").
 ToolResult = tuple[float, float, int, str]
@@ -80,7 +86,8 @@ def find_pgbouncer() -> tuple[str | None, str]:
 
 
 class PgBouncer:
-    """A throwaway PgBouncer in transaction mode in front of the stack's PostgreSQL."""
+    """A throwaway PgBouncer in front of the stack's PostgreSQL: the database in transaction
+    mode, and the same database as ``PGBOUNCER_SESSION_DATABASE`` in session mode."""
 
     def __init__(
         self, binary: str, stack: LocalStack, pool_size: int, workdir: Path, *, max_clients: int = 2000
@@ -90,10 +97,14 @@ class PgBouncer:
         self.dir = workdir / "pgbouncer"
         self.dir.mkdir(mode=0o755, exist_ok=True)
         (self.dir / "userlist.txt").write_text(f'"{USER}" ""\n')
-        password = stack.postgres.password
+        server = (
+            f"host=localhost port={stack.pg.port} dbname={DATABASE} user={USER} "
+            f"password={stack.postgres.password}"
+        )
         (self.dir / "pgbouncer.ini").write_text(
-            f"[databases]\n{DATABASE} = host=localhost port={stack.pg.port} dbname={DATABASE} user={USER} "
-            f"password={password}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}\n"
+            f"[databases]\n{DATABASE} = {server}\n"
+            f"{PGBOUNCER_SESSION_DATABASE} = {server} pool_mode=session\n\n"
+            f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}\n"
             f"unix_socket_dir =\nauth_type = trust\nauth_file = {self.dir / 'userlist.txt'}\n"
             f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = {max_clients}\n"
             "listen_backlog = 4096\n"
@@ -150,13 +161,13 @@ async def pgbouncer_for(
         yield bouncer, ""
 
 
-def pgbench(args: list[str], port: int, password: str | None = None) -> ToolResult:
+def pgbench(args: list[str], port: int, password: str | None = None, database: str = DATABASE) -> ToolResult:
     """Run pgbench; return its TPS, average latency (ms), transactions processed and any problem."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     if password:
         env["PGPASSWORD"] = password
     result = subprocess.run(
-        ["pgbench", *args, "-h", "127.0.0.1", "-p", str(port), "-U", USER, DATABASE],
+        ["pgbench", *args, "-h", "127.0.0.1", "-p", str(port), "-U", USER, database],
         capture_output=True,
         text=True,
         env=env,
@@ -177,12 +188,10 @@ def pgbench(args: list[str], port: int, password: str | None = None) -> ToolResu
     )
 
 
-async def _measured(
-    run: Run, pid: int | None, tool: Callable[[list[str], int, str | None], ToolResult], *args: Any
-) -> None:
+async def _measured(run: Run, pid: int | None, tool: Callable[[], ToolResult]) -> None:
     """One run of ``tool`` recorded in ``run``, with the pooler's (``pid``) CPU per transaction."""
     cpu_before = cpu_seconds(pid) if pid else 0.0
-    tps, latency, processed, problem = await asyncio.to_thread(tool, *args)
+    tps, latency, processed, problem = await asyncio.to_thread(tool)
     if pid and processed:
         # Logins are in it too: a few per cent of a run, for both poolers.
         run.cpu_us.append((cpu_seconds(pid) - cpu_before) / processed * 1e6)
@@ -190,6 +199,16 @@ async def _measured(
     run.latency_ms.append(latency)
     if problem:
         run.errors.append(problem)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where pgbench connects, with which password, and the pooler's pid (None: direct)."""
+
+    port: int
+    password: str | None
+    pid: int | None
+    database: str = DATABASE
 
 
 async def throughput(
@@ -202,40 +221,49 @@ async def throughput(
     script.write_text(SELECT_ONE)
     scenarios = {"select-only": ["-S"], "SELECT 1": ["-f", str(script)], "TPC-B-like": ["-b", "tpcb-like"]}
     runs: list[Run] = []
-    # name → (port, password, the pooler's pid)
-    targets: dict[str, tuple[int, str | None, int | None]] = {
-        "direct": (stack.pg.port, password, None),
-        "rotaproxy": (stack.txn_proxy_port, None, stack.proxy_pid),
-        # Session mode holds a server connection per client: only where the pool has one each.
-        SESSION_MODE: (stack.postgres.proxy_port, None, stack.proxy_pid),
+    targets = {
+        "direct": Target(stack.pg.port, password, None),
+        "rotaproxy": Target(stack.txn_proxy_port, None, stack.proxy_pid),
+        SESSION_MODE: Target(stack.postgres.proxy_port, None, stack.proxy_pid),
     }
     async with pgbouncer_for(stack, pool_size) as (bouncer, absent):
         if bouncer is not None:
-            targets["pgbouncer"] = (bouncer.port, None, bouncer.pid)
+            targets["pgbouncer"] = Target(bouncer.port, None, bouncer.pid)
+            targets[PGBOUNCER_SESSION] = Target(bouncer.port, None, bouncer.pid, PGBOUNCER_SESSION_DATABASE)
         for scenario, args in scenarios.items():
             for count in clients:
-                present = {n: t for n, t in targets.items() if n != SESSION_MODE or count <= pool_size}
+                present = {n: t for n, t in targets.items() if n not in SESSION_TARGETS or count <= pool_size}
                 series = {name: Run(scenario, count, name) for name in present}
+                command = [*args, "-n", "-M", "extended", "-c", str(count), "-j", "2", "-T", str(seconds)]
                 for _ in range(rounds):
-                    for name, (port, secret, pid) in present.items():
-                        await _measured(
-                            series[name],
-                            pid,
-                            pgbench,
-                            [*args, "-n", "-M", "extended", "-c", str(count), "-j", "2", "-T", str(seconds)],
-                            port,
-                            secret,
-                        )
+                    for name, target in present.items():
+                        tool = partial(pgbench, command, target.port, target.password, target.database)
+                        await _measured(series[name], target.pid, tool)
                 runs += series.values()
     return runs, absent
+
+
+def _ratio(ours: Run | None, reference: Run | None) -> str:
+    return (
+        f"{ours.median_tps / reference.median_tps:.2f}x"
+        if ours and reference and reference.median_tps
+        else "-"
+    )
+
+
+def _cpu(*runs: Run | None) -> str:
+    """The poolers' median CPU µs per transaction, "a / b"."""
+    return " / ".join(f"{statistics.median(run.cpu_us):.0f}" if run and run.cpu_us else "-" for run in runs)
 
 
 def throughput_markdown(runs: list[Run], absent: str) -> str:
     lines = [
         "| scenario | clients | direct TPS | rotaproxy TPS | PgBouncer TPS | rotaproxy/direct "
         "| rotaproxy/PgBouncer | latency ms (direct / rotaproxy / PgBouncer) "
-        "| pooler CPU µs/transaction (rotaproxy / PgBouncer) | rotaproxy session mode TPS |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| pooler CPU µs/transaction (rotaproxy / PgBouncer) | rotaproxy session mode TPS "
+        "| PgBouncer session mode TPS | session/PgBouncer session "
+        "| session mode pooler CPU µs/transaction (rotaproxy / PgBouncer) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     keyed = {(r.scenario, r.clients, r.target): r for r in runs}
     for scenario, clients in dict.fromkeys((r.scenario, r.clients) for r in runs):
@@ -243,21 +271,21 @@ def throughput_markdown(runs: list[Run], absent: str) -> str:
         ours = keyed[(scenario, clients, "rotaproxy")]
         bouncer = keyed.get((scenario, clients, "pgbouncer"))
         session = keyed.get((scenario, clients, SESSION_MODE))
+        bouncer_session = keyed.get((scenario, clients, PGBOUNCER_SESSION))
 
         def cell(run: Run | None, why: str = f"absent: {absent}") -> str:
             return f"{run.median_tps:,.0f} ± {run.spread_tps:,.0f}" if run else why
 
-        versus = f"{ours.median_tps / bouncer.median_tps:.2f}x" if bouncer and bouncer.median_tps else "-"
         latencies = " / ".join(
             f"{statistics.median(run.latency_ms):.2f}" if run else "-" for run in (direct, ours, bouncer)
         )
-        cpu = " / ".join(
-            f"{statistics.median(run.cpu_us):.0f}" if run and run.cpu_us else "-" for run in (ours, bouncer)
-        )
+        # Beyond the pool there are no session rows; within it, PgBouncer's may still be absent.
+        bouncer_session_why = BEYOND_POOL if session is None else f"absent: {absent}"
         lines.append(
             f"| {scenario} | {clients} | {cell(direct)} | {cell(ours)} | {cell(bouncer)} | "
-            f"{ours.median_tps / direct.median_tps:.2f}x | {versus} | {latencies} | {cpu} | "
-            f"{cell(session, 'more clients than server connections')} |"
+            f"{_ratio(ours, direct)} | {_ratio(ours, bouncer)} | {latencies} | {_cpu(ours, bouncer)} | "
+            f"{cell(session, BEYOND_POOL)} | {cell(bouncer_session, bouncer_session_why)} | "
+            f"{_ratio(session, bouncer_session)} | {_cpu(session, bouncer_session)} |"
         )
     return "\n".join(lines)
 
@@ -304,7 +332,7 @@ async def mysql_throughput(stack: LocalStack, *, seconds: int, rounds: int, clie
         for name, (port, password) in targets.items():
             pid = stack.proxy_pid if name == "rotaproxy" else None
             run = [f"--threads={clients}", f"--time={seconds}", "run"]
-            await _measured(series[name], pid, sysbench, run, port, password)
+            await _measured(series[name], pid, partial(sysbench, run, port, password))
     return list(series.values())
 
 

@@ -86,12 +86,18 @@ def test_bench_quick_runs_every_scenario_with_numbers_json_and_plots(tmp_path: P
     assert result.returncode == 0, result.stdout + result.stderr
     payload = json.loads(json_path.read_text())["scenarios"]
 
-    # 1. Connection overhead: every driver, both targets, both concurrencies, all numbers.
+    # 1. Connection overhead: every driver, both concurrencies, all numbers; PostgreSQL drivers
+    # against both of rotaproxy's modes and PgBouncer, aiomysql against its session pool.
     series = payload["connection_overhead"]
+    postgres_targets = ("direct", "rotaproxy", "rotaproxy-transaction", "pgbouncer")
     assert {(s["driver"], s["target"], s["concurrency"]) for s in series} == {
         (driver, target, concurrency)
-        for driver in ("asyncpg", "psycopg", "aiomysql")
-        for target in ("direct", "rotaproxy")
+        for driver, targets in (
+            ("asyncpg", postgres_targets),
+            ("psycopg", postgres_targets),
+            ("aiomysql", ("direct", "rotaproxy")),
+        )
+        for target in targets
         for concurrency in (1, 10)
     }
     for entry in series:
@@ -100,7 +106,7 @@ def test_bench_quick_runs_every_scenario_with_numbers_json_and_plots(tmp_path: P
         assert 0 < entry["median_ms"] <= entry["p99_ms"]
     assert "| asyncpg | 1 |" in result.stdout
 
-    # 2. Throughput: pgbench direct vs rotaproxy (both modes) vs PgBouncer; sysbench for MariaDB.
+    # 2. Throughput: pgbench direct vs rotaproxy vs PgBouncer (both modes); sysbench for MariaDB.
     assert payload["pgbouncer_absent"] is None  # the bench installs it; here it must have run
     runs = payload["throughput"]
     expected = {
@@ -109,8 +115,10 @@ def test_bench_quick_runs_every_scenario_with_numbers_json_and_plots(tmp_path: P
         for clients in (10, 100)
         for target in ("direct", "rotaproxy", "pgbouncer")
     }
-    expected |= {
-        (scenario, 10, "rotaproxy-session") for scenario in ("select-only", "SELECT 1", "TPC-B-like")
+    expected |= {  # session mode only where every client has a server connection
+        (scenario, 10, target)
+        for scenario in ("select-only", "SELECT 1", "TPC-B-like")
+        for target in ("rotaproxy-session", "pgbouncer-session")
     }
     expected |= {("sysbench oltp_read_only", 10, target) for target in ("direct", "rotaproxy")}
     assert {(r["scenario"], r["clients"], r["target"]) for r in runs} == expected
@@ -120,6 +128,7 @@ def test_bench_quick_runs_every_scenario_with_numbers_json_and_plots(tmp_path: P
         assert (len(run["cpu_us"]) > 0) == (run["target"] != "direct"), run
         assert all(0 < value < 100_000 for value in run["cpu_us"]), run
     assert "| select-only | 100 |" in result.stdout
+    assert "| asyncpg | 10 |" in result.stdout and "absent" not in result.stdout
 
     # 3. Connection storm: every client ran its query, through both poolers.
     storms = payload["storm"]
