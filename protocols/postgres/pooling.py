@@ -242,8 +242,9 @@ class PooledClient:
         # One write per batch of client messages: each write to a TLS upstream costs a
         # record and a system call, and a query is five messages in the extended protocol.
         batch: list[bytes] = []
-        if connection.to_close:
-            self.statements.flush_closes(connection, batch)
+        # Copies nobody needs go first with the next work, and only with work: sent before a
+        # Terminate, they would be owed answers that never come.
+        closes_due = bool(connection.to_close)
         terminated = False
         plan = self.plan
         try:
@@ -260,6 +261,9 @@ class PooledClient:
                 if message[0] == _TERMINATE:
                     terminated = True
                     break
+                if closes_due:
+                    self.statements.flush_closes(connection, batch)
+                    closes_due = False
                 if not self._forward(message, connection, batch, commands):
                     self._held = message  # until the answers it depends on are in
                     batch.append(FLUSH_MESSAGE)

@@ -60,6 +60,7 @@ async def txn_proxy(
         + pool_toml("txn1", secret, max_server_connections=1, borrow_timeout="10s", **common)
         + pool_toml("txn5", secret, max_server_connections=5, borrow_timeout="10s", **common)
         + pool_toml("txn10", secret, max_server_connections=10, borrow_timeout="10s", **common)
+        + pool_toml("txn_leave", secret, max_server_connections=4, borrow_timeout="10s", **common)
         + pool_toml("txn_metrics", secret, max_server_connections=2, **common)
         + pool_toml("txn_keep", secret, max_server_connections=1, borrow_timeout="10s", **common)
         + pool_toml("txn_short", secret, max_server_connections=1, borrow_timeout="1s", **common)
@@ -257,6 +258,27 @@ async def test_asyncpg_default_settings_40_clients_pool_of_5(txn_proxy: ProxyPro
     await _all_load_without_errors(connections, client)
     pool = get_json(ADMIN_PORT, "/pools")["txn5"]
     assert pool["opened_total"] <= 5 and "named prepared statement" not in pool["pins_total"]
+
+
+async def test_clients_that_connect_query_and_leave_never_cost_a_server_connection(
+    txn_proxy: ProxyProcess,
+) -> None:
+    """asyncpg's connect + fetchval + close, ten at a time on four connections: clients move
+    between connections, so each leaves copies of its statement behind on connections other
+    clients keep between transactions. A client leaving is never a reason to close one (each
+    one closed costs a later client a new server login)."""
+
+    async def cycle() -> None:
+        connection = await asyncpg.connect(
+            host="127.0.0.1", port=txn_proxy.port, user="x", database="txn_leave"
+        )
+        assert await connection.fetchval("SELECT $1::int + 1", 1) == 2
+        await connection.close()
+
+    for _ in range(6):
+        await asyncio.gather(*(cycle() for _ in range(10)))
+    pool = get_json(ADMIN_PORT, "/pools")["txn_leave"]
+    assert pool["opened_total"] <= 4, pool
 
 
 async def test_psycopg_server_side_prepares_40_clients_pool_of_5(txn_proxy: ProxyProcess) -> None:

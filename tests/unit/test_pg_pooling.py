@@ -605,6 +605,40 @@ def test_a_close_goes_upstream_renamed_and_its_complete_forgets_the_statement() 
     play(core, [(FromClient(bind_execute("s1")), [SendToServer(bind_execute("s1"))])])
 
 
+def test_copies_owed_a_close_go_with_the_next_work_and_never_alone_before_a_terminate() -> None:
+    """A client keeping its connection between transactions, when another client's copy on it
+    became garbage: a Terminate leaves the connection at rest (reusable, the close still due);
+    work takes the close along, first."""
+    core, conn = client(), connection()
+    play(
+        core,
+        [
+            (FromClient(query("SELECT 1")), [NEED_CONNECTION]),
+            (Attached(conn), [SendToServer(query("SELECT 1"))]),
+            (FromServer(SELECT_ANSWER), [SendToClient(SELECT_ANSWER), MAY_DETACH]),
+        ],
+    )
+    conn.to_close.append("RP_other")  # (the driver kept the connection for the client)
+    play(core, [(FromClient(TERMINATE_MESSAGE), [Ended(EndReason.CLIENT_TERMINATED)])])
+    core.detached()
+    assert core.release_terms() == Release(reusable=True, cancel_first=False, needs_reset=False)
+    assert conn.to_close == ["RP_other"]
+    # The next client's first work on that connection carries it.
+    core = client()
+    play(
+        core,
+        [
+            (FromClient(query("SELECT 1")), [NEED_CONNECTION]),
+            (Attached(conn), [SendToServer(close("RP_other") + query("SELECT 1"))]),
+            (
+                FromServer(CLOSE_COMPLETE + SELECT_ANSWER),
+                [SendToClient(SELECT_ANSWER), MAY_DETACH],
+            ),
+        ],
+    )
+    assert not conn.to_close
+
+
 @pytest.mark.parametrize("sql", ["DEALLOCATE s1", "deallocate prepare S1;", 'DEALLOCATE "s1"'])
 def test_deallocate_of_a_statement_the_connection_holds_names_it_as_the_server_knows_it(sql: str) -> None:
     core, first, second = client(), connection(), connection()
