@@ -18,6 +18,7 @@ server owes it nothing and no transaction is open, never in the middle of a resu
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 
@@ -285,11 +286,12 @@ class PgClientSession:
         between backends, one of our own.
         """
         self.cancel_key = self._claim_cancel_key(process_id)
-        greeting = [AUTH_OK_MESSAGE]
-        greeting += [ParameterStatus(name, value).encode() for name, value in parameters.items()]
-        greeting.append(BackendKeyData(*self.cancel_key).encode())
-        greeting.append(ReadyForQuery(status).encode())
-        self.endpoint.write(b"".join(greeting))
+        self.endpoint.write(
+            AUTH_OK_MESSAGE
+            + parameter_statuses(tuple(parameters.items()))
+            + BackendKeyData(*self.cancel_key).encode()
+            + ReadyForQuery(status).encode()
+        )
 
     def _claim_cancel_key(self, process_id: int) -> tuple[int, int]:
         """The key the client will cancel with: the server's real PID and a secret of ours."""
@@ -378,3 +380,10 @@ def already_set(server: PgServerConnection, settings: dict[str, str], known: Kno
         return False
     reported = {name.lower() for name in answer}
     return all(name.lower() in reported for name in settings)
+
+
+@functools.lru_cache(maxsize=256)
+def parameter_statuses(parameters: tuple[tuple[str, str], ...]) -> bytes:
+    """A greeting's ParameterStatus messages, encoded once per set of values: most logins of a
+    pool are told the same few sets."""
+    return b"".join(ParameterStatus(name, value).encode() for name, value in parameters)
