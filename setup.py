@@ -6,10 +6,7 @@ names it) is compiled to C with mypyc wherever a C compiler and the Python heade
 from __future__ import annotations
 
 import os
-import shlex
-import shutil
 import sys
-import sysconfig
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -17,7 +14,7 @@ from setuptools import Extension, setup
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from proxy.build import COMPILED_MODULES, COMPILED_PACKAGES, GROUP, PURE_PYTHON_ENV  # noqa: E402
+from proxy.build import COMPILED_MODULES, COMPILED_PACKAGES, GROUP, why_pure_python  # noqa: E402
 
 
 def hot_sources() -> list[str]:
@@ -32,20 +29,8 @@ def hot_sources() -> list[str]:
     return [str(path.relative_to(ROOT)) for path in paths]
 
 
-def why_pure() -> str | None:
-    """Why this build cannot or may not compile, or None."""
-    if os.environ.get(PURE_PYTHON_ENV) == "1":
-        return f"{PURE_PYTHON_ENV}=1"
-    compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")[0]
-    if shutil.which(compiler) is None:
-        return f"no C compiler ({compiler} is not on PATH)"
-    if not Path(sysconfig.get_paths()["include"], "Python.h").is_file():
-        return f"no Python headers (Python.h is not in {sysconfig.get_paths()['include']})"
-    return None
-
-
 def compiled_extensions() -> list[Extension]:
-    reason = why_pure()
+    reason = why_pure_python(os.environ)
     if reason is not None:
         print(f"rotaproxy: building pure Python: {reason}", file=sys.stderr)
         return []

@@ -11,7 +11,11 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import pkgutil
+import shlex
+import shutil
 import sys
+import sysconfig
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Final
@@ -48,6 +52,19 @@ _EXTENSION_SUFFIXES: Final = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 # small shim that loads it, and a rebuild may leave the shims alone.
 GROUP: Final = "rotaproxy"
 SHARED_LIBRARY: Final = f"{GROUP}__mypyc"
+
+
+def why_pure_python(environ: Mapping[str, str]) -> str | None:
+    """Why a build in this environment cannot or may not compile, or None (setup.py asks)."""
+    if environ.get(PURE_PYTHON_ENV) == "1":
+        return f"{PURE_PYTHON_ENV}=1"
+    compiler = shlex.split(environ.get("CC") or sysconfig.get_config_var("CC") or "cc")[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler ({compiler} is not on PATH)"
+    include = sysconfig.get_paths()["include"]
+    if not Path(include, "Python.h").is_file():
+        return f"no Python headers (Python.h is not in {include})"
+    return None
 
 
 def hot_modules() -> list[str]:

@@ -11,7 +11,7 @@ the joined size against its bound from the headers alone, before buffering any b
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import Final
 
 from protocols.buffer import ReceiveBuffer
 from protocols.errors import LocalProtocolError, ProtocolViolation
@@ -100,13 +100,32 @@ def next_sequence_id(sequence_id: int) -> int:
     return (sequence_id + 1) % SEQUENCE_MODULUS
 
 
-@dataclass(frozen=True, slots=True)
 class Packet:
-    """One logical packet: its payload joined from every physical packet that carried it."""
+    """One logical packet: its payload joined from every physical packet that carried it.
 
-    sequence_id: int  # of the first physical packet
-    last_sequence_id: int  # of the last one: the reply continues from next_sequence_id(this)
-    payload: bytes
+    A plain native class, not a dataclass: one is built for every packet a client sends, and
+    mypyc leaves a dataclass's ``__init__`` interpreted.
+    """
+
+    __slots__ = ("last_sequence_id", "payload", "sequence_id")
+
+    def __init__(self, sequence_id: int, last_sequence_id: int, payload: bytes) -> None:
+        self.sequence_id: Final = sequence_id  # of the first physical packet
+        # Of the last one: the reply continues from next_sequence_id(this).
+        self.last_sequence_id: Final = last_sequence_id
+        self.payload: Final = payload
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Packet) and (
+            (other.sequence_id, other.last_sequence_id, other.payload)
+            == (self.sequence_id, self.last_sequence_id, self.payload)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.sequence_id, self.last_sequence_id, self.payload))
+
+    def __repr__(self) -> str:
+        return f"Packet({self.sequence_id}, {self.last_sequence_id}, {self.payload!r})"
 
 
 def frame(payload: bytes, sequence_id: int) -> tuple[bytes, int]:

@@ -91,14 +91,35 @@ _HEADER_SIZE: Final = HEADER.size
 # --- commands --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SendToServer:
-    data: bytes
+class _Send:
+    """Bytes to write to one side. A plain native class, not a dataclass: one is built for
+    nearly every chunk relayed, and mypyc leaves a dataclass's ``__init__`` interpreted."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data: Final = data
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and isinstance(other, _Send) and other.data == self.data
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.data))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(data={self.data!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class SendToClient:
-    data: bytes
+class SendToServer(_Send):
+    """Write ``data`` to the attached server connection."""
+
+    __slots__ = ()
+
+
+class SendToClient(_Send):
+    """Write ``data`` to the client."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)

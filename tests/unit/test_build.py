@@ -19,6 +19,7 @@ from proxy.build import (
     hot_modules,
     is_compiled,
     stale_modules,
+    why_pure_python,
 )
 
 
@@ -64,3 +65,13 @@ def test_an_edit_after_the_build_is_stale_until_the_next_build() -> None:
     finally:
         for path, mtime in times.items():
             os.utime(path, (mtime, mtime))
+
+
+def test_a_build_without_a_compiler_or_headers_or_when_asked_is_pure_and_says_why(tmp_path: Path) -> None:
+    """setup.py compiles only where it can: asked not to, with no C compiler (a machine
+    without gcc) or with no Python headers, it builds pure Python and prints the reason."""
+    assert why_pure_python({PURE_PYTHON_ENV: "1"}) == f"{PURE_PYTHON_ENV}=1"
+    missing = str(tmp_path / "no-such-cc")
+    assert why_pure_python({"CC": f"{missing} -O2"}) == f"no C compiler ({missing} is not on PATH)"
+    if expected_build() == COMPILED:  # this machine compiled the suite's build: it has both
+        assert why_pure_python({}) is None
