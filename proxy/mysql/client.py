@@ -6,6 +6,8 @@ fixed), accepts whatever authentication response the client sends (local trust, 
 PostgreSQL; a MySQL 8 client preferring caching_sha2_password gets in too), picks the pool
 from the schema in the handshake (or the listener's only pool), borrows a server connection
 of the client's capability *variant*, applies the client's character set, and answers OK.
+A listener's only pool lends the connection before the greeting instead, whose connection
+id is then the server's thread id (``_serve_greeted_on``).
 Then packets are relayed: client commands are read whole (so COM_QUIT, COM_CHANGE_USER and
 KILL of a proxy connection id can be handled here), server bytes are forwarded as they come
 while a tracker follows where each response ends. When the client leaves, the connection
@@ -61,6 +63,9 @@ KILL_STATEMENT = re.compile(rb"^\s*KILL\s+(?:(QUERY)\s+|CONNECTION\s+)?(\d+)\s*;
 SQLSTATE_GENERAL = "HY000"
 KILL_TIMEOUT = 5.0
 HANDSHAKE_LIMIT = 64 * 1024
+# A client greeted while a server connection waits for it answers at once; one that does not
+# within MariaDB's own connect_timeout (10 s) is refused, and the connection freed.
+HELD_HANDSHAKE_TIMEOUT = 10.0
 ER_SERVER_SHUTDOWN = 1053  # what a MySQL server tells its clients when it shuts down
 SQLSTATE_SHUTDOWN = "08S01"
 
@@ -102,6 +107,7 @@ class MySqlClientSession:
         self._phase = PHASE_GREETING
         self._task: asyncio.Task[None] | None = None
         self._relay: MySqlSessionRelay | None = None  # once logged in
+        self._alias: int | None = None  # a closed connection's thread id the client was told
 
     def __repr__(self) -> str:
         return f"MySqlClientSession(id={self.connection_id}, peer={self.peer})"
@@ -139,6 +145,7 @@ class MySqlClientSession:
             pass
         finally:
             self.listener.forget_key(self.connection_id)
+            self.listener.forget_key(self._alias)
             for task in self._tasks:
                 task.cancel()
             self.endpoint.close()
@@ -148,11 +155,73 @@ class MySqlClientSession:
         self.endpoint.write(data)
 
     async def _serve(self) -> None:
-        default_pool = self.listener.pools[0]
-        greeting = await self._upstream_greeting(default_pool)
+        pools = self.listener.pools
+        connector = pools[0].connector
+        assert isinstance(connector, MySqlConnector)
+        if len(pools) == 1 and pools[0].config.mode == "session":
+            # An idle connection of the kind most clients choose, at once (no wait on a guess).
+            server = pools[0].borrow_now(connector.default_variant)
+            if server is not None:
+                assert isinstance(server, MySqlServerConnection)
+                pool = self.pool = pools[0]
+                with pool.metrics.client() as self.meter:
+                    await self._serve_greeted_on(pool, server)
+                return
+        greeting = await self._upstream_greeting(pools[0])
+        response = await self._handshake(greeting, self.connection_id)
+        pool = self._choose_pool(response)
+        self.pool = pool
+        with pool.metrics.client() as self.meter:
+            variant = response.capabilities & VARIANT_CAPABILITIES
+            connector = pool.connector
+            assert isinstance(connector, MySqlConnector)
+            connector.client_chose(variant)
+            self._phase = PHASE_BORROWING
+            server = await borrow_for_client(pool, self._refused, variant)
+            assert isinstance(server, MySqlServerConnection)
+            await self._serve_on(pool, response, server)
+
+    async def _serve_greeted_on(self, pool: Pool, server: MySqlServerConnection) -> None:
+        """The listener's only pool, in session mode, had an idle connection: the session
+        holds it from before the greeting, whose thread id is then the server's own, as
+        ``CONNECTION_ID()``, ``SHOW PROCESSLIST`` and ``KILL`` know it. It has the capabilities
+        most of the pool's clients choose (``client_chose``); a client choosing others gets a
+        connection of its own kind, and the first one is closed, so that the thread id the
+        client was told names its session alone (``KILL`` of it is translated)."""
+        connector = pool.connector
+        assert isinstance(connector, MySqlConnector)
+        try:
+            response = await self._held_handshake(connector.greeting or FALLBACK_GREETING, server)
+            self._choose_pool(response)  # only to refuse a schema the pool does not serve
+        except BaseException:
+            give_back(pool, server, reusable=True)  # nothing of the client's reached it
+            raise
+        variant = response.capabilities & VARIANT_CAPABILITIES
+        connector.client_chose(variant)
+        if variant != server.variant:
+            give_back(pool, server, reusable=False)
+            if self.listener.register_key(server.thread_id, self):  # KILL of it: this session
+                self._alias = server.thread_id
+            self._phase = PHASE_BORROWING
+            own_kind = await borrow_for_client(pool, self._refused, variant)
+            assert isinstance(own_kind, MySqlServerConnection)
+            server = own_kind
+        await self._serve_on(pool, response, server)
+
+    async def _held_handshake(self, greeting: Greeting, server: MySqlServerConnection) -> HandshakeResponse41:
+        """The handshake while ``server`` waits for the client: bounded, as the server's own."""
+        try:
+            async with asyncio.timeout(HELD_HANDSHAKE_TIMEOUT):
+                return await self._handshake(greeting, server.thread_id)
+        except TimeoutError:
+            message = f"Bad handshake: no handshake response within {HELD_HANDSHAKE_TIMEOUT:g} s"
+            raise ClientError(c.ER_HANDSHAKE_ERROR, message, "08S01") from None
+
+    async def _handshake(self, greeting: Greeting, connection_id: int) -> HandshakeResponse41:
+        """Our greeting, then the client's handshake response (refused if it asks for TLS)."""
         hello = HandshakeV10(
             server_version=greeting.server_version,
-            connection_id=self.connection_id & 0xFFFFFFFF,
+            connection_id=connection_id & 0xFFFFFFFF,
             auth_plugin_data=native_nonce(),
             capabilities=OFFERED_CAPABILITIES & greeting.capabilities,
             character_set=greeting.character_set,
@@ -176,17 +245,11 @@ class MySqlClientSession:
                 "connect with ssl-mode=DISABLED",
                 "08S01",
             )
-        response = HandshakeResponse41.decode(packet.payload)
-        pool = self._choose_pool(response)
-        self.pool = pool
-        with pool.metrics.client() as self.meter:
-            await self._serve_on(pool, response)
+        return HandshakeResponse41.decode(packet.payload)
 
-    async def _serve_on(self, pool: Pool, response: HandshakeResponse41) -> None:
-        variant = response.capabilities & VARIANT_CAPABILITIES
-        self._phase = PHASE_BORROWING
-        server = await borrow_for_client(pool, self._refused, variant)
-        assert isinstance(server, MySqlServerConnection)
+    async def _serve_on(
+        self, pool: Pool, response: HandshakeResponse41, server: MySqlServerConnection
+    ) -> None:
         self.server = server
         self._phase = PHASE_LOGIN
         try:
@@ -294,8 +357,8 @@ class MySqlClientSession:
             query_only = match.group(1) is not None
         else:
             return False
-        if connection_id < FIRST_CONNECTION_ID:
-            return False  # an upstream thread id: the server kills it
+        if connection_id < FIRST_CONNECTION_ID and self.listener.session_for_key(connection_id) is None:
+            return False  # an upstream thread id: the server kills it (as the client knows it)
         self._spawn(self._kill(connection_id, query_only))
         return True
 

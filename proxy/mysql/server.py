@@ -71,6 +71,7 @@ VARIANT_CAPABILITIES = (
 OFFERED_CAPABILITIES = BASE_CAPABILITIES | VARIANT_CAPABILITIES
 DEFAULT_VARIANT = c.CLIENT_MULTI_RESULTS | c.CLIENT_PS_MULTI_RESULTS
 MAX_PACKET_SIZE = 1 << 30
+VARIANT_MEMORY = 1000  # logins of one variant after which every count is halved
 CONNECT_ATTRIBUTES = {"_client_name": "rotaproxy", "program_name": "rotaproxy"}
 QUIT_PACKET = frame(bytes([c.COM_QUIT]), 0)[0]  # what a connection says before it closes
 
@@ -233,6 +234,17 @@ class MySqlConnector:
         self.config = config
         self.ssl_context = upstream_ssl_context(config)
         self.greeting: Greeting | None = None
+        self._variant_counts: dict[Hashable, int] = {}
+
+    def client_chose(self, variant: Hashable) -> None:
+        """A client logged in with ``variant``: the pool warms up (and a one-pool listener
+        greets with) what most of its recent clients chose."""
+        counts = self._variant_counts
+        counts[variant] = counts.get(variant, 0) + 1
+        if counts[variant] > counts.get(self.default_variant, 0):
+            self.default_variant = variant
+        if counts[variant] >= VARIANT_MEMORY:  # recent clients count, not those of last week
+            self._variant_counts = {each: count // 2 for each, count in counts.items() if count > 1}
 
     async def __call__(
         self, credentials: Credentials, generation: int, variant: Hashable = DEFAULT_VARIANT

@@ -23,6 +23,7 @@ import pymysql
 import pytest
 
 from proxy.local.mariadb import ThrowawayMariaDB
+from proxy.local.process import free_port
 from proxy.local.proxy_process import ProxyProcess
 from proxy.local.tls import TlsFiles
 from tests.conftest import (
@@ -44,6 +45,7 @@ ER_UNKNOWN_ERROR = 1105
 @dataclass
 class MyProxy:
     running: ProxyProcess
+    solo_port: int  # a listener with one pool ("solo"): its greetings carry the server's thread id
 
     @property
     def port(self) -> int:
@@ -63,6 +65,7 @@ async def my_proxy(
     app = await new_secret(sm_client, rds_mysql_secret(mariadb, "app", mysql_users.app))
     wrong = await new_secret(sm_client, rds_mysql_secret(mariadb, "app", known_secrets.new_password()))
     upstream = f"127.0.0.1:{mariadb.port}"
+    solo_port = free_port()
 
     def pool(name: str, secret: str, **settings: object) -> str:
         return pool_toml(name, secret, engine="mysql", **settings)
@@ -92,9 +95,18 @@ async def my_proxy(
             pool("badca", app, tls="verify-full", tls_ca_file=str(wrong_tls.ca_file)),
             pool("missing", "does/not/exist", upstream=upstream, tls="disable"),
             pool("wrongpw", wrong, upstream=upstream, tls="disable", borrow_timeout="1s"),
+            pool(
+                "solo",
+                app,
+                upstream=upstream,
+                database="appdb",
+                tls="disable",
+                listen=f"127.0.0.1:{solo_port}",
+                max_server_connections=3,
+            ),
         ]
     )
-    return MyProxy(launcher.start(config))
+    return MyProxy(launcher.start(config), solo_port)
 
 
 def connect(proxy: MyProxy, database: str | None = "appdb", **extra: Any) -> pymysql.Connection[Any]:
@@ -433,6 +445,91 @@ def test_proxy_connection_ids_are_its_own(my_proxy: MyProxy) -> None:
         assert a.thread_id() != b.thread_id()
         assert a.thread_id() >= 1 << 30  # far from upstream thread ids, so KILL can tell them apart
         assert one(a, "SELECT CONNECTION_ID()")[0] < 1 << 30
+
+
+def solo(proxy: MyProxy, **extra: Any) -> pymysql.Connection[Any]:
+    """A client of the one-pool listener. Its greeting carries a server thread id when an
+    idle connection of the kind most clients choose is there at once: give the last one's
+    reset a moment (a round trip) first."""
+    time.sleep(0.2)
+    return pymysql.connect(
+        host="127.0.0.1", port=proxy.solo_port, user="anyone", autocommit=True, connect_timeout=10, **extra
+    )
+
+
+def test_a_listener_of_one_pool_greets_with_the_server_thread_id(my_proxy: MyProxy) -> None:
+    """Session mode, one pool: the connection is borrowed before the greeting, so thread_id()
+    is CONNECTION_ID() and the Id in SHOW PROCESSLIST, as directly. (Borrowed with the
+    capabilities most of the pool's clients choose: the first PyMySQL client teaches it.)"""
+    solo(my_proxy).close()
+    for _ in range(2):  # the second client gets the same, reset, server connection
+        with solo(my_proxy) as conn:
+            assert one(conn, "SELECT DATABASE()") == ("appdb",)  # no schema named: the pool's
+            thread_id = conn.thread_id()
+            assert one(conn, "SELECT CONNECTION_ID()") == (thread_id,)
+            with conn.cursor() as cursor:
+                cursor.execute("SHOW PROCESSLIST")
+                ids = {row[0] for row in cursor.fetchall()}
+            assert thread_id in ids
+
+
+def test_kill_by_the_server_thread_id_ends_that_session_as_directly(
+    my_proxy: MyProxy, mariadb: ThrowawayMariaDB, mysql_users: MySqlUsers
+) -> None:
+    with solo(my_proxy) as victim, solo(my_proxy) as killer:
+        one(killer, f"KILL {victim.thread_id()}")
+        with pytest.raises(pymysql.err.OperationalError):
+            one(victim, "SELECT 1")
+        assert one(killer, "SELECT 1") == (1,)
+    # A client killing its own connection gets what MariaDB itself answers.
+    answers = []
+    for conn in (direct(mariadb, mysql_users), solo(my_proxy)):
+        with conn, pytest.raises(pymysql.err.OperationalError) as info:
+            one(conn, f"KILL {conn.thread_id()}")
+        answers.append(info.value.args[0])
+    assert answers[0] == answers[1]
+    with solo(my_proxy) as conn:  # and the pool goes on
+        assert one(conn, "SELECT 1") == (1,)
+
+
+def test_a_client_choosing_other_capabilities_keeps_the_thread_id_it_was_told(my_proxy: MyProxy) -> None:
+    """The connection borrowed for the greeting has the capabilities most of the pool's
+    clients choose. A client choosing others (CLIENT_FOUND_ROWS here) is served by a
+    connection of its kind; the id it was greeted with still names its session, for KILL
+    too, and the clients of the usual kind still get their own connection's id."""
+    flags = pymysql.constants.CLIENT.FOUND_ROWS
+    solo(my_proxy).close()  # (the pool learns what PyMySQL chooses)
+    for _ in range(3):
+        with solo(my_proxy) as usual:
+            assert one(usual, "SELECT CONNECTION_ID()") == (usual.thread_id(),)
+    with solo(my_proxy, client_flag=flags) as other, solo(my_proxy) as killer:
+        with other.cursor() as cursor:  # CLIENT_FOUND_ROWS: matched rows, not changed ones
+            cursor.execute("CREATE TEMPORARY TABLE t (x int)")
+            cursor.execute("INSERT INTO t VALUES (1)")
+            assert cursor.execute("UPDATE t SET x = 1") == 1
+        one(killer, f"KILL {other.thread_id()}")
+        with pytest.raises(pymysql.err.OperationalError):
+            one(other, "SELECT 1")
+    with solo(my_proxy) as usual:
+        assert one(usual, "SELECT CONNECTION_ID()") == (usual.thread_id(),)
+
+
+def test_a_greeted_client_that_never_answers_is_refused_and_frees_its_connection(my_proxy: MyProxy) -> None:
+    """The server connection a one-pool listener borrows for a greeting waits at most 10 s
+    (MariaDB's own connect_timeout) for the handshake response; everyone else is served."""
+    with socket.create_connection(("127.0.0.1", my_proxy.solo_port), timeout=20) as staller:
+        _, greeting = _read_packet(staller)
+        assert greeting[0] == 10
+        started = time.monotonic()
+        with solo(my_proxy) as other:  # the pool has more: served meanwhile
+            assert one(other, "SELECT 1") == (1,)
+        _, answer = _read_packet(staller)
+        assert 9 < time.monotonic() - started < 15
+        assert answer[0] == 0xFF and struct.unpack_from("<H", answer, 1)[0] == ER_HANDSHAKE_ERROR
+        assert b"no handshake response within 10 s" in answer
+    for _ in range(4):  # more clients than the pool has connections, one after another
+        with solo(my_proxy) as conn:
+            assert one(conn, "SELECT 1") == (1,)
 
 
 def test_tls_disable_connects_upstream_in_plain_text(my_proxy: MyProxy) -> None:
