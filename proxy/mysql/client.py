@@ -4,8 +4,9 @@ Theory of operation: the proxy greets first (repeating the upstream's version st
 character set and status flags, offering only capabilities that keep the wire format
 fixed), accepts whatever authentication response the client sends (local trust, as for
 PostgreSQL; a MySQL 8 client preferring caching_sha2_password gets in too), picks the pool
-from the schema in the handshake (or the listener's only pool), borrows a server connection
-of the client's capability *variant*, applies the client's character set, and answers OK.
+(the listener's only one, else by user name, then by schema: a pool is an upstream account),
+borrows a server connection of the client's capability *variant*, applies the client's
+character set and schema, and answers OK.
 A listener's only pool lends the connection before the greeting instead, whose connection
 id is then the server's thread id (``_serve_greeted_on``).
 Then packets are relayed: client commands are read whole (so COM_QUIT, COM_CHANGE_USER and
@@ -192,7 +193,6 @@ class MySqlClientSession:
         assert isinstance(connector, MySqlConnector)
         try:
             response = await self._held_handshake(connector.greeting or FALLBACK_GREETING, server)
-            self._choose_pool(response)  # only to refuse a schema the pool does not serve
         except BaseException:
             give_back(pool, server, reusable=True)  # nothing of the client's reached it
             raise
@@ -254,9 +254,10 @@ class MySqlClientSession:
         self._phase = PHASE_LOGIN
         try:
             await self._apply_character_set(server, response.character_set)
-        except BaseException:
+            await self._select_schema(pool, server, response.database)
+        except BaseException as exc:
             self.server = None
-            give_back(pool, server, reusable=False)
+            give_back(pool, server, reusable=isinstance(exc, ClientError))  # (a refusal leaves it intact)
             raise
         if self.closing is not None:
             self._say_goodbye()  # the answer to the login, as a server shutting down gives
@@ -309,6 +310,15 @@ class MySqlClientSession:
         return connector.greeting or FALLBACK_GREETING
 
     def _choose_pool(self, response: HandshakeResponse41) -> Pool:
+        """A pool is an upstream account: a listener's only pool takes every client; among
+        several, the client's user name picks one (a pool's name), then, as before, the schema
+        (a pool's ``database``)."""
+        pools = self.listener.pools
+        if len(pools) == 1:
+            return pools[0]
+        named = [pool for pool in pools if pool.name == response.username]
+        if named:
+            return named[0]
         schema = response.database
         if schema:
             pool = self.listener.pool_for(schema)
@@ -316,13 +326,24 @@ class MySqlClientSession:
                 self.listener.reject(REJECTED_UNKNOWN_DATABASE)
                 raise ClientError(c.ER_BAD_DB_ERROR, f"Unknown database '{schema}'", "42000")
             return pool
-        if len(self.listener.pools) == 1:
-            return self.listener.pools[0]
-        names = ", ".join(pool.name for pool in self.listener.pools)
+        names = ", ".join(pool.name for pool in pools)
         self.listener.reject(REJECTED_UNKNOWN_DATABASE)
         raise ClientError(
-            c.ER_NO_DB_ERROR, f"No database selected: rotaproxy picks the pool by schema ({names})", "3D000"
+            c.ER_NO_DB_ERROR,
+            f"No database selected: rotaproxy picks the pool by user name, then by schema ({names})",
+            "3D000",
         )
+
+    async def _select_schema(self, pool: Pool, server: MySqlServerConnection, schema: str | None) -> None:
+        """The client's handshake schema becomes its current one (COM_INIT_DB), unless the
+        connection is there already (the pool's ``database``, where each reset puts it back)
+        or the schema is the pool's name (how clients have picked pools: the pool's schema).
+        A schema the account may not use gets the server's own error."""
+        if not schema or schema == server.database or schema == pool.name:
+            return
+        errors = await server.commands(bytes([c.COM_INIT_DB]) + schema.encode())
+        if errors:
+            raise ClientError(errors[0].code, errors[0].message, errors[0].sql_state)
 
     async def _apply_character_set(self, server: MySqlServerConnection, collation_id: int) -> None:
         if collation_id == server.collation_id:

@@ -532,6 +532,52 @@ def test_a_greeted_client_that_never_answers_is_refused_and_frees_its_connection
             assert one(conn, "SELECT 1") == (1,)
 
 
+def test_a_pool_serves_every_schema_its_account_may_use(
+    my_proxy: MyProxy, mariadb: ThrowawayMariaDB, mysql_users: MySqlUsers
+) -> None:
+    """A pool is an upstream account: the handshake's schema becomes the client's current one
+    (COM_INIT_DB), USE and COM_INIT_DB work as directly, the next client is back on the pool's
+    own schema, and a schema the account may not use gets the server's own error."""
+    mariadb.sql("CREATE DATABASE IF NOT EXISTS otherdb")
+    mariadb.grant("ALL", "otherdb.*", "app")
+    with solo(my_proxy, database="otherdb") as conn:
+        assert one(conn, "SELECT DATABASE()") == ("otherdb",)
+        one(conn, "USE appdb")
+        assert one(conn, "SELECT DATABASE()") == ("appdb",)
+        conn.select_db("otherdb")  # COM_INIT_DB
+        assert one(conn, "SELECT DATABASE()") == ("otherdb",)
+    with solo(my_proxy) as conn:
+        assert one(conn, "SELECT DATABASE()") == ("appdb",)  # no schema named: the pool's
+    errors = []
+    for port, password in ((mariadb.port, mysql_users.app), (my_proxy.solo_port, None)):
+        time.sleep(0.2)
+        with pytest.raises(pymysql.err.OperationalError) as info:
+            pymysql.connect(
+                host="127.0.0.1",
+                port=port,
+                user="app",
+                password=password,
+                database="nosuchdb",
+                connect_timeout=10,
+            )
+        errors.append(info.value.args)
+    assert errors[0] == errors[1]  # (1044, "Access denied for user 'app'@'%' to database 'nosuchdb'")
+    with solo(my_proxy) as conn:  # and the pool goes on
+        assert one(conn, "SELECT DATABASE()") == ("appdb",)
+
+
+def test_on_a_listener_of_several_pools_the_user_name_picks_the_pool(my_proxy: MyProxy) -> None:
+    """Then the schema, as before; a client naming neither is told how pools are chosen."""
+    with pytest.raises(pymysql.err.OperationalError) as info:  # "wrongpw" cannot log in upstream
+        pymysql.connect(host="127.0.0.1", port=my_proxy.port, user="wrongpw", connect_timeout=10)
+    assert 'pool "wrongpw"' in info.value.args[1]
+    with pymysql.connect(host="127.0.0.1", port=my_proxy.port, user="plain", connect_timeout=10) as conn:
+        assert one(conn, "SELECT DATABASE()") == ("appdb",)  # the pool's own schema
+    with pytest.raises(pymysql.err.OperationalError) as info:
+        pymysql.connect(host="127.0.0.1", port=my_proxy.port, user="anyone", connect_timeout=10)
+    assert info.value.args[0] == 1046 and "by user name, then by schema" in info.value.args[1]
+
+
 def test_tls_disable_connects_upstream_in_plain_text(my_proxy: MyProxy) -> None:
     with connect(my_proxy, "plain") as conn:
         assert one(conn, "SELECT CURRENT_USER()") == ("app@%",)
