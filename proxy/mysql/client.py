@@ -379,9 +379,23 @@ class MySqlClientSession:
         else:
             return False
         if connection_id < FIRST_CONNECTION_ID and self.listener.session_for_key(connection_id) is None:
-            return False  # an upstream thread id: the server kills it (as the client knows it)
+            if not self._between_sessions(connection_id):
+                return False  # an upstream thread id: the server kills it (as the client knows it)
+            # A pooled connection between two sessions is nobody's session: as directly, where
+            # it would not exist, there is no such thread.
+            self._sequence = 1
+            self._send(ErrPacket(c.ER_NO_SUCH_THREAD, f"Unknown thread id: {connection_id}").encode())
+            return True
         self._spawn(self._kill(connection_id, query_only))
         return True
+
+    def _between_sessions(self, thread_id: int) -> bool:
+        """Whether ``thread_id`` is a connection of this listener's pools that no client holds."""
+        return any(
+            isinstance(connection, MySqlServerConnection) and connection.thread_id == thread_id
+            for pool in self.listener.pools
+            for connection in pool.unheld()
+        )
 
     async def _kill(self, connection_id: int, query_only: bool) -> None:
         self._sequence = 1

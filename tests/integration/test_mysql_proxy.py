@@ -517,9 +517,12 @@ def test_a_client_choosing_other_capabilities_keeps_the_thread_id_it_was_told(my
 def test_a_greeted_client_that_never_answers_is_refused_and_frees_its_connection(my_proxy: MyProxy) -> None:
     """The server connection a one-pool listener borrows for a greeting waits at most 10 s
     (MariaDB's own connect_timeout) for the handshake response; everyone else is served."""
+    time.sleep(0.2)  # (the last client's connection reset and idle: lent for the greeting)
     with socket.create_connection(("127.0.0.1", my_proxy.solo_port), timeout=20) as staller:
         _, greeting = _read_packet(staller)
         assert greeting[0] == 10
+        thread_id = struct.unpack_from("<I", greeting, greeting.index(b"\0", 1) + 1)[0]
+        assert thread_id < 1 << 30  # a server thread id: a connection waits for this client
         started = time.monotonic()
         with solo(my_proxy) as other:  # the pool has more: served meanwhile
             assert one(other, "SELECT 1") == (1,)
