@@ -331,26 +331,21 @@ def test_a_login_whose_settings_the_connection_has_already_makes_no_round_trip(
 
     # A spelling no other test uses, of the encoding every pooled connection has (UTF8).
     same = {"client_encoding": "UtF8"}
-    with connect(pg_proxy, "tiny", **same) as conn:
-        assert set_at_login(conn)  # never answered before: the server normalises it
-        assert conn.execute("SHOW client_encoding").fetchone() == ("UTF8",)
-    with connect(pg_proxy, "tiny", **same) as conn:
-        assert not set_at_login(conn)
-        assert conn.execute("SHOW client_encoding").fetchone() == ("UTF8",)
-    # A reported setting the connection lacks goes there every time; the next client has none
-    # of it (the reset), and its own login, known, again needs nothing.
-    for _ in range(2):
-        with connect(pg_proxy, "tiny", application_name="probe-login") as conn:
-            assert set_at_login(conn)
-            assert conn.execute("SHOW application_name").fetchone() == ("probe-login",)
-    with connect(pg_proxy, "tiny", **same) as conn:
-        assert not set_at_login(conn)
-        assert conn.execute("SHOW application_name").fetchone() == ("",)
-    # A setting the server does not report cannot be compared: always sent.
-    for _ in range(2):
-        with connect(pg_proxy, "tiny", options="-c work_mem=5MB") as conn:
-            assert set_at_login(conn)
-            assert conn.execute("SHOW work_mem").fetchone() == ("5MB",)
+    probe = {"application_name": "probe-login"}  # reported, and not what the connection has
+    work_mem = {"options": "-c work_mem=5MB"}  # not reported: cannot be compared, always sent
+    steps = [  # (the login's settings, sent at login, a setting to SHOW, its value)
+        (same, True, "client_encoding", "UTF8"),  # never answered before: normalised there
+        (same, False, "client_encoding", "UTF8"),
+        (probe, True, "application_name", "probe-login"),
+        (probe, True, "application_name", "probe-login"),  # the reset took it off again
+        (same, False, "application_name", ""),
+        (work_mem, True, "work_mem", "5MB"),
+        (work_mem, True, "work_mem", "5MB"),
+    ]
+    for settings, sent, name, value in steps:
+        with connect(pg_proxy, "tiny", **settings) as conn:
+            assert set_at_login(conn) is sent, (settings, sent)
+            assert conn.execute(f"SHOW {name}").fetchone() == (value,)
 
 
 CLIENT_THAT_DIES = textwrap.dedent(
