@@ -157,11 +157,9 @@ class MySqlClientSession:
 
     async def _serve(self) -> None:
         pools = self.listener.pools
-        connector = pools[0].connector
-        assert isinstance(connector, MySqlConnector)
         if len(pools) == 1 and pools[0].config.mode == "session":
             # An idle connection of the kind most clients choose, at once (no wait on a guess).
-            server = pools[0].borrow_now(connector.default_variant)
+            server = pools[0].borrow_now(pools[0].connector.default_variant)
             if server is not None:
                 assert isinstance(server, MySqlServerConnection)
                 pool = self.pool = pools[0]
