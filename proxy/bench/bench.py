@@ -342,7 +342,7 @@ async def run_bench(
         print(throughput_markdown(runs, absent))
         print()
     if mysql_runs:
-        print(f"## Throughput, MariaDB: sysbench oltp_read_only, {seconds}s runs, session mode")
+        print(f"## Throughput, MariaDB: sysbench oltp_read_only, oltp_read_write; {seconds}s, session mode")
         print()
         print(mysql_markdown(mysql_runs))
         print()

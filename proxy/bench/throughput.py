@@ -291,10 +291,11 @@ def throughput_markdown(runs: list[Run], absent: str) -> str:
 
 
 SYSBENCH_TABLES = ["--tables=2", "--table-size=10000"]
+SYSBENCH_SCRIPTS = ("oltp_read_only", "oltp_read_write")
 
 
-def sysbench(args: list[str], port: int, password: str | None) -> ToolResult:
-    """Run sysbench oltp_read_only; return TPS, average latency (ms), transactions and any problem."""
+def sysbench(args: list[str], port: int, password: str | None, script: str = "oltp_read_only") -> ToolResult:
+    """Run a sysbench OLTP script; return TPS, average latency (ms), transactions and any problem."""
     common = [
         "--db-driver=mysql",
         "--mysql-host=127.0.0.1",
@@ -304,9 +305,7 @@ def sysbench(args: list[str], port: int, password: str | None) -> ToolResult:
         f"--mysql-db={DATABASE}",
         *SYSBENCH_TABLES,
     ]
-    result = subprocess.run(
-        ["sysbench", "oltp_read_only", *common, *args], capture_output=True, text=True, check=False
-    )
+    result = subprocess.run(["sysbench", script, *common, *args], capture_output=True, text=True, check=False)
     tps = re.search(r"transactions:\s+(\d+)\s+\(([\d.]+) per sec", result.stdout)
     latency = re.search(r"avg:\s+([\d.]+)", result.stdout)
     problem = ""
@@ -321,33 +320,38 @@ def sysbench(args: list[str], port: int, password: str | None) -> ToolResult:
 
 
 async def mysql_throughput(stack: LocalStack, *, seconds: int, rounds: int, clients: int = 10) -> list[Run]:
-    """sysbench oltp_read_only, direct (password) vs rotaproxy (session mode), interleaved."""
+    """sysbench oltp_read_only and oltp_read_write, direct (password) vs rotaproxy (session
+    mode), interleaved."""
     upstream = stack.mysql
     if upstream is None:
         return []  # MariaDB is not installed here
     await asyncio.to_thread(sysbench, ["prepare"], upstream.port, upstream.password)
     targets = {"direct": (upstream.port, upstream.password), "rotaproxy": (upstream.proxy_port, "")}
-    series = {name: Run("sysbench oltp_read_only", clients, name) for name in targets}
-    for _ in range(rounds):
-        for name, (port, password) in targets.items():
-            pid = stack.proxy_pid if name == "rotaproxy" else None
-            run = [f"--threads={clients}", f"--time={seconds}", "run"]
-            await _measured(series[name], pid, partial(sysbench, run, port, password))
-    return list(series.values())
+    runs: list[Run] = []
+    for script in SYSBENCH_SCRIPTS:
+        series = {name: Run(f"sysbench {script}", clients, name) for name in targets}
+        for _ in range(rounds):
+            for name, (port, password) in targets.items():
+                pid = stack.proxy_pid if name == "rotaproxy" else None
+                run = [f"--threads={clients}", f"--time={seconds}", "run"]
+                await _measured(series[name], pid, partial(sysbench, run, port, password, script))
+        runs += series.values()
+    return runs
 
 
 def mysql_markdown(runs: list[Run]) -> str:
-    keyed = {r.target: r for r in runs}
-    direct, ours = keyed["direct"], keyed["rotaproxy"]
-    cpu = f"{statistics.median(ours.cpu_us):.0f}" if ours.cpu_us else "-"
-    latency = f"{statistics.median(direct.latency_ms):.2f} / {statistics.median(ours.latency_ms):.2f}"
-    return "\n".join(
-        [
-            "| scenario | threads | direct TPS | rotaproxy TPS | rotaproxy/direct "
-            "| latency ms (direct / rotaproxy) | rotaproxy CPU µs/transaction |",
-            "|---|---|---|---|---|---|---|",
-            f"| {ours.scenario} | {ours.clients} | {direct.median_tps:,.0f} ± {direct.spread_tps:,.0f} | "
-            f"{ours.median_tps:,.0f} ± {ours.spread_tps:,.0f} | {ours.median_tps / direct.median_tps:.2f}x | "
-            f"{latency} | {cpu} |",
-        ]
-    )
+    lines = [
+        "| scenario | threads | direct TPS | rotaproxy TPS | rotaproxy/direct "
+        "| latency ms (direct / rotaproxy) | rotaproxy CPU µs/transaction |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    keyed = {(r.scenario, r.target): r for r in runs}
+    for scenario in dict.fromkeys(r.scenario for r in runs):
+        direct, ours = keyed[(scenario, "direct")], keyed[(scenario, "rotaproxy")]
+        cpu = f"{statistics.median(ours.cpu_us):.0f}" if ours.cpu_us else "-"
+        latency = f"{statistics.median(direct.latency_ms):.2f} / {statistics.median(ours.latency_ms):.2f}"
+        lines.append(
+            f"| {scenario} | {ours.clients} | {direct.median_tps:,.0f} ± {direct.spread_tps:,.0f} | "
+            f"{ours.median_tps:,.0f} ± {ours.spread_tps:,.0f} | {_ratio(ours, direct)} | {latency} | {cpu} |"
+        )
+    return "\n".join(lines)

@@ -120,7 +120,11 @@ def test_bench_quick_runs_every_scenario_with_numbers_json_and_plots(tmp_path: P
         for scenario in ("select-only", "SELECT 1", "TPC-B-like")
         for target in ("rotaproxy-session", "pgbouncer-session")
     }
-    expected |= {("sysbench oltp_read_only", 10, target) for target in ("direct", "rotaproxy")}
+    expected |= {
+        (f"sysbench {script}", 10, target)
+        for script in ("oltp_read_only", "oltp_read_write")
+        for target in ("direct", "rotaproxy")
+    }
     assert {(r["scenario"], r["clients"], r["target"]) for r in runs} == expected
     for run in runs:
         assert run["errors"] == [] and run["median_tps"] > 0, run
