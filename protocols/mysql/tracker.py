@@ -93,7 +93,7 @@ from protocols.mysql.constants import (
     SERVER_STATUS_IN_TRANS,
 )
 from protocols.mysql.messages import EOF_PACKET_LIMIT, EofPacket, ErrPacket, OkPacket, command_byte
-from protocols.mysql.packets import HEADER_SIZE, Packet, decode_lenenc_int
+from protocols.mysql.packets import HEADER_SIZE, Packet, decode_lenenc_int, payload_length_at
 
 # An OK packet carrying session-state changes (session_track_system_variables='*') can run
 # to kilobytes; nothing the tracker keeps whole is legitimately anywhere near this.
@@ -323,7 +323,7 @@ class ResponseTracker:
                     if position == size:
                         return
                 if not self._header and size - position >= HEADER_SIZE:
-                    length = _length_at(data, position)
+                    length = payload_length_at(data, position)
                     position += HEADER_SIZE
                 else:
                     missing = HEADER_SIZE - len(self._header)
@@ -331,7 +331,7 @@ class ResponseTracker:
                     position += missing
                     if len(self._header) < HEADER_SIZE:
                         return
-                    length = _length_at(bytes(self._header), 0)
+                    length = payload_length_at(bytes(self._header), 0)
                     self._header.clear()
                 self._start_physical(length)
                 continue
@@ -355,7 +355,7 @@ class ResponseTracker:
         size = len(data)
         terminator_limit = self._terminator_limit
         while size - position > HEADER_SIZE:
-            length = _length_at(data, position)
+            length = payload_length_at(data, position)
             end = position + HEADER_SIZE + length
             if length == 0 or length == MAX_PACKET_PAYLOAD or end > size:
                 break
@@ -534,11 +534,6 @@ class ResponseTracker:
         else:
             self._status_flags = self._terminator_status(payload)
         self._finish_response()
-
-
-def _length_at(data: bytes, position: int) -> int:
-    """The payload length in the packet header at ``position`` (3 bytes, little-endian)."""
-    return data[position] | data[position + 1] << 8 | data[position + 2] << 16
 
 
 def _transition_table(transitions: dict[tuple[int, int], int]) -> bytes:
