@@ -32,6 +32,7 @@ COMPILED_MODULES: Final = (
     "proxy.core.relay",
     "proxy.listener",
     "proxy.mysql.client",
+    "proxy.mysql.transaction",
     "proxy.pool.keep",
     "proxy.pool.known_logins",
     "proxy.pool.pool",

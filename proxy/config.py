@@ -31,7 +31,7 @@ UPSTREAM_DEFAULT_PORTS: dict[str, int] = {"postgres": 5432, "mysql": 3306}
 SUPPORTED_ENGINES: frozenset[str] = frozenset({"postgres", "mysql"})
 SUPPORTED_MODES: dict[str, frozenset[str]] = {
     "postgres": frozenset({"session", "transaction"}),
-    "mysql": frozenset({"session"}),
+    "mysql": frozenset({"session", "transaction"}),
 }
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")

@@ -43,6 +43,15 @@ MARIADB_CLIENT_CACHE_METADATA (a "metadata follows" byte after the column count,
 possibly no column definitions) and MySQL's CLIENT_OPTIONAL_RESULTSET_METADATA (likewise).
 Sequence ids are not checked here: the relay forwards bytes, and both ends check them.
 
+Editing (``editing=True``, transaction mode): the proxy's server connections track session
+state, which the clients never asked for, and the proxy sends commands of its own. Each
+command is sent with a tag: VISIBLE, HIDDEN (the proxy's own: its response is dropped) or,
+for a client's COM_STMT_PREPARE, the statement id the client is told. ``receive_data`` then
+returns what the client is to get: bytes of rows and definitions pass as they came (no copy
+when a chunk needs no edit), status packets (OK, ERR, EOF, PREPARE_OK) are held whole and
+edited (``_edited``), and every status packet is noted in ``notes`` as ``(tag, action,
+payload)`` for the proxy to read its session changes, warnings and statement ids.
+
 Call ``send`` no later than the callback that forwards the command, so the tracker expects
 the answer before any of it can arrive. COM_QUIT owes no response: it only sets
 ``quit_received`` (the server closes the connection after it). After a ProtocolViolation
@@ -60,6 +69,7 @@ from protocols.mysql.constants import (
     CLIENT_COMPRESS,
     CLIENT_DEPRECATE_EOF,
     CLIENT_OPTIONAL_RESULTSET_METADATA,
+    CLIENT_SESSION_TRACK,
     COM_CREATE_DB,
     COM_DEBUG,
     COM_DROP_DB,
@@ -89,11 +99,12 @@ from protocols.mysql.constants import (
     OK,
     PROGRESS_REPORT_CODE,
     SERVER_MORE_RESULTS_EXISTS,
+    SERVER_SESSION_STATE_CHANGED,
     SERVER_STATUS_CURSOR_EXISTS,
     SERVER_STATUS_IN_TRANS,
 )
 from protocols.mysql.messages import EOF_PACKET_LIMIT, EofPacket, ErrPacket, OkPacket, command_byte
-from protocols.mysql.packets import HEADER_SIZE, Packet, decode_lenenc_int, payload_length_at
+from protocols.mysql.packets import HEADER_SIZE, UINT32, Packet, decode_lenenc_int, frame, payload_length_at
 
 # An OK packet carrying session-state changes (session_track_system_variables='*') can run
 # to kilobytes; nothing the tracker keeps whole is legitimately anywhere near this.
@@ -191,6 +202,15 @@ A_ROWS_END: Final = 8
 A_PREPARE_OK: Final = 9
 A_STATUS: Final = 10
 A_SINGLE_PACKET: Final = 11
+# --- editing (transaction mode) ------------------------------------------------------------
+# What becomes of a response: a tag given with its command. A client prepare's tag is the
+# statement id the client is told (the PREPARE_OK's id is rewritten to it).
+VISIBLE: Final = 0
+HIDDEN: Final = -1  # any negative tag: the response is the proxy's own, never sent on
+# What becomes of a packet of it.
+PASS: Final = 0  # forwarded as it comes
+HOLD: Final = 1  # kept whole, edited, then forwarded (only small status packets)
+DROP: Final = 2  # the response is hidden
 # Actions that read the packet: only these packets are kept whole.
 _NEEDS_PAYLOAD: Final = frozenset(
     {A_ERR, A_RESULT_OK, A_COLUMN_COUNT, A_DEFINITIONS_EOF, A_ROWS_END, A_PREPARE_OK, A_STATUS}
@@ -200,6 +220,10 @@ _GRAMMAR_CHANGING_CAPABILITIES = (
     CLIENT_COMPRESS | CLIENT_OPTIONAL_RESULTSET_METADATA | MARIADB_CLIENT_CACHE_METADATA
 )
 _PREPARE_OK_BODY = struct.Struct("<xIHH")  # header, statement id, columns, parameters
+# An EOF's status flags: after the header and the warning count; the flag is in the high byte.
+EOF_STATUS_AT: Final = 3
+EOF_STATUS_END: Final = 5
+_STATE_CHANGED_HIGH: Final = SERVER_SESSION_STATE_CHANGED >> 8
 _NOT_DECIDED = -1
 
 
@@ -213,21 +237,29 @@ class ResponseTracker:
         "_capture",
         "_count",
         "_deprecate_eof",
+        "_disposition",
+        "_editing",
         "_expected",
         "_first_byte",
         "_first_length",
         "_header",
+        "_header_start",
+        "_held_header",
         "_in_packet",
         "_more_physical",
+        "_out",
         "_phase",
         "_plan",
+        "_run",
         "_status_flags",
+        "_tags",
         "_terminator_limit",
         "_unknown",
+        "notes",
         "quit_received",
     )
 
-    def __init__(self, capabilities: int, *, status_flags: int = 0) -> None:
+    def __init__(self, capabilities: int, *, status_flags: int = 0, editing: bool = False) -> None:
         refused = capabilities & _GRAMMAR_CHANGING_CAPABILITIES
         if refused:
             raise LocalProtocolError(f"capabilities {refused:#x} change the response grammar: not supported")
@@ -252,6 +284,15 @@ class ResponseTracker:
         self._first_length = 0
         self._action = UNEXPECTED
         self._capture: bytearray | None = None
+        # Editing (transaction mode; see "Editing" in the module docstring).
+        self._editing = editing
+        self._tags: deque[int] = deque()  # one per response in _expected
+        self.notes: list[tuple[int, int, bytes]] = []  # (tag, action, payload) of status packets
+        self._disposition = PASS
+        self._out: list[bytes] = []
+        self._run = -1  # where pass-through bytes not yet in _out start, in the current chunk
+        self._header_start = -1  # the current packet's header in the current chunk, or -1
+        self._held_header = b""  # the header of a packet held whole, or one not yet decided
 
     # --- what the proxy asks -----------------------------------------------------------------
 
@@ -279,8 +320,9 @@ class ResponseTracker:
 
     # --- client → server ---------------------------------------------------------------------
 
-    def send(self, packet: Packet) -> None:
-        """A client packet on its way to the server."""
+    def send(self, packet: Packet, tag: int = VISIBLE) -> None:
+        """A client packet on its way to the server; ``tag`` (editing only) says what becomes of
+        its response: VISIBLE, HIDDEN (negative) or a statement id for the PREPARE_OK."""
         if self._unknown:
             return
         payload = packet.payload
@@ -300,6 +342,7 @@ class ResponseTracker:
         if response == NO_RESPONSE:
             return
         self._expected.append(response)
+        self._tags.append(tag)
         if len(self._expected) == 1:
             self._start_response()
 
@@ -311,32 +354,50 @@ class ResponseTracker:
 
     # --- server → client ---------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        """Server bytes on their way to the client."""
+    def receive_data(self, data: bytes) -> bytes:
+        """Server bytes on their way to the client; the bytes to send the client (``data``
+        itself unless editing)."""
         if self._unknown:
-            return
+            return data
+        editing = self._editing
+        if editing:
+            self._out.clear()
+            # Bytes of a packet already passing go on at once; a header held back waits.
+            self._run = 0 if not self._held_header and self._disposition == PASS else -1
+            self._header_start = -1
         position, size = 0, len(data)
         while position < size:
             if self._body_left == 0:
-                if self._phase == ROWS and not self._header and not self._more_physical:
+                if (
+                    self._phase == ROWS
+                    and not self._header
+                    and not self._more_physical
+                    and (not editing or self._tags[0] >= 0)
+                ):
                     position = self._skip_rows(data, position)
                     if position == size:
-                        return
+                        break
                 if not self._header and size - position >= HEADER_SIZE:
                     length = payload_length_at(data, position)
+                    self._header_start = position
                     position += HEADER_SIZE
                 else:
                     missing = HEADER_SIZE - len(self._header)
+                    if editing:
+                        self._flush_run(data, position)  # the header's bytes wait for its packet
+                        self._header_start = -1
                     self._header += data[position : position + missing]
                     position += missing
                     if len(self._header) < HEADER_SIZE:
-                        return
+                        break
                     length = payload_length_at(bytes(self._header), 0)
+                    if editing:
+                        self._held_header = bytes(self._header)
                     self._header.clear()
-                self._start_physical(length)
+                self._start_physical(length, data, position)
                 continue
             if self._first_byte == _NOT_DECIDED:
-                self._decide(data[position])
+                self._decide(data[position], data, position)
             take = min(self._body_left, size - position)
             if self._capture is not None:
                 self._capture += data[position : position + take]
@@ -344,6 +405,28 @@ class ResponseTracker:
             self._body_left -= take
             if self._body_left == 0:
                 self._end_physical()
+                if editing and self._run < 0 and self._disposition == PASS:
+                    self._run = position
+        if not editing:
+            return data
+        start = self._header_start
+        if self._in_packet and self._first_byte == _NOT_DECIDED and start >= 0:
+            # A header whose packet's first byte is still to come waits for its disposition.
+            self._held_header = data[start : start + HEADER_SIZE]
+            self._flush_run(data, start)
+        else:
+            self._flush_run(data, size - len(self._header))  # (a partial header waits too)
+        out = self._out
+        if len(out) == 1 and len(out[0]) == size:
+            return data
+        return b"".join(out)
+
+    def _flush_run(self, data: bytes, end: int) -> None:
+        """Pass-through bytes from the run's start up to ``end`` go out."""
+        if self._run >= 0:
+            if end > self._run:
+                self._out.append(data[self._run : end])
+            self._run = -1
 
     def _skip_rows(self, data: bytes, position: int) -> int:
         """Step over the whole rows at ``position``; return where the first other packet starts.
@@ -365,7 +448,7 @@ class ResponseTracker:
             position = end
         return position
 
-    def _start_physical(self, length: int) -> None:
+    def _start_physical(self, length: int, data: bytes = b"", position: int = 0) -> None:
         continues_packet = self._more_physical
         self._more_physical = length == MAX_PACKET_PAYLOAD
         self._body_left = length
@@ -378,11 +461,13 @@ class ResponseTracker:
             self._first_length = length
             self._first_byte = _NOT_DECIDED
             if length == 0:
-                self._decide(_NOT_DECIDED)
+                self._decide(_NOT_DECIDED, data, position)
+        elif self._editing:
+            self._place_header(data, position)  # a packet's next physical part goes where its first went
         if length == 0:
             self._end_physical()
 
-    def _decide(self, first_byte: int) -> None:
+    def _decide(self, first_byte: int, data: bytes = b"", position: int = 0) -> None:
         """Look up what the packet starting with ``first_byte`` means in the current phase."""
         self._first_byte = first_byte
         kind = self._kind(first_byte, self._first_length)
@@ -399,6 +484,36 @@ class ResponseTracker:
                     f"{_KIND_NAMES[kind]} packet of {self._first_length} bytes is implausibly large"
                 )
             self._capture = bytearray()
+        if self._editing:
+            if self._tags[0] < 0:
+                self._disposition = DROP
+            elif action in _NEEDS_PAYLOAD:
+                self._disposition = HOLD
+            else:
+                self._disposition = PASS
+            self._place_header(data, position)
+
+    def _place_header(self, data: bytes, body_start: int) -> None:
+        """The current physical packet's header, now that its disposition is known: part of
+        the run (PASS), kept for re-framing (HOLD) or dropped (DROP). It is in ``data`` just
+        before ``body_start``, or, when it came in an earlier chunk, in ``_held_header``."""
+        start = self._header_start
+        in_chunk = start >= 0 and start + HEADER_SIZE == body_start
+        if self._disposition == PASS:
+            if self._run < 0:
+                if in_chunk:
+                    self._run = start
+                else:
+                    self._out.append(self._held_header)
+                    self._run = body_start
+            self._held_header = b""
+            return
+        if in_chunk:
+            self._flush_run(data, start)
+            self._held_header = data[start:body_start]
+        self._run = -1
+        if self._disposition == DROP:
+            self._held_header = b""
 
     def _kind(self, first_byte: int, length: int) -> int:
         if length == 0:
@@ -419,7 +534,19 @@ class ResponseTracker:
         action, payload = self._action, self._capture
         self._action, self._capture = UNEXPECTED, None
         self._in_packet = False
-        self._act(action, bytes(payload) if payload is not None else b"")
+        whole = bytes(payload) if payload is not None else b""
+        if not self._editing:
+            self._act(action, whole)
+            return
+        tag, disposition = self._tags[0], self._disposition
+        self._act(action, whole)
+        self._disposition = PASS
+        if payload is not None:
+            self.notes.append((tag, action, whole))
+        if disposition == HOLD:
+            sequence_id = self._held_header[3] if len(self._held_header) == HEADER_SIZE else 0
+            self._out.append(frame(_edited(tag, action, whole, self._capabilities), sequence_id)[0])
+        self._held_header = b""
 
     def _act(self, action: int, payload: bytes) -> None:
         """What a whole packet does, decided at its first byte (see ``_TRANSITIONS``)."""
@@ -454,6 +581,7 @@ class ResponseTracker:
 
     def _finish_response(self) -> None:
         self._expected.popleft()
+        self._tags.popleft()
         if self._expected:
             self._start_response()
         else:
@@ -534,6 +662,29 @@ class ResponseTracker:
         else:
             self._status_flags = self._terminator_status(payload)
         self._finish_response()
+
+
+def _edited(tag: int, action: int, payload: bytes, capabilities: int) -> bytes:
+    """A status packet as the client is to see it: session-state changes (which only the
+    proxy asked for) taken out of OK packets, their flag out of every status, and a client
+    prepare's statement id in its PREPARE_OK."""
+    if not payload:
+        return payload
+    first = payload[0]
+    if first == OK and action in (A_RESULT_OK, A_STATUS):
+        ok = OkPacket.decode(payload, capabilities)
+        if ok.status_flags & SERVER_SESSION_STATE_CHANGED:
+            flags = ok.status_flags & ~SERVER_SESSION_STATE_CHANGED
+            stripped = OkPacket(ok.affected_rows, ok.last_insert_id, flags, ok.warnings, ok.info)
+            return stripped.encode(capabilities & ~CLIENT_SESSION_TRACK)
+        return payload
+    if first == EOF and len(payload) >= EOF_STATUS_END and payload[EOF_STATUS_AT + 1] & _STATE_CHANGED_HIGH:
+        edited = bytearray(payload)
+        edited[EOF_STATUS_AT + 1] &= ~_STATE_CHANGED_HIGH & 0xFF
+        return bytes(edited)
+    if action == A_PREPARE_OK and tag > 0:
+        return payload[:1] + UINT32.pack(tag) + payload[5:]
+    return payload
 
 
 def _transition_table(transitions: dict[tuple[int, int], int]) -> bytes:

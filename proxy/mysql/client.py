@@ -48,6 +48,7 @@ from proxy.mysql.server import (
     MySqlConnector,
     MySqlServerConnection,
 )
+from proxy.mysql.transaction import MySqlTransactionRelay
 from proxy.pool.pool import Pool
 from proxy.session_mode import SessionRelay, borrow_for_client, give_back
 
@@ -109,6 +110,7 @@ class MySqlClientSession:
         self._task: asyncio.Task[None] | None = None
         self._relay: MySqlSessionRelay | None = None  # once logged in
         self._alias: int | None = None  # a closed connection's thread id the client was told
+        self._transactions: MySqlTransactionRelay | None = None  # transaction mode, once logged in
 
     def __repr__(self) -> str:
         return f"MySqlClientSession(id={self.connection_id}, peer={self.peer})"
@@ -124,6 +126,8 @@ class MySqlClientSession:
                 self._task.cancel()
         elif self._phase == PHASE_RELAY and self._relay is not None:
             self._relay.close_gracefully()
+        elif self._phase == PHASE_RELAY and self._transactions is not None:
+            self._transactions.close_gracefully()
         # PHASE_LOGIN: looked at once the character set is applied.
 
     def _say_goodbye(self) -> None:
@@ -175,6 +179,9 @@ class MySqlClientSession:
             connector = pool.connector
             assert isinstance(connector, MySqlConnector)
             connector.client_chose(variant)
+            if pool.config.mode == "transaction":
+                await self._serve_transactions(pool, response, variant, greeting)
+                return
             self._phase = PHASE_BORROWING
             server = await borrow_for_client(pool, self._refused, variant)
             assert isinstance(server, MySqlServerConnection)
@@ -283,6 +290,42 @@ class MySqlClientSession:
             # The answer to the client's next command (sequence 1), sent or not yet. MariaDB
             # sends it unasked with sequence 0, which drivers such as PyMySQL then report as a
             # lost connection instead of the error.
+            self._sequence = 1
+            self._say_goodbye()
+
+    async def _serve_transactions(
+        self, pool: Pool, response: HandshakeResponse41, variant: int, greeting: Greeting
+    ) -> None:
+        """Transaction mode: logged in without a server connection (the client's character set
+        and schema travel with it, onto whichever connection serves each transaction)."""
+        schema = response.database
+        if not schema or schema == pool.name:
+            schema = pool.config.database or None
+        self._phase = PHASE_RELAY
+        if self.closing is not None:
+            self._say_goodbye()
+            return
+        assert self.meter is not None
+        relay = MySqlTransactionRelay(
+            self,
+            self.endpoint,
+            pool,
+            self.meter,
+            variant,
+            response.character_set,
+            schema,
+            greeting.character_set,
+        )
+        self._transactions = relay
+        self._send(OkPacket(0, 0, greeting.status_flags, 0).encode())
+        pool.metrics.clients_accepted += 1
+        try:
+            reason = await relay.run()
+        finally:
+            self._transactions = None
+            self.server = None
+        if reason is EndReason.GOODBYE:
+            await await_next_request(self.endpoint)
             self._sequence = 1
             self._say_goodbye()
 

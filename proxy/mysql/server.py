@@ -32,6 +32,8 @@ from protocols.mysql.packets import (
     decode_lenenc_str,
     frame,
 )
+from protocols.mysql.pooling import MySqlServerState
+from protocols.mysql.session_track import TRACK_EVERYTHING
 from proxy.config import PoolConfig
 from proxy.core.endpoint import Endpoint
 from proxy.core.errors import PoolError, UpstreamLoginError
@@ -129,6 +131,10 @@ class MySqlServerConnection(UpstreamConnection[PacketReader]):
         self.collation_id: int | None = self.login_collation_id
         self._connector = connector
         self._credentials = credentials
+        # Transaction mode: the session as the server reports it (tracking is on), which the
+        # pooling core of whichever client is attached reads and updates.
+        self.server_state: MySqlServerState | None = None
+        self.dirty = False  # a transaction-mode client left something on it: reset before reuse
 
     def __repr__(self) -> str:
         return f"MySqlServerConnection({self.target}, thread={self.thread_id}, gen={self.generation})"
@@ -136,6 +142,19 @@ class MySqlServerConnection(UpstreamConnection[PacketReader]):
     @property
     def in_transaction(self) -> bool:
         return bool(self.status_flags & c.SERVER_STATUS_IN_TRANS)
+
+    @property
+    def needs_reset(self) -> bool:
+        """Session mode resets every released connection; transaction mode only one a client
+        left dirty (its session otherwise moves with the client)."""
+        return self.server_state is None or self.dirty
+
+    async def track_sessions(self) -> None:
+        """Transaction mode: turn on session tracking, and start the server state from here."""
+        await self.query(TRACK_EVERYTHING)
+        self.server_state = MySqlServerState(
+            self.capabilities, self.login_collation_id, self.database or None, self.status_flags
+        )
 
     async def commands(self, *payloads: bytes) -> list[ErrPacket]:
         """Pipeline commands each answered by one OK or ERR; return the errors, in order."""
@@ -170,10 +189,17 @@ class MySqlServerConnection(UpstreamConnection[PacketReader]):
         commands.append(bytes([c.COM_QUERY]) + collation_query(self.login_collation_id).encode())
         if self.database:
             commands.append(bytes([c.COM_INIT_DB]) + self.database.encode())
+        if self.server_state is not None:
+            commands.append(bytes([c.COM_QUERY]) + TRACK_EVERYTHING.encode())
         errors = await self.commands(*commands)
         if errors:
             raise PoolError(f"reset failed: {errors[0].message} ({errors[0].code})")
         self.collation_id = self.login_collation_id
+        if self.server_state is not None:
+            self.server_state = MySqlServerState(
+                self.capabilities, self.login_collation_id, self.database or None, self.status_flags
+            )
+            self.dirty = False
 
     async def check_alive(self) -> None:
         errors = await self.commands(bytes([c.COM_PING]))
@@ -281,6 +307,8 @@ class MySqlConnector:
             raise UpstreamAuthError(ErrPacket.decode(first.payload))
         greeting = HandshakeV10.decode(first.payload)
         wanted = BASE_CAPABILITIES | (cast(int, variant) if variant is not None else DEFAULT_VARIANT)
+        if self.config.mode == "transaction":
+            wanted |= c.CLIENT_SESSION_TRACK  # the session moves with its client: follow it
         capabilities = wanted & greeting.capabilities
         # MariaDB clears CLIENT_LONG_PASSWORD (its "CLIENT_MYSQL" bit) to announce its
         # extended capabilities; connect attributes are optional.
@@ -329,6 +357,13 @@ class MySqlConnector:
         connection = MySqlServerConnection(
             endpoint, reader, target, self.config.name, generation, capabilities, greeting, self, credentials
         )
+        if self.config.mode == "transaction":
+            if not capabilities & c.CLIENT_SESSION_TRACK:
+                raise PoolError(
+                    f'pool "{self.config.name}": transaction mode needs session tracking '
+                    "(MySQL 5.7 / MariaDB 10.2 or newer)"
+                )
+            await connection.track_sessions()
         return connection
 
 

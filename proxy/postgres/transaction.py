@@ -23,12 +23,10 @@ import contextlib
 import logging
 
 from protocols.endings import EndReason
-from protocols.postgres.messages import STATUS_IDLE
-from protocols.postgres.pooling import (
+from protocols.pooling import (
     MAY_DETACH,
     ArmIdleTimer,
     CloseWithError,
-    Command,
     DisarmIdleTimer,
     Ended,
     MayDetach,
@@ -37,6 +35,8 @@ from protocols.postgres.pooling import (
     SendToClient,
     SendToServer,
 )
+from protocols.postgres.messages import STATUS_IDLE
+from protocols.postgres.pooling import Command
 from proxy.config import format_seconds
 from proxy.core.counters import ClientMeter
 from proxy.core.endpoint import CONTROL_BUFFER_LIMIT, Endpoint

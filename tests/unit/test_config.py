@@ -279,6 +279,14 @@ def test_upstream_without_port_gets_the_engine_port_and_durations_take_units(tmp
     assert pool.credentials.poll_interval == 10.0
 
 
+def test_both_engines_take_both_modes(tmp_path: Path) -> None:
+    for engine in ("postgres", "mysql"):
+        for mode in ("session", "transaction"):
+            path = write(tmp_path, one_pool(f'engine = "{engine}"\nmode = "{mode}"'))
+            pool = load_config(path).pools[0]
+            assert (pool.engine, pool.mode) == (engine, mode)
+
+
 def test_pools_may_share_one_listener(tmp_path: Path) -> None:
     path = write(tmp_path, one_pool() + one_pool().replace('"appdb"', '"reports"'))
 
@@ -348,10 +356,10 @@ def test_static_credentials_never_show_their_password(tmp_path: Path) -> None:
         ),
         ('mode = "statement"', None, "pool[0].mode", "must be one of transaction, session; got 'statement'"),
         (
-            'engine = "mysql"\nmode = "transaction"',
+            'engine = "mysql"\nmode = "transaction"\nidle_transaction_timeout = "30s"',
             None,
-            "pool[0].mode",
-            "'transaction' is not supported for mysql by this version yet",
+            "pool[0].idle_transaction_timeout",
+            "PostgreSQL pools in transaction mode only",
         ),
         (
             'tls = "prefer"',

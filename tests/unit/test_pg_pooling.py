@@ -19,6 +19,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocols.endings import EndReason
+from protocols.pooling import (
+    ARM_IDLE_TIMER,
+    DISARM_IDLE_TIMER,
+    MAY_DETACH,
+    MAY_DETACH_PINNED,
+    NEED_CONNECTION,
+    CloseWithError,
+    Ended,
+    MayDetach,
+    NeedConnection,
+    Pinned,
+    Release,
+    SendToClient,
+    SendToServer,
+)
 from protocols.postgres.extended import (
     BIND_COMPLETE_MESSAGE,
     CLOSE_COMPLETE_MESSAGE,
@@ -49,24 +64,7 @@ from protocols.postgres.messages import (
     frame,
 )
 from protocols.postgres.pins import INSPECT_LIMIT, PIN_TOO_LARGE
-from protocols.postgres.pooling import (
-    ARM_IDLE_TIMER,
-    DISARM_IDLE_TIMER,
-    MAY_DETACH,
-    MAY_DETACH_PINNED,
-    NEED_CONNECTION,
-    BringSettings,
-    CloseWithError,
-    Command,
-    Ended,
-    MayDetach,
-    NeedConnection,
-    Pinned,
-    PooledClient,
-    Release,
-    SendToClient,
-    SendToServer,
-)
+from protocols.postgres.pooling import BringSettings, Command, PooledClient
 from protocols.postgres.server_state import PREPARED_PER_CONNECTION, ServerState
 
 # --- messages ----------------------------------------------------------------------------------

@@ -1,0 +1,665 @@
+"""The sans-IO core of MySQL transaction pooling: one client's commands, its virtual session
+(variables, schema, statements, pins), and the answers it is owed, whichever server
+connections serve it.
+
+Theory of operation: the driver (``proxy.mysql.transaction``) feeds the core the client's
+bytes (``receive_client``), the server's (``receive_server``) and what happens to its hold on
+a connection (``attached(state)``, ``detached()``, ``connection_lost()``), and carries out the
+commands it returns (``protocols.pooling``), in order.
+
+Every server connection tracks its session (``session_track_*``, turned on by the connector);
+its ``MySqlServerState`` is what the server reported. The client's virtual session is what
+the server reported to the client's own commands. Attaching a connection whose session
+differs brings the client's onto it, with commands of the proxy's own pipelined before the
+client's (their answers hidden, ``ResponseTracker`` tags): ``SET`` the client's values,
+``SET ... = DEFAULT`` what another client changed, ``COM_INIT_DB`` its schema,
+``DO LAST_INSERT_ID(n)`` before a statement that reads it. Binary prepared statements belong
+to the client: it is told ids of its own, each connection gets its own copy when first used
+(prepared there, hidden), ids are mapped both ways, the parameter types the server no longer
+has are sent again, and copies nobody needs are closed with the next work on their
+connection.
+
+The client may let go of its connection (``MayDetach``) when the server owes it nothing, no
+transaction is open (SERVER_STATUS_IN_TRANS clear), no one-shot ``SET TRANSACTION`` waits,
+and its last statement left no warnings (``SHOW WARNINGS`` must find them where they are).
+What cannot move pins it until it leaves (``Pinned``): see ``protocols.mysql.session_state``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from typing import Final
+
+from protocols.endings import EndReason
+from protocols.errors import ProtocolViolation
+from protocols.mysql import constants as c
+from protocols.mysql.messages import ErrPacket, OkPacket
+from protocols.mysql.packets import UINT32, Packet, PacketReader, frame
+from protocols.mysql.session_state import (
+    REASON_CURSOR,
+    REASON_LOCK_TABLES,
+    REASON_SET_OPTION,
+    inspect,
+)
+from protocols.mysql.session_track import (
+    TRACK_EVERYTHING,
+    TRACKING_PREFIX,
+    parse_session_state,
+    set_variables,
+)
+from protocols.mysql.tracker import (
+    A_DEFINITIONS_EOF,
+    A_ERR,
+    A_PREPARE_OK,
+    A_RESULT_OK,
+    A_ROWS_END,
+    A_STATUS,
+    VISIBLE,
+    ResponseTracker,
+)
+from protocols.pooling import (
+    CLIENT_TERMINATED,
+    MAY_DETACH,
+    MAY_DETACH_PINNED,
+    NEED_CONNECTION,
+    CloseWithError,
+    Ended,
+    MayDetach,
+    NeedConnection,
+    Pinned,
+    Release,
+    SendToClient,
+    SendToServer,
+)
+
+Command = SendToServer | SendToClient | NeedConnection | MayDetach | Pinned | Ended | CloseWithError
+
+# Tags of the proxy's own commands (``ResponseTracker.send``): what their answers mean.
+RESTORE_DEFAULTS: Final = -2  # SET ... = DEFAULT: another client's values off the connection
+RESTORE_CLIENT: Final = -3  # SET / COM_INIT_DB to the client's values: reports are the client's
+SET_INSERT_ID: Final = -4  # DO LAST_INSERT_ID(n)
+RESET_TRACKING: Final = -5  # tracking and character set again after the client's reset
+PREPARE_BASE: Final = -1000  # PREPARE_BASE - id: a copy of the client's statement ``id``
+
+# The character set variables a login sets from the handshake: their baseline is the login
+# collation, not the server's global default.
+CHARSET_VARIABLES: Final = (
+    "character_set_client",
+    "character_set_connection",
+    "character_set_results",
+    "collation_connection",
+)
+STATEMENTS_PER_CONNECTION: Final = 256  # copies of client statements one connection keeps
+ER_UNKNOWN_STMT_HANDLER: Final = 1243
+ER_TRACKING_REFUSED: Final = c.ER_NOT_SUPPORTED_YET
+CURSOR_FLAGS: Final = 0x07  # COM_STMT_EXECUTE flags that open a cursor (read-only, for update, scrollable)
+_STATEMENT_FUNCTIONS: Final = {
+    c.COM_STMT_EXECUTE: "mysqld_stmt_execute",
+    c.COM_STMT_RESET: "mysqld_stmt_reset",
+    c.COM_STMT_FETCH: "mysqld_stmt_fetch",
+}
+
+
+class ServerCopy:
+    """A client statement prepared on one connection."""
+
+    __slots__ = ("server_id", "types")
+
+    def __init__(self, server_id: int) -> None:
+        self.server_id = server_id
+        self.types = b""  # the parameter types the server last got for it
+
+
+class MySqlServerState:
+    """What one transaction-mode server connection's session is, as its server reported it.
+    Its I/O connection owns it; the core of whichever client is attached reads and updates it."""
+
+    __slots__ = (
+        "capabilities",
+        "characteristics",
+        "last_insert_id",
+        "login_collation_id",
+        "login_schema",
+        "schema",
+        "statements",
+        "status_flags",
+        "to_close",
+        "tracker",
+        "variables",
+        "warnings",
+    )
+
+    def __init__(
+        self, capabilities: int, login_collation_id: int, schema: str | None, status_flags: int
+    ) -> None:
+        self.capabilities = capabilities
+        self.tracker = ResponseTracker(capabilities, status_flags=status_flags, editing=True)
+        self.login_collation_id = login_collation_id
+        self.status_flags = status_flags
+        self.schema = schema
+        self.login_schema = schema  # where a client that named none is
+        self.variables: dict[str, str] = {}
+        self.characteristics = ""  # a one-shot SET TRANSACTION waiting for the next transaction
+        self.last_insert_id = 0
+        self.warnings = 0  # of the last statement: what SHOW WARNINGS would show
+        # (client serial, client statement id) -> its copy here, least recently used first.
+        self.statements: OrderedDict[tuple[int, int], ServerCopy] = OrderedDict()
+        self.to_close: list[int] = []  # server statement ids nobody needs: closed with the next work
+
+    def reset(self, schema: str | None) -> None:
+        """The session was reset (COM_RESET_CONNECTION): as after login."""
+        self.variables.clear()
+        self.characteristics = ""
+        self.last_insert_id = 0
+        self.warnings = 0
+        self.statements.clear()
+        self.to_close.clear()
+        self.schema = schema
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self.status_flags & c.SERVER_STATUS_IN_TRANS)
+
+    @property
+    def backslash_escapes(self) -> bool:
+        return not self.status_flags & c.SERVER_STATUS_NO_BACKSLASH_ESCAPES
+
+
+class ClientStatement:
+    """A binary prepared statement of one client: its text and where it has copies."""
+
+    __slots__ = ("copies", "parameters", "sql", "statement_id", "types")
+
+    def __init__(self, statement_id: int, sql: bytes) -> None:
+        self.statement_id = statement_id
+        self.sql = sql
+        self.parameters = -1  # known from the first PREPARE_OK
+        self.types = b""  # the parameter types the client last sent
+        self.copies: list[MySqlServerState] = []
+
+
+class PooledMySqlClient:
+    """One transaction-mode MySQL client. ``collation_id`` and ``schema`` are what its
+    handshake asked for; ``serial`` tells its statements apart from other clients' on a
+    shared connection; ``login_schema`` is where a reset connection is."""
+
+    def __init__(
+        self, serial: int, collation_id: int, schema: str | None, login_collation_id: int, pool_name: str
+    ) -> None:
+        self.serial = serial
+        self.pool_name = pool_name
+        self.reader = PacketReader()
+        self.connection: MySqlServerState | None = None
+        self.tracker: ResponseTracker | None = None
+        self.variables: dict[str, str] = {}
+        if collation_id != login_collation_id:
+            self.variables = {name: str(collation_id) for name in CHARSET_VARIABLES}
+        self.initial_variables = dict(self.variables)
+        self.schema = schema
+        self.initial_schema = schema
+        self.last_insert_id = 0
+        self.warnings = 0
+        self.statements: dict[int, ClientStatement] = {}
+        self._next_statement_id = 1
+        self.pins: list[str] = []
+        self._pinned_said: set[str] = set()
+        self._pending: deque[Packet] = deque()  # commands not forwarded yet
+        self._blocked = False  # a hidden prepare is answered before the next command goes on
+        self._asked = False  # NeedConnection said, not yet attached
+        self._ended = False
+        self.queries = 0  # the client's commands answered (for the metrics)
+        self.transactions = 0
+
+    # --- what the driver asks ------------------------------------------------------------------
+    @property
+    def pinned(self) -> str | None:
+        return self.pins[0] if self.pins else None
+
+    @property
+    def pending(self) -> int:
+        return len(self.reader) + sum(len(packet.payload) for packet in self._pending)
+
+    @property
+    def at_idle_point(self) -> bool:
+        """The server owes the client nothing and no transaction of its is open."""
+        tracker, connection = self.tracker, self.connection
+        if tracker is None or connection is None:
+            return not self._pending
+        return tracker.at_safe_point and not connection.in_transaction and not self._pending
+
+    @property
+    def in_transaction(self) -> bool:
+        connection = self.connection
+        return connection is not None and connection.in_transaction
+
+    # --- events --------------------------------------------------------------------------------
+    def receive_client(self, data: bytes) -> list[Command]:
+        """Client bytes in (the driver may read ``reader`` itself and ``queue`` packets)."""
+        self.reader.receive_data(data)
+        reader = self.reader
+        while isinstance(packet := reader.next_event(), Packet):
+            self._pending.append(packet)
+        return self.forward()
+
+    def queue(self, packet: Packet) -> None:
+        """A whole client packet to forward (with the next ``forward``)."""
+        self._pending.append(packet)
+
+    def forward(self) -> list[Command]:
+        """Forward the commands not forwarded yet, as far as they can go now."""
+        commands: list[Command] = []
+        if self._ended:
+            return commands
+        out: list[bytes] = []
+        pending = self._pending
+        while pending and not self._blocked:
+            packet = pending[0]
+            payload = packet.payload
+            if packet.sequence_id == 0 and payload and payload[0] == c.COM_QUIT:
+                self._ended = True
+                self._flush(out, commands)
+                commands.append(CLIENT_TERMINATED)
+                return commands
+            if self.connection is None:
+                if self._answer_unattached(packet, commands):
+                    pending.popleft()
+                    continue
+                if not self._asked:
+                    self._asked = True
+                    commands.append(NEED_CONNECTION)
+                break
+            pending.popleft()
+            self._command(packet, out, commands)
+        self._flush(out, commands)
+        return commands
+
+    def attached(self, connection: MySqlServerState) -> list[Command]:
+        """A server connection was borrowed for the client: bring its session, then forward."""
+        self.connection = connection
+        self.tracker = connection.tracker
+        self._asked = False
+        out: list[bytes] = []
+        self._restore(connection, out)
+        commands: list[Command] = []
+        self._flush(out, commands)
+        commands.extend(self.forward())
+        return commands
+
+    def detached(self) -> None:
+        self.connection = None
+        self.tracker = None
+
+    def receive_server(self, data: bytes) -> list[Command]:
+        tracker, connection = self.tracker, self.connection
+        assert tracker is not None and connection is not None
+        commands: list[Command] = []
+        try:
+            to_client = tracker.receive_data(data)
+        except ProtocolViolation as exc:
+            self._ended = True
+            return [Ended(EndReason.SERVER_VIOLATION, str(exc))]
+        if to_client:
+            commands.append(SendToClient(to_client))
+        notes = tracker.notes
+        if notes:
+            for tag, action, payload in notes:
+                failed = self._note(connection, tag, action, payload, commands)
+                if failed is not None:
+                    notes.clear()
+                    return [*commands, failed]
+            notes.clear()
+        if self._blocked:
+            return commands
+        if self._pending:
+            commands.extend(self.forward())
+        if tracker.at_safe_point and not self._pending:
+            if connection.in_transaction or connection.characteristics or self.warnings:
+                return commands  # the client's transaction (or its diagnostics) is still here
+            self.transactions += 1
+            commands.append(MAY_DETACH_PINNED if self.pins else MAY_DETACH)
+        return commands
+
+    def connection_lost(self) -> Command:
+        """The attached connection closed under the client."""
+        self._ended = True
+        what = "in a transaction" if self.in_transaction else "while a command ran"
+        return self._fatal(f"the server connection was lost {what}", EndReason.SERVER_CLOSED)
+
+    def no_connection(self, message: str, timeout: bool) -> Command:
+        """No connection could be had for the client's command."""
+        self._ended = True
+        code = c.ER_CON_COUNT_ERROR if timeout else c.ER_UNKNOWN_ERROR
+        error = ErrPacket(code, message, "08004" if timeout else "HY000")
+        return CloseWithError(frame(error.encode(), 1)[0], EndReason.NO_SERVER_CONNECTION, message)
+
+    def stop(self) -> None:
+        self._ended = True
+
+    def release_terms(self) -> Release:
+        """The client left: on what terms its connection goes back."""
+        tracker, connection = self.tracker, self.connection
+        if tracker is None or connection is None:
+            return Release(reusable=False, cancel_first=False, needs_reset=False)
+        if tracker.awaiting_response:
+            return Release(reusable=False, cancel_first=True, needs_reset=True)
+        dirty = bool(self.pins) or connection.in_transaction or bool(connection.characteristics)
+        return Release(reusable=tracker.at_safe_point, cancel_first=False, needs_reset=dirty)
+
+    def forget_statements(self) -> None:
+        """The client left: its statements' copies are closed with the next work on each."""
+        for statement in self.statements.values():
+            self._drop_copies(statement)
+        self.statements.clear()
+
+    # --- client commands -----------------------------------------------------------------------
+    def _answer_unattached(self, packet: Packet, commands: list[Command]) -> bool:
+        """Answer what needs no server connection; True if it was answered."""
+        payload = packet.payload
+        if packet.sequence_id != 0 or not payload:
+            return False
+        command = payload[0]
+        if command == c.COM_PING:
+            commands.append(SendToClient(frame(OkPacket(0, 0, self._status(), 0).encode(), 1)[0]))
+            return True
+        if command == c.COM_STMT_CLOSE and len(payload) >= 5:
+            self._close_statement(UINT32.unpack_from(payload, 1)[0], [])
+            return True
+        return False
+
+    def _status(self) -> int:
+        autocommit = self.variables.get("autocommit", "ON").upper() not in ("OFF", "0")
+        return c.SERVER_STATUS_AUTOCOMMIT if autocommit else 0
+
+    def _command(self, packet: Packet, out: list[bytes], commands: list[Command]) -> None:
+        tracker, connection = self.tracker, self.connection
+        assert tracker is not None and connection is not None
+        payload = packet.payload
+        if packet.sequence_id != 0 or not payload:  # LOCAL INFILE data
+            self._send(packet.payload, packet.sequence_id, VISIBLE, out)
+            return
+        command = payload[0]
+        if command == c.COM_QUERY or command == c.COM_STMT_PREPARE:
+            found = inspect(payload[1:], backslash_escapes=connection.backslash_escapes)
+            if found.tracking and command == c.COM_QUERY:
+                message = "session_track_* variables are rotaproxy's own in transaction mode: not changed"
+                self._answer(ErrPacket(ER_TRACKING_REFUSED, message, "42000"), out, commands)
+                return
+            for reason in found.pins:
+                self._pin(reason, commands)
+            if found.unlocks and REASON_LOCK_TABLES in self.pins:
+                self.pins.remove(REASON_LOCK_TABLES)
+                self._pinned_said.discard(REASON_LOCK_TABLES)
+            if found.reads_insert_id and connection.last_insert_id != self.last_insert_id:
+                self._hidden(
+                    b"%cDO LAST_INSERT_ID(%d)" % (c.COM_QUERY, self.last_insert_id), SET_INSERT_ID, out
+                )
+                connection.last_insert_id = self.last_insert_id
+            if command == c.COM_STMT_PREPARE:
+                statement_id = self._next_statement_id
+                self._next_statement_id += 1
+                self.statements[statement_id] = ClientStatement(statement_id, payload[1:])
+                self.queries += 1
+                self._send(payload, 0, statement_id, out)
+                return
+        elif command in _STATEMENT_FUNCTIONS or command == c.COM_STMT_SEND_LONG_DATA:
+            self._statement_command(packet, out, commands)
+            return
+        elif command == c.COM_STMT_CLOSE:
+            if len(payload) >= 5:
+                self._close_statement(UINT32.unpack_from(payload, 1)[0], out)
+            return
+        elif command == c.COM_RESET_CONNECTION:
+            self._reset_session(out)
+        elif command == c.COM_SET_OPTION:
+            self._pin(REASON_SET_OPTION, commands)
+        self.queries += 1
+        self._send(payload, 0, VISIBLE, out)
+
+    def _statement_command(self, packet: Packet, out: list[bytes], commands: list[Command]) -> None:
+        """COM_STMT_EXECUTE, _RESET, _FETCH, _SEND_LONG_DATA: to the connection's copy of the
+        client's statement, prepared there first (hidden) when it has none."""
+        connection = self.connection
+        assert connection is not None
+        payload = packet.payload
+        command = payload[0]
+        statement_id = UINT32.unpack_from(payload, 1)[0] if len(payload) >= 5 else 0
+        statement = self.statements.get(statement_id)
+        if statement is None:
+            if command != c.COM_STMT_SEND_LONG_DATA:  # (which is never answered)
+                function = _STATEMENT_FUNCTIONS[command]
+                message = f"Unknown prepared statement handler ({statement_id}) given to {function}"
+                self._answer(ErrPacket(ER_UNKNOWN_STMT_HANDLER, message, "HY000"), out, commands)
+            return
+        key = (self.serial, statement_id)
+        copy = connection.statements.get(key)
+        if copy is None:
+            # Prepare it here first; the command waits for the server's id.
+            self._hidden(bytes([c.COM_STMT_PREPARE]) + statement.sql, PREPARE_BASE - statement_id, out)
+            self._pending.appendleft(packet)
+            self._blocked = True
+            return
+        connection.statements.move_to_end(key)
+        edited = payload[:1] + UINT32.pack(copy.server_id) + payload[5:]
+        if command == c.COM_STMT_EXECUTE:
+            edited = self._with_types(statement, copy, edited)
+            if len(payload) > 5 and payload[5] & CURSOR_FLAGS:
+                self._pin(REASON_CURSOR, commands)
+        if command != c.COM_STMT_SEND_LONG_DATA:
+            self.queries += 1
+        self._send(edited, 0, VISIBLE, out)
+
+    def _with_types(self, statement: ClientStatement, copy: ServerCopy, payload: bytes) -> bytes:
+        """An execute as this copy needs it: the parameter types it sends are remembered, and
+        sent again where this copy last got others (or none)."""
+        parameters = statement.parameters
+        if parameters <= 0:
+            return payload
+        bound_at = 10 + (parameters + 7) // 8  # header, id, flags, iterations, NULL bitmap
+        if len(payload) <= bound_at:
+            return payload
+        if payload[bound_at] == 1:
+            types = payload[bound_at + 1 : bound_at + 1 + 2 * parameters]
+            statement.types = copy.types = types
+            return payload
+        if statement.types and copy.types != statement.types:
+            copy.types = statement.types
+            return payload[:bound_at] + b"\x01" + statement.types + payload[bound_at + 1 :]
+        return payload
+
+    def _close_statement(self, statement_id: int, out: list[bytes]) -> None:
+        statement = self.statements.pop(statement_id, None)
+        if statement is not None:
+            self._drop_copies(statement)
+            if self.connection is not None:
+                self._send_closes(self.connection, out)
+
+    def _drop_copies(self, statement: ClientStatement) -> None:
+        key = (self.serial, statement.statement_id)
+        for connection in statement.copies:
+            copy = connection.statements.pop(key, None)
+            if copy is not None:
+                connection.to_close.append(copy.server_id)
+        statement.copies.clear()
+
+    def _reset_session(self, out: list[bytes]) -> None:
+        """COM_RESET_CONNECTION: the client's session as at login; the connection's too (the
+        command goes on), with tracking and the login character set set up again after it."""
+        connection = self.connection
+        assert connection is not None
+        self.forget_statements()
+        self.variables = dict(self.initial_variables)
+        self.schema = self.initial_schema
+        self.last_insert_id = 0
+        self.pins.clear()
+        self._pinned_said.clear()
+        connection.reset(connection.schema)
+
+    def _answer(self, error: ErrPacket, out: list[bytes], commands: list[Command]) -> None:
+        """Answer a command here, after whatever the server still owes the client."""
+        self._flush(out, commands)
+        commands.append(SendToClient(frame(error.encode(), 1)[0]))
+
+    def _pin(self, reason: str, commands: list[Command]) -> None:
+        if reason not in self.pins:
+            self.pins.append(reason)
+        if reason not in self._pinned_said:
+            self._pinned_said.add(reason)
+            commands.append(Pinned(reason, reason))
+
+    # --- to the server -------------------------------------------------------------------------
+    def _send(self, payload: bytes, sequence_id: int, tag: int, out: list[bytes]) -> None:
+        tracker, connection = self.tracker, self.connection
+        assert tracker is not None and connection is not None
+        if connection.to_close:
+            self._send_closes(connection, out)
+        tracker.send(Packet(sequence_id, sequence_id, payload), tag)
+        out.append(frame(payload, sequence_id)[0])
+        if payload and sequence_id == 0 and payload[0] == c.COM_RESET_CONNECTION:
+            # Tracking and the login character set again (a reset turned them off).
+            login = connection.login_collation_id
+            restore = set_variables({name: str(login) for name in CHARSET_VARIABLES}, backslash_escapes=True)
+            self._hidden(bytes([c.COM_QUERY]) + TRACK_EVERYTHING.encode(), RESET_TRACKING, out)
+            self._hidden(bytes([c.COM_QUERY]) + restore.encode(), RESET_TRACKING, out)
+            self._restore(connection, out)
+
+    def _hidden(self, payload: bytes, tag: int, out: list[bytes]) -> None:
+        """A command of the proxy's own (``tag`` < 0): its answer is not the client's."""
+        self._send(payload, 0, tag, out)
+
+    def _send_closes(self, connection: MySqlServerState, out: list[bytes]) -> None:
+        closes, connection.to_close = connection.to_close, []
+        for server_id in closes:
+            out.append(frame(bytes([c.COM_STMT_CLOSE]) + UINT32.pack(server_id), 0)[0])
+
+    def _flush(self, out: list[bytes], commands: list[Command]) -> None:
+        if out:
+            commands.append(SendToServer(b"".join(out)))
+            out.clear()
+
+    def _restore(self, connection: MySqlServerState, out: list[bytes]) -> None:
+        """Bring the client's session onto ``connection``: one hidden statement for what
+        another client changed (back to DEFAULT, or the login character set), one for the
+        client's own values, COM_INIT_DB for its schema."""
+        theirs, mine = connection.variables, self.variables
+        defaults: dict[str, str | None] = {}
+        for name in theirs:
+            if name not in mine:
+                defaults[name] = str(connection.login_collation_id) if name in CHARSET_VARIABLES else None
+        wanted: dict[str, str | None] = {
+            name: value for name, value in mine.items() if theirs.get(name) != value
+        }
+        escapes = connection.backslash_escapes
+        if defaults:
+            for name in defaults:
+                del theirs[name]
+            self._hidden(
+                bytes([c.COM_QUERY]) + set_variables(defaults, backslash_escapes=escapes).encode(),
+                RESTORE_DEFAULTS,
+                out,
+            )
+        if wanted:
+            for name, value in wanted.items():
+                theirs[name] = value or ""
+            self._hidden(
+                bytes([c.COM_QUERY]) + set_variables(wanted, backslash_escapes=escapes).encode(),
+                RESTORE_CLIENT,
+                out,
+            )
+        schema = self.schema if self.schema is not None else connection.login_schema
+        if schema is not None and schema != connection.schema:
+            connection.schema = schema
+            self._hidden(bytes([c.COM_INIT_DB]) + schema.encode(), RESTORE_CLIENT, out)
+
+    # --- from the server -----------------------------------------------------------------------
+    def _note(
+        self, connection: MySqlServerState, tag: int, action: int, payload: bytes, commands: list[Command]
+    ) -> Command | None:
+        """What one status packet of a response says; a command that ends the client when the
+        proxy's own command failed."""
+        first = payload[0] if payload else -1
+        if action == A_ERR:
+            if tag >= VISIBLE:
+                self.warnings = 1  # the error is what SHOW WARNINGS shows now
+                if tag > VISIBLE:
+                    self.statements.pop(tag, None)  # a prepare the server refused
+                return None
+            if tag <= PREPARE_BASE:
+                return self._prepare_failed(PREPARE_BASE - tag, payload, commands)
+            error = ErrPacket.decode(payload)
+            return self._fatal(f"could not bring the session onto a server connection: {error.message}")
+        if action == A_PREPARE_OK:
+            self._prepared(connection, tag, UINT32.unpack_from(payload, 1)[0], payload)
+            return None
+        if first == c.OK and (action in (A_RESULT_OK, A_STATUS)):
+            ok = OkPacket.decode(payload, connection.capabilities)
+            self._status_reported(connection, tag, ok.status_flags, ok.warnings)
+            if ok.last_insert_id:
+                connection.last_insert_id = ok.last_insert_id
+                if tag >= VISIBLE:
+                    self.last_insert_id = ok.last_insert_id
+            if ok.session_state:
+                self._session_changed(connection, tag, ok.session_state)
+        elif first == c.EOF and action in (A_ROWS_END, A_STATUS, A_DEFINITIONS_EOF) and len(payload) >= 5:
+            warnings, flags = payload[1] | payload[2] << 8, payload[3] | payload[4] << 8
+            self._status_reported(connection, tag, flags, warnings)
+        return None
+
+    def _status_reported(self, connection: MySqlServerState, tag: int, flags: int, warnings: int) -> None:
+        connection.status_flags = flags
+        connection.warnings = warnings
+        if tag >= VISIBLE:
+            self.warnings = warnings
+
+    def _session_changed(self, connection: MySqlServerState, tag: int, state: bytes) -> None:
+        changes = parse_session_state(state)
+        mine = tag >= VISIBLE or tag == RESTORE_CLIENT
+        for name, value in changes.variables.items():
+            if name.startswith(TRACKING_PREFIX):
+                continue
+            if tag in (RESTORE_DEFAULTS, RESET_TRACKING):
+                connection.variables.pop(name, None)  # back at the connection's baseline
+                continue
+            connection.variables[name] = value
+            if mine:
+                self.variables[name] = value
+        if changes.schema is not None:
+            connection.schema = changes.schema
+            if mine:
+                self.schema = changes.schema
+        if changes.characteristics is not None:
+            connection.characteristics = changes.characteristics
+
+    def _prepared(self, connection: MySqlServerState, tag: int, server_id: int, payload: bytes) -> None:
+        statement_id = tag if tag > VISIBLE else PREPARE_BASE - tag
+        statement = self.statements.get(statement_id)
+        if statement is None:  # closed meanwhile: not needed here either
+            connection.to_close.append(server_id)
+        else:
+            statement.parameters = payload[7] | payload[8] << 8 if len(payload) >= 9 else 0
+            key = (self.serial, statement_id)
+            old = connection.statements.pop(key, None)
+            if old is not None:
+                connection.to_close.append(old.server_id)
+            connection.statements[key] = ServerCopy(server_id)
+            if connection not in statement.copies:
+                statement.copies.append(connection)
+            while len(connection.statements) > STATEMENTS_PER_CONNECTION:
+                _, evicted = connection.statements.popitem(last=False)
+                connection.to_close.append(evicted.server_id)
+        if tag < VISIBLE:
+            self._blocked = False  # the command that waited for this copy goes on
+
+    def _prepare_failed(self, statement_id: int, payload: bytes, commands: list[Command]) -> Command | None:
+        """The statement could not be prepared on this connection (a table dropped since, say):
+        the command that waited for it gets the server's error, as it would directly."""
+        self._blocked = False
+        waiting = self._pending.popleft() if self._pending else None
+        if waiting is not None and waiting.payload[0] != c.COM_STMT_SEND_LONG_DATA:
+            self.warnings = 1
+            commands.append(SendToClient(frame(payload, 1)[0]))
+        return None
+
+    def _fatal(self, message: str, reason: EndReason = EndReason.SERVER_VIOLATION) -> CloseWithError:
+        self._ended = True
+        error = ErrPacket(c.ER_UNKNOWN_ERROR, f'pool "{self.pool_name}": {message}', "08S01")
+        return CloseWithError(frame(error.encode(), 1)[0], reason, message)

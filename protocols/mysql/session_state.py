@@ -1,0 +1,158 @@
+"""Which MySQL statements leave state that a transaction pooler cannot move to another server
+connection, and which read state the pooler must bring along.
+
+Session variables, the schema and the characteristics of the next transaction are moved
+from the server's own reports (``protocols.mysql.session_track``). What the server does not
+report is found here, in the statement's text: user variables, table locks, named locks,
+temporary tables, SQL ``PREPARE``, ``SQL_CALC_FOUND_ROWS``/``FOUND_ROWS()``, XA, HANDLER,
+sequences' session values, ``LAST_INSERT_ID(expr)``. Each *pins* its client to its
+connection until it leaves (``UNLOCK TABLES`` ends a LOCK TABLES pin). A statement that
+reads ``LAST_INSERT_ID()`` gets the client's own value brought along instead.
+
+Theory of operation: a quick look for trigger words in the upper-cased text answers most
+statements; only when one is there does a small lexer take out what can hide text (string
+literals, quoted identifiers, comments; the contents of ``/*! ... */`` comments run, so they
+stay) and the checks run on what is left. There is no parser: where a check cannot tell, it
+pins, since a needless pin costs a server connection and a missed one leaks state.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+REASON_USER_VARIABLE: Final = "user variable"
+REASON_LOCK_TABLES: Final = "LOCK TABLES"
+REASON_GLOBAL_READ_LOCK: Final = "FLUSH TABLES WITH READ LOCK"
+REASON_NAMED_LOCK: Final = "GET_LOCK"
+REASON_TEMPORARY_TABLE: Final = "temporary table"
+REASON_PREPARE: Final = "PREPARE"
+REASON_FOUND_ROWS: Final = "SQL_CALC_FOUND_ROWS"
+REASON_XA: Final = "XA transaction"
+REASON_HANDLER: Final = "HANDLER"
+REASON_SEQUENCE: Final = "sequence value"
+REASON_LAST_INSERT_ID: Final = "LAST_INSERT_ID(expr)"
+REASON_TOO_LARGE: Final = "statement too large to inspect"
+REASON_CURSOR: Final = "cursor"
+REASON_SET_OPTION: Final = "COM_SET_OPTION"
+
+# A longer statement pins without being looked at.
+INSPECT_LIMIT: Final = 128 * 1024
+
+_TRIGGERS: Final = re.compile(
+    rb"@|LOCK|TEMPORARY|PREPARE|FOUND_ROWS|XA|HANDLER|LASTVAL|PREVIOUS|LAST_INSERT_ID|IDENTITY|SESSION_TRACK"
+)
+_CHECKS: Final = (
+    (re.compile(r"(?<!@)@(?!@)"), REASON_USER_VARIABLE),
+    (re.compile(r"(?<![\w$])LOCK\s+TABLES?\b"), REASON_LOCK_TABLES),
+    (re.compile(r"\bFLUSH\b[^;]*\bWITH\s+READ\s+LOCK\b"), REASON_GLOBAL_READ_LOCK),
+    (re.compile(r"\bGET_LOCK\s*\("), REASON_NAMED_LOCK),
+    (re.compile(r"\bCREATE\s+(?:OR\s+REPLACE\s+)?TEMPORARY\s+TABLE\b"), REASON_TEMPORARY_TABLE),
+    (re.compile(r"(?:^|;)\s*PREPARE\b"), REASON_PREPARE),
+    (re.compile(r"\bSQL_CALC_FOUND_ROWS\b|\bFOUND_ROWS\s*\("), REASON_FOUND_ROWS),
+    (re.compile(r"(?:^|;)\s*XA\b"), REASON_XA),
+    (re.compile(r"(?:^|;)\s*HANDLER\b"), REASON_HANDLER),
+    (re.compile(r"\bLASTVAL\s*\(|\bPREVIOUS\s+VALUE\s+FOR\b"), REASON_SEQUENCE),
+    (re.compile(r"\bLAST_INSERT_ID\s*\(\s*[^)\s]"), REASON_LAST_INSERT_ID),
+)
+_UNLOCK: Final = re.compile(r"(?:^|;)\s*UNLOCK\s+TABLES?\b")
+_READS_INSERT_ID: Final = re.compile(r"\bLAST_INSERT_ID\b|@@(?:SESSION\.)?(?:IDENTITY|LAST_INSERT_ID)\b")
+_TRACKING: Final = re.compile(r"\bSESSION_TRACK_\w+")
+
+
+class Inspection:
+    """What one statement's text says (``inspect``)."""
+
+    __slots__ = ("pins", "reads_insert_id", "tracking", "unlocks")
+
+    def __init__(self) -> None:
+        self.pins: list[str] = []
+        self.reads_insert_id = False
+        self.unlocks = False
+        self.tracking = False  # names a session_track_* variable: the proxy's alone
+
+
+NOTHING: Final = Inspection()
+
+
+def inspect(sql: bytes, *, backslash_escapes: bool = True) -> Inspection:
+    """What ``sql`` (a COM_QUERY's or COM_STMT_PREPARE's text) pins, reads or refuses."""
+    if len(sql) > INSPECT_LIMIT:
+        found = Inspection()
+        found.pins.append(REASON_TOO_LARGE)
+        return found
+    upper = sql.upper()
+    if _TRIGGERS.search(upper) is None:
+        return NOTHING
+    code = _code(upper.decode("utf-8", "replace"), backslash_escapes)
+    found = Inspection()
+    for pattern, reason in _CHECKS:
+        if pattern.search(code):
+            found.pins.append(reason)
+    found.unlocks = _UNLOCK.search(code) is not None
+    found.reads_insert_id = _READS_INSERT_ID.search(code) is not None
+    found.tracking = _TRACKING.search(code) is not None
+    if found.pins or found.unlocks or found.reads_insert_id or found.tracking:
+        return found
+    return NOTHING
+
+
+def _code(text: str, backslash_escapes: bool) -> str:
+    """``text`` with string literals, quoted identifiers and comments replaced by a space
+    (``/*! ... */`` and MariaDB's ``/*M! ... */`` run: their contents stay)."""
+    out: list[str] = []
+    i, size = 0, len(text)
+    start = 0
+    while i < size:
+        ch = text[i]
+        if ch in "'\"`":
+            out.append(text[start:i])
+            i = _end_of_quoted(text, i, backslash_escapes and ch != "`")
+            out.append(" ")
+            start = i
+        elif ch == "#" or (ch == "-" and text.startswith("-- ", i)) or text.startswith("--\n", i):
+            out.append(text[start:i])
+            newline = text.find("\n", i)
+            i = size if newline < 0 else newline
+            out.append(" ")
+            start = i
+        elif ch == "/" and text.startswith("/*", i):
+            out.append(text[start:i])
+            if text.startswith("/*!", i) or text.startswith("/*M!", i):
+                i += 3 if text[i + 2] == "!" else 4
+                while i < size and text[i].isdigit():  # a version number, then the code
+                    i += 1
+                start = i
+                continue
+            end = text.find("*/", i + 2)
+            i = size if end < 0 else end + 2
+            out.append(" ")
+            start = i
+        elif ch == "*" and text.startswith("*/", i):
+            out.append(text[start:i])  # the end of a /*! comment
+            i += 2
+            out.append(" ")
+            start = i
+        else:
+            i += 1
+    out.append(text[start:])
+    return "".join(out)
+
+
+def _end_of_quoted(text: str, i: int, backslash_escapes: bool) -> int:
+    """Where the quoted text starting at ``i`` ends (past its closing quote)."""
+    quote = text[i]
+    i += 1
+    size = len(text)
+    while i < size:
+        ch = text[i]
+        if backslash_escapes and ch == "\\":
+            i += 2
+        elif ch == quote:
+            if i + 1 < size and text[i + 1] == quote:  # doubled: part of the text
+                i += 2
+            else:
+                return i + 1
+        else:
+            i += 1
+    return size
