@@ -26,6 +26,7 @@ from protocols.mysql.constants import (
     CLIENT_SSL,
     CLIENT_TRANSACTIONS,
     CLIENT_ZSTD_COMPRESSION_ALGORITHM,
+    COM_CHANGE_USER,
     DEFAULT_SQL_STATE,
     EOF,
     ERR,
@@ -340,6 +341,33 @@ class HandshakeResponse41:
             auth_plugin_name=plugin,
             connect_attributes=attributes,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeUser:
+    """COM_CHANGE_USER, as far as the proxy reads it: who, which schema, which character set
+    (the auth response is skipped: clients of the proxy log in without a password)."""
+
+    username: str
+    database: str | None
+    character_set: int | None
+
+    @classmethod
+    def decode(cls, payload: Buffer) -> Self:
+        if not payload or payload[0] != COM_CHANGE_USER:
+            raise ProtocolViolation("not a COM_CHANGE_USER")
+        raw_user, offset = read_null_str(payload, 1)
+        if offset >= len(payload):
+            raise ProtocolViolation("truncated COM_CHANGE_USER")
+        offset += 1 + payload[offset]  # a one-byte length, then the auth response
+        if offset > len(payload):
+            raise ProtocolViolation("COM_CHANGE_USER auth response overruns the packet")
+        raw_database, offset = read_null_str(payload, offset) if offset < len(payload) else (b"", offset)
+        character_set = (
+            UINT16.unpack_from(payload, offset)[0] if offset + UINT16.size <= len(payload) else None
+        )
+        database = _text(raw_database, "database") or None
+        return cls(_text(raw_user, "user name"), database, character_set)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,20 +27,17 @@ What cannot move pins it until it leaves (``Pinned``): see ``protocols.mysql.ses
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict, deque
 from typing import Final
 
 from protocols.endings import EndReason
 from protocols.errors import ProtocolViolation
 from protocols.mysql import constants as c
-from protocols.mysql.messages import ErrPacket, OkPacket
-from protocols.mysql.packets import UINT32, Packet, PacketReader, frame
-from protocols.mysql.session_state import (
-    REASON_CURSOR,
-    REASON_LOCK_TABLES,
-    REASON_SET_OPTION,
-    inspect,
-)
+from protocols.mysql import sql
+from protocols.mysql.messages import ChangeUser, ErrPacket, OkPacket
+from protocols.mysql.packets import UINT32, Packet, PacketReader, decode_lenenc_str, frame
+from protocols.mysql.session_state import REASON_CURSOR, REASON_LOCK_TABLES, ends_transaction, inspect
 from protocols.mysql.session_track import (
     TRACK_EVERYTHING,
     TRACKING_PREFIX,
@@ -54,11 +51,11 @@ from protocols.mysql.tracker import (
     A_RESULT_OK,
     A_ROWS_END,
     A_STATUS,
+    CAPTURED,
     VISIBLE,
     ResponseTracker,
 )
 from protocols.pooling import (
-    CLIENT_TERMINATED,
     MAY_DETACH,
     MAY_DETACH_PINNED,
     NEED_CONNECTION,
@@ -74,11 +71,14 @@ from protocols.pooling import (
 
 Command = SendToServer | SendToClient | NeedConnection | MayDetach | Pinned | Ended | CloseWithError
 
+CLIENT_QUIT: Final = Ended(EndReason.CLIENT_QUIT)
+
 # Tags of the proxy's own commands (``ResponseTracker.send``): what their answers mean.
 RESTORE_DEFAULTS: Final = -2  # SET ... = DEFAULT: another client's values off the connection
 RESTORE_CLIENT: Final = -3  # SET / COM_INIT_DB to the client's values: reports are the client's
 SET_INSERT_ID: Final = -4  # DO LAST_INSERT_ID(n)
 RESET_TRACKING: Final = -5  # tracking and character set again after the client's reset
+SIGNAL_DIAGNOSTICS: Final = -6  # SIGNAL: the client's warning or error brought back (an ERR is expected)
 PREPARE_BASE: Final = -1000  # PREPARE_BASE - id: a copy of the client's statement ``id``
 
 # The character set variables a login sets from the handshake: their baseline is the login
@@ -92,7 +92,12 @@ CHARSET_VARIABLES: Final = (
 STATEMENTS_PER_CONNECTION: Final = 256  # copies of client statements one connection keeps
 ER_UNKNOWN_STMT_HANDLER: Final = 1243
 ER_TRACKING_REFUSED: Final = c.ER_NOT_SUPPORTED_YET
+SHOW_WARNINGS: Final = bytes([c.COM_QUERY]) + b"SHOW WARNINGS"
+_SHOW_WARNINGS_ALONE: Final = re.compile(rb"\s*SHOW\s+WARNINGS\s*;?\s*$", re.IGNORECASE)
+MESSAGE_TEXT_LIMIT: Final = 128  # characters SIGNAL takes in MESSAGE_TEXT
+LAST_PREPARED: Final = 0xFFFFFFFF  # MariaDB: the statement the connection prepared last
 CURSOR_FLAGS: Final = 0x07  # COM_STMT_EXECUTE flags that open a cursor (read-only, for update, scrollable)
+_OPENING: Final = frozenset({c.COM_QUERY, c.COM_STMT_EXECUTE})  # what may open a transaction
 _STATEMENT_FUNCTIONS: Final = {
     c.COM_STMT_EXECUTE: "mysqld_stmt_execute",
     c.COM_STMT_RESET: "mysqld_stmt_reset",
@@ -115,11 +120,14 @@ class MySqlServerState:
     Its I/O connection owns it; the core of whichever client is attached reads and updates it."""
 
     __slots__ = (
+        "autocommit_open",
         "capabilities",
         "characteristics",
+        "diagnostics_of",
         "last_insert_id",
         "login_collation_id",
         "login_schema",
+        "multi_statements",
         "schema",
         "statements",
         "status_flags",
@@ -134,6 +142,11 @@ class MySqlServerState:
     ) -> None:
         self.capabilities = capabilities
         self.tracker = ResponseTracker(capabilities, status_flags=status_flags, editing=True)
+        self.multi_statements = bool(capabilities & c.CLIENT_MULTI_STATEMENTS)  # COM_SET_OPTION moves it
+        # With autocommit off, a transaction that only read is open without SERVER_STATUS_IN_TRANS
+        # (MariaDB sets the flag at the first write): open from the first statement after
+        # autocommit went off, or after a COMMIT/ROLLBACK, until the next one.
+        self.autocommit_open = False
         self.login_collation_id = login_collation_id
         self.status_flags = status_flags
         self.schema = schema
@@ -142,6 +155,7 @@ class MySqlServerState:
         self.characteristics = ""  # a one-shot SET TRANSACTION waiting for the next transaction
         self.last_insert_id = 0
         self.warnings = 0  # of the last statement: what SHOW WARNINGS would show
+        self.diagnostics_of = 0  # the client (serial) whose warnings or error are on it; 0: none
         # (client serial, client statement id) -> its copy here, least recently used first.
         self.statements: OrderedDict[tuple[int, int], ServerCopy] = OrderedDict()
         self.to_close: list[int] = []  # server statement ids nobody needs: closed with the next work
@@ -150,6 +164,7 @@ class MySqlServerState:
         """The session was reset (COM_RESET_CONNECTION): as after login."""
         self.variables.clear()
         self.characteristics = ""
+        self.autocommit_open = False
         self.last_insert_id = 0
         self.warnings = 0
         self.statements.clear()
@@ -158,7 +173,11 @@ class MySqlServerState:
 
     @property
     def in_transaction(self) -> bool:
-        return bool(self.status_flags & c.SERVER_STATUS_IN_TRANS)
+        return bool(self.status_flags & c.SERVER_STATUS_IN_TRANS) or self.autocommit_open
+
+    @property
+    def autocommit(self) -> bool:
+        return self.variables.get("autocommit", "ON").upper() not in ("OFF", "0")
 
     @property
     def backslash_escapes(self) -> bool:
@@ -168,13 +187,14 @@ class MySqlServerState:
 class ClientStatement:
     """A binary prepared statement of one client: its text and where it has copies."""
 
-    __slots__ = ("copies", "parameters", "sql", "statement_id", "types")
+    __slots__ = ("copies", "parameters", "reads_insert_id", "sql", "statement_id", "types")
 
     def __init__(self, statement_id: int, sql: bytes) -> None:
         self.statement_id = statement_id
         self.sql = sql
         self.parameters = -1  # known from the first PREPARE_OK
         self.types = b""  # the parameter types the client last sent
+        self.reads_insert_id = False  # LAST_INSERT_ID(): the client's is brought before each execute
         self.copies: list[MySqlServerState] = []
 
 
@@ -184,9 +204,16 @@ class PooledMySqlClient:
     shared connection; ``login_schema`` is where a reset connection is."""
 
     def __init__(
-        self, serial: int, collation_id: int, schema: str | None, login_collation_id: int, pool_name: str
+        self,
+        serial: int,
+        collation_id: int,
+        schema: str | None,
+        login_collation_id: int,
+        pool_name: str,
+        multi_statements: bool = False,
     ) -> None:
         self.serial = serial
+        self.multi_statements = multi_statements  # CLIENT_MULTI_STATEMENTS, as it stands now
         self.pool_name = pool_name
         self.reader = PacketReader()
         self.connection: MySqlServerState | None = None
@@ -199,18 +226,29 @@ class PooledMySqlClient:
         self.initial_schema = schema
         self.last_insert_id = 0
         self.warnings = 0
+        # The last statement's conditions (level, code, message, SQLSTATE), read after it with a
+        # hidden SHOW WARNINGS (warnings) or from its ERR, for a later SHOW WARNINGS elsewhere.
+        self.diagnostics: list[tuple[str, int, str, str]] = []
+        self.warnings_response = b""  # the hidden SHOW WARNINGS's answer, as it came
+        self._capture_due = False
+        self._reading_diagnostics = False  # the statement sent reads them: it leaves them be
         self.statements: dict[int, ClientStatement] = {}
         self._next_statement_id = 1
         self.pins: list[str] = []
         self._pinned_said: set[str] = set()
         self._pending: deque[Packet] = deque()  # commands not forwarded yet
-        self._blocked = False  # a hidden prepare is answered before the next command goes on
+        self._preparing = False  # a hidden prepare is answered before the next command goes on
+        self._await_quiet = False  # an answer given here waits for the server's before it
         self._asked = False  # NeedConnection said, not yet attached
         self._ended = False
         self.queries = 0  # the client's commands answered (for the metrics)
         self.transactions = 0
 
     # --- what the driver asks ------------------------------------------------------------------
+    @property
+    def _blocked(self) -> bool:
+        return self._preparing or self._await_quiet
+
     @property
     def pinned(self) -> str | None:
         return self.pins[0] if self.pins else None
@@ -248,9 +286,15 @@ class PooledMySqlClient:
     def forward(self) -> list[Command]:
         """Forward the commands not forwarded yet, as far as they can go now."""
         commands: list[Command] = []
-        if self._ended:
-            return commands
         out: list[bytes] = []
+        self._forward(out, commands)
+        self._flush(out, commands)
+        self._may_detach(commands)
+        return commands
+
+    def _forward(self, out: list[bytes], commands: list[Command]) -> None:
+        if self._ended:
+            return
         pending = self._pending
         while pending and not self._blocked:
             packet = pending[0]
@@ -258,8 +302,8 @@ class PooledMySqlClient:
             if packet.sequence_id == 0 and payload and payload[0] == c.COM_QUIT:
                 self._ended = True
                 self._flush(out, commands)
-                commands.append(CLIENT_TERMINATED)
-                return commands
+                commands.append(CLIENT_QUIT)
+                return
             if self.connection is None:
                 if self._answer_unattached(packet, commands):
                     pending.popleft()
@@ -267,22 +311,47 @@ class PooledMySqlClient:
                 if not self._asked:
                     self._asked = True
                     commands.append(NEED_CONNECTION)
-                break
+                return
             pending.popleft()
             self._command(packet, out, commands)
-        self._flush(out, commands)
-        return commands
+
+    def _may_detach(self, commands: list[Command]) -> None:
+        """Say the client may let go of its connection, if it may: the server owes it nothing,
+        nothing waits to be forwarded, no transaction (or one-shot characteristics) is open,
+        and its last statement left no diagnostics."""
+        tracker, connection = self.tracker, self.connection
+        if tracker is None or connection is None or self._ended or self._blocked or self._pending:
+            return
+        if not tracker.at_safe_point or connection.in_transaction or connection.characteristics:
+            return
+        if self._capture_due:
+            # Read the warnings while they are here: the client may ask for them elsewhere.
+            self._capture_due = False
+            out: list[bytes] = []
+            self._hidden(SHOW_WARNINGS, CAPTURED, out)
+            self._flush(out, commands)
+            return
+        commands.append(MAY_DETACH_PINNED if self.pins else MAY_DETACH)
+
+    @property
+    def diagnostics_pending(self) -> bool:
+        """The attached connection holds a client's warnings or error: reset it before anyone
+        else gets it (never another client's warnings in a SHOW WARNINGS)."""
+        connection = self.connection
+        return connection is not None and connection.diagnostics_of != 0
 
     def attached(self, connection: MySqlServerState) -> list[Command]:
-        """A server connection was borrowed for the client: bring its session, then forward."""
+        """A server connection was borrowed for the client: bring its session, then forward
+        (one write: the hidden commands and the client's)."""
         self.connection = connection
         self.tracker = connection.tracker
         self._asked = False
         out: list[bytes] = []
-        self._restore(connection, out)
         commands: list[Command] = []
+        self._restore(connection, out)
+        self._forward(out, commands)
         self._flush(out, commands)
-        commands.extend(self.forward())
+        self._may_detach(commands)
         return commands
 
     def detached(self) -> None:
@@ -308,15 +377,15 @@ class PooledMySqlClient:
                     notes.clear()
                     return [*commands, failed]
             notes.clear()
-        if self._blocked:
-            return commands
-        if self._pending:
-            commands.extend(self.forward())
-        if tracker.at_safe_point and not self._pending:
-            if connection.in_transaction or connection.characteristics or self.warnings:
-                return commands  # the client's transaction (or its diagnostics) is still here
-            self.transactions += 1
-            commands.append(MAY_DETACH_PINNED if self.pins else MAY_DETACH)
+        if self._await_quiet and tracker.at_safe_point:
+            self._await_quiet = False
+        if self._pending and not self._blocked:
+            out: list[bytes] = []
+            self._forward(out, commands)
+            self._flush(out, commands)
+        if tracker.at_safe_point:
+            self.transactions += 0 if connection.in_transaction else 1
+        self._may_detach(commands)
         return commands
 
     def connection_lost(self) -> Command:
@@ -342,14 +411,24 @@ class PooledMySqlClient:
             return Release(reusable=False, cancel_first=False, needs_reset=False)
         if tracker.awaiting_response:
             return Release(reusable=False, cancel_first=True, needs_reset=True)
-        dirty = bool(self.pins) or connection.in_transaction or bool(connection.characteristics)
+        dirty = (
+            bool(self.pins)
+            or connection.in_transaction
+            or bool(connection.characteristics)
+            or connection.diagnostics_of != 0
+        )
         return Release(reusable=tracker.at_safe_point, cancel_first=False, needs_reset=dirty)
 
     def forget_statements(self) -> None:
         """The client left: its statements' copies are closed with the next work on each."""
+        self.leave_copies()
+        self.statements.clear()
+
+    def leave_copies(self) -> None:
+        """The client moves to another pool: its statements stay its own, and are prepared
+        again where they next run; the copies left behind are closed with the next work there."""
         for statement in self.statements.values():
             self._drop_copies(statement)
-        self.statements.clear()
 
     # --- client commands -----------------------------------------------------------------------
     def _answer_unattached(self, packet: Packet, commands: list[Command]) -> bool:
@@ -363,6 +442,9 @@ class PooledMySqlClient:
             return True
         if command == c.COM_STMT_CLOSE and len(payload) >= 5:
             self._close_statement(UINT32.unpack_from(payload, 1)[0], [])
+            return True
+        if command == c.COM_CHANGE_USER:
+            self._change_user(packet, [], commands)
             return True
         return False
 
@@ -378,26 +460,37 @@ class PooledMySqlClient:
             self._send(packet.payload, packet.sequence_id, VISIBLE, out)
             return
         command = payload[0]
+        self._reading_diagnostics = False
         if command == c.COM_QUERY or command == c.COM_STMT_PREPARE:
             found = inspect(payload[1:], backslash_escapes=connection.backslash_escapes)
             if found.tracking and command == c.COM_QUERY:
                 message = "session_track_* variables are rotaproxy's own in transaction mode: not changed"
-                self._answer(ErrPacket(ER_TRACKING_REFUSED, message, "42000"), out, commands)
+                self._answer(packet, ErrPacket(ER_TRACKING_REFUSED, message, "42000"), out, commands)
                 return
             for reason in found.pins:
                 self._pin(reason, commands)
             if found.unlocks and REASON_LOCK_TABLES in self.pins:
                 self.pins.remove(REASON_LOCK_TABLES)
                 self._pinned_said.discard(REASON_LOCK_TABLES)
-            if found.reads_insert_id and connection.last_insert_id != self.last_insert_id:
-                self._hidden(
-                    b"%cDO LAST_INSERT_ID(%d)" % (c.COM_QUERY, self.last_insert_id), SET_INSERT_ID, out
-                )
-                connection.last_insert_id = self.last_insert_id
+            if found.reads_insert_id and command == c.COM_QUERY:
+                self._bring_insert_id(connection, out)
+            self._reading_diagnostics = found.reads_diagnostics
+            if found.reads_diagnostics:
+                if (
+                    self.warnings_response
+                    and connection.diagnostics_of != self.serial
+                    and _SHOW_WARNINGS_ALONE.match(payload, 1)
+                ):
+                    # Answered here, as the server answered it where the warnings were.
+                    self._answer_raw(packet, self.warnings_response, out, commands)
+                    return
+                self._bring_diagnostics(connection, out)
             if command == c.COM_STMT_PREPARE:
                 statement_id = self._next_statement_id
                 self._next_statement_id += 1
-                self.statements[statement_id] = ClientStatement(statement_id, payload[1:])
+                statement = ClientStatement(statement_id, payload[1:])
+                statement.reads_insert_id = found.reads_insert_id
+                self.statements[statement_id] = statement
                 self.queries += 1
                 self._send(payload, 0, statement_id, out)
                 return
@@ -409,9 +502,19 @@ class PooledMySqlClient:
                 self._close_statement(UINT32.unpack_from(payload, 1)[0], out)
             return
         elif command == c.COM_RESET_CONNECTION:
-            self._reset_session(out)
-        elif command == c.COM_SET_OPTION:
-            self._pin(REASON_SET_OPTION, commands)
+            if self._wait_for_quiet(packet, out):
+                return  # (no report of a command before it may arrive after the reset is applied)
+            self._reset_session()
+            self.queries += 1
+            self._send(payload, 0, VISIBLE, out)
+            self._after_reset(out)
+            return
+        elif command == c.COM_CHANGE_USER:
+            self._change_user(packet, out, commands)
+            return
+        elif command == c.COM_SET_OPTION and len(payload) >= 3:
+            # Multi-statements on (0) or off (1): the client's, brought onto each connection.
+            self.multi_statements = connection.multi_statements = payload[1] == 0 and payload[2] == 0
         self.queries += 1
         self._send(payload, 0, VISIBLE, out)
 
@@ -423,12 +526,18 @@ class PooledMySqlClient:
         payload = packet.payload
         command = payload[0]
         statement_id = UINT32.unpack_from(payload, 1)[0] if len(payload) >= 5 else 0
+        if statement_id == LAST_PREPARED:
+            # MariaDB's "the statement just prepared" (a PREPARE and its EXECUTE pipelined): the
+            # PREPARE went to this connection just before, so it means the same here.
+            self.queries += command != c.COM_STMT_SEND_LONG_DATA
+            self._send(payload, 0, VISIBLE, out)
+            return
         statement = self.statements.get(statement_id)
         if statement is None:
             if command != c.COM_STMT_SEND_LONG_DATA:  # (which is never answered)
                 function = _STATEMENT_FUNCTIONS[command]
                 message = f"Unknown prepared statement handler ({statement_id}) given to {function}"
-                self._answer(ErrPacket(ER_UNKNOWN_STMT_HANDLER, message, "HY000"), out, commands)
+                self._answer(packet, ErrPacket(ER_UNKNOWN_STMT_HANDLER, message, "HY000"), out, commands)
             return
         key = (self.serial, statement_id)
         copy = connection.statements.get(key)
@@ -436,12 +545,14 @@ class PooledMySqlClient:
             # Prepare it here first; the command waits for the server's id.
             self._hidden(bytes([c.COM_STMT_PREPARE]) + statement.sql, PREPARE_BASE - statement_id, out)
             self._pending.appendleft(packet)
-            self._blocked = True
+            self._preparing = True
             return
         connection.statements.move_to_end(key)
         edited = payload[:1] + UINT32.pack(copy.server_id) + payload[5:]
         if command == c.COM_STMT_EXECUTE:
             edited = self._with_types(statement, copy, edited)
+            if statement.reads_insert_id:
+                self._bring_insert_id(connection, out)
             if len(payload) > 5 and payload[5] & CURSOR_FLAGS:
                 self._pin(REASON_CURSOR, commands)
         if command != c.COM_STMT_SEND_LONG_DATA:
@@ -481,23 +592,94 @@ class PooledMySqlClient:
                 connection.to_close.append(copy.server_id)
         statement.copies.clear()
 
-    def _reset_session(self, out: list[bytes]) -> None:
-        """COM_RESET_CONNECTION: the client's session as at login; the connection's too (the
-        command goes on), with tracking and the login character set set up again after it."""
-        connection = self.connection
-        assert connection is not None
+    def _reset_session(self) -> None:
+        """The client's session as at its login (COM_RESET_CONNECTION, COM_CHANGE_USER); the
+        attached connection's state too, which the caller resets on the server."""
         self.forget_statements()
         self.variables = dict(self.initial_variables)
         self.schema = self.initial_schema
         self.last_insert_id = 0
+        self.warnings = 0
         self.pins.clear()
         self._pinned_said.clear()
-        connection.reset(connection.schema)
+        if self.connection is not None:
+            self.connection.reset(self.connection.schema)
 
-    def _answer(self, error: ErrPacket, out: list[bytes], commands: list[Command]) -> None:
-        """Answer a command here, after whatever the server still owes the client."""
-        self._flush(out, commands)
-        commands.append(SendToClient(frame(error.encode(), 1)[0]))
+    def _after_reset(self, out: list[bytes]) -> None:
+        """After a COM_RESET_CONNECTION on the attached connection: tracking and the login
+        character set again (the reset turned them off), then the client's session."""
+        connection = self.connection
+        assert connection is not None
+        login = connection.login_collation_id
+        charset = set_variables({name: str(login) for name in CHARSET_VARIABLES}, backslash_escapes=True)
+        self._hidden(bytes([c.COM_QUERY]) + TRACK_EVERYTHING.encode(), RESET_TRACKING, out)
+        self._hidden(bytes([c.COM_QUERY]) + charset.encode(), RESET_TRACKING, out)
+        self._restore(connection, out)
+
+    def _change_user(self, packet: Packet, out: list[bytes], commands: list[Command]) -> None:
+        """COM_CHANGE_USER (to the pool's account: the proxy has only that one): the client's
+        session starts again as at a login with its schema and character set, and so does the
+        connection it holds, reset (its transaction rolled back) with the new session brought.
+        Answered here: clients of the proxy log in without a password."""
+        if self._wait_for_quiet(packet, out):
+            return
+        request = ChangeUser.decode(packet.payload)
+        connection = self.connection
+        collation = request.character_set if request.character_set is not None else -1
+        login = connection.login_collation_id if connection is not None else collation
+        self.initial_variables = {}
+        if collation >= 0 and collation != login:
+            self.initial_variables = {name: str(collation) for name in CHARSET_VARIABLES}
+        self.initial_schema = request.database
+        self._reset_session()
+        if connection is not None:
+            self._hidden(bytes([c.COM_RESET_CONNECTION]), RESET_TRACKING, out)
+            self._after_reset(out)
+        commands.append(SendToClient(frame(OkPacket(0, 0, c.SERVER_STATUS_AUTOCOMMIT, 0).encode(), 1)[0]))
+
+    def _answer(
+        self, packet: Packet, answer: ErrPacket | OkPacket, out: list[bytes], commands: list[Command]
+    ) -> None:
+        """Answer a command here, in its turn: after whatever the server still owes the client
+        (until then the command waits, and what came after it)."""
+        if not self._wait_for_quiet(packet, out):
+            commands.append(SendToClient(frame(answer.encode(), 1)[0]))
+
+    def _answer_raw(self, packet: Packet, response: bytes, out: list[bytes], commands: list[Command]) -> None:
+        if not self._wait_for_quiet(packet, out):
+            self.queries += 1
+            commands.append(SendToClient(response))
+
+    def _wait_for_quiet(self, packet: Packet, out: list[bytes]) -> bool:
+        """Whether ``packet`` must wait (put back) until the server has answered everything sent
+        before it; the proxy answers it itself, and answers go to the client in order."""
+        tracker = self.tracker
+        if tracker is not None and (out or not tracker.at_safe_point):
+            self._pending.appendleft(packet)
+            self._await_quiet = True
+            return True
+        return False
+
+    def _bring_diagnostics(self, connection: MySqlServerState, out: list[bytes]) -> None:
+        """The client's last warning or error onto the connection (a SIGNAL raises it again),
+        before a statement reads them, where the connection does not have them."""
+        if connection.diagnostics_of == self.serial or not self.diagnostics:
+            return
+        level, code, message, sql_state = next(
+            (each for each in self.diagnostics if each[0] == "Error"), self.diagnostics[0]
+        )
+        if level != "Error" or sql_state[:2] in ("00", "01", "02"):
+            sql_state = "01000" if level != "Error" else "HY000"
+        text = sql.literal(message[:MESSAGE_TEXT_LIMIT], backslash_escapes=connection.backslash_escapes)
+        signal = f"SIGNAL SQLSTATE '{sql_state}' SET MYSQL_ERRNO = {int(code)}, MESSAGE_TEXT = {text}"
+        self._hidden(bytes([c.COM_QUERY]) + signal.encode(), SIGNAL_DIAGNOSTICS, out)
+        connection.diagnostics_of = self.serial
+
+    def _bring_insert_id(self, connection: MySqlServerState, out: list[bytes]) -> None:
+        """The client's own LAST_INSERT_ID() onto the connection, before a statement reads it."""
+        if connection.last_insert_id != self.last_insert_id:
+            self._hidden(b"%cDO LAST_INSERT_ID(%d)" % (c.COM_QUERY, self.last_insert_id), SET_INSERT_ID, out)
+            connection.last_insert_id = self.last_insert_id
 
     def _pin(self, reason: str, commands: list[Command]) -> None:
         if reason not in self.pins:
@@ -510,17 +692,12 @@ class PooledMySqlClient:
     def _send(self, payload: bytes, sequence_id: int, tag: int, out: list[bytes]) -> None:
         tracker, connection = self.tracker, self.connection
         assert tracker is not None and connection is not None
-        if connection.to_close:
-            self._send_closes(connection, out)
+        if connection.to_close and tracker.at_safe_point:
+            self._send_closes(connection, out)  # (never inside another exchange: LOCAL INFILE)
         tracker.send(Packet(sequence_id, sequence_id, payload), tag)
         out.append(frame(payload, sequence_id)[0])
-        if payload and sequence_id == 0 and payload[0] == c.COM_RESET_CONNECTION:
-            # Tracking and the login character set again (a reset turned them off).
-            login = connection.login_collation_id
-            restore = set_variables({name: str(login) for name in CHARSET_VARIABLES}, backslash_escapes=True)
-            self._hidden(bytes([c.COM_QUERY]) + TRACK_EVERYTHING.encode(), RESET_TRACKING, out)
-            self._hidden(bytes([c.COM_QUERY]) + restore.encode(), RESET_TRACKING, out)
-            self._restore(connection, out)
+        if tag >= VISIBLE and sequence_id == 0 and not connection.autocommit and payload[0] in _OPENING:
+            connection.autocommit_open = not ends_transaction(payload)
 
     def _hidden(self, payload: bytes, tag: int, out: list[bytes]) -> None:
         """A command of the proxy's own (``tag`` < 0): its answer is not the client's."""
@@ -565,8 +742,12 @@ class PooledMySqlClient:
                 RESTORE_CLIENT,
                 out,
             )
+        if self.multi_statements != connection.multi_statements:
+            connection.multi_statements = self.multi_statements
+            option = b"\x00\x00" if self.multi_statements else b"\x01\x00"
+            self._hidden(bytes([c.COM_SET_OPTION]) + option, RESTORE_CLIENT, out)
         schema = self.schema if self.schema is not None else connection.login_schema
-        if schema is not None and schema != connection.schema:
+        if schema and schema != connection.schema:  # ("": the schema was dropped, none is current)
             connection.schema = schema
             self._hidden(bytes([c.COM_INIT_DB]) + schema.encode(), RESTORE_CLIENT, out)
 
@@ -579,10 +760,18 @@ class PooledMySqlClient:
         first = payload[0] if payload else -1
         if action == A_ERR:
             if tag >= VISIBLE:
-                self.warnings = 1  # the error is what SHOW WARNINGS shows now
+                if not self._reading_diagnostics:  # the error is what SHOW WARNINGS shows now
+                    error = ErrPacket.decode(payload)
+                    self.warnings = 1
+                    self.diagnostics = [("Error", error.code, error.message, error.sql_state)]
+                    self.warnings_response = b""
+                    self._capture_due = True  # (SHOW WARNINGS as the server shows it, too)
+                    connection.diagnostics_of = self.serial
                 if tag > VISIBLE:
                     self.statements.pop(tag, None)  # a prepare the server refused
                 return None
+            if tag in (SIGNAL_DIAGNOSTICS, CAPTURED):
+                return None  # (the error brought back; or none to read)
             if tag <= PREPARE_BASE:
                 return self._prepare_failed(PREPARE_BASE - tag, payload, commands)
             error = ErrPacket.decode(payload)
@@ -602,13 +791,28 @@ class PooledMySqlClient:
         elif first == c.EOF and action in (A_ROWS_END, A_STATUS, A_DEFINITIONS_EOF) and len(payload) >= 5:
             warnings, flags = payload[1] | payload[2] << 8, payload[3] | payload[4] << 8
             self._status_reported(connection, tag, flags, warnings)
+            if tag == CAPTURED and action == A_ROWS_END:
+                assert self.tracker is not None
+                self.warnings_response = bytes(self.tracker.captured)
+                self.tracker.captured.clear()
+                errors = [each for each in self.diagnostics if each[0] == "Error"]
+                shown = read_conditions(self.warnings_response)
+                # (an ERR's own SQLSTATE is better than HY000)
+                self.diagnostics = errors + [each for each in shown if each[0] != "Error" or not errors]
         return None
 
     def _status_reported(self, connection: MySqlServerState, tag: int, flags: int, warnings: int) -> None:
         connection.status_flags = flags
         connection.warnings = warnings
-        if tag >= VISIBLE:
+        if tag >= VISIBLE and not self._reading_diagnostics:
             self.warnings = warnings
+            self.diagnostics = []
+            self.warnings_response = b""
+            self._capture_due = warnings > 0
+            if warnings:
+                # Kept until a reset: MariaDB shows them until a statement that uses a table,
+                # whatever warning count the statements between report.
+                connection.diagnostics_of = self.serial
 
     def _session_changed(self, connection: MySqlServerState, tag: int, state: bytes) -> None:
         changes = parse_session_state(state)
@@ -620,7 +824,7 @@ class PooledMySqlClient:
                 connection.variables.pop(name, None)  # back at the connection's baseline
                 continue
             connection.variables[name] = value
-            if mine:
+            if tag >= VISIBLE or (mine and name in self.variables):  # (the server's spelling)
                 self.variables[name] = value
         if changes.schema is not None:
             connection.schema = changes.schema
@@ -628,6 +832,8 @@ class PooledMySqlClient:
                 self.schema = changes.schema
         if changes.characteristics is not None:
             connection.characteristics = changes.characteristics
+        if connection.autocommit_open and (connection.autocommit or changes.state[:1] == "_"):
+            connection.autocommit_open = False  # autocommit on again (which commits), or none open
 
     def _prepared(self, connection: MySqlServerState, tag: int, server_id: int, payload: bytes) -> None:
         statement_id = tag if tag > VISIBLE else PREPARE_BASE - tag
@@ -647,12 +853,12 @@ class PooledMySqlClient:
                 _, evicted = connection.statements.popitem(last=False)
                 connection.to_close.append(evicted.server_id)
         if tag < VISIBLE:
-            self._blocked = False  # the command that waited for this copy goes on
+            self._preparing = False  # the command that waited for this copy goes on
 
     def _prepare_failed(self, statement_id: int, payload: bytes, commands: list[Command]) -> Command | None:
         """The statement could not be prepared on this connection (a table dropped since, say):
         the command that waited for it gets the server's error, as it would directly."""
-        self._blocked = False
+        self._preparing = False
         waiting = self._pending.popleft() if self._pending else None
         if waiting is not None and waiting.payload[0] != c.COM_STMT_SEND_LONG_DATA:
             self.warnings = 1
@@ -663,3 +869,24 @@ class PooledMySqlClient:
         self._ended = True
         error = ErrPacket(c.ER_UNKNOWN_ERROR, f'pool "{self.pool_name}": {message}', "08S01")
         return CloseWithError(frame(error.encode(), 1)[0], reason, message)
+
+
+def read_conditions(response: bytes) -> list[tuple[str, int, str, str]]:
+    """The rows of a SHOW WARNINGS response (its packets, as the server sent them): level,
+    code and message, and SQLSTATE 01000 / HY000 by level (SHOW WARNINGS does not say)."""
+    reader = PacketReader()
+    reader.receive_data(response)
+    packets = []
+    while isinstance(packet := reader.next_event(), Packet):
+        packets.append(packet.payload)
+    conditions = []
+    for payload in packets[5:]:  # column count 3, three definitions, EOF
+        if payload[:1] == bytes([c.EOF]) and len(payload) < 9:
+            break
+        level, offset = decode_lenenc_str(payload, 0)
+        code, offset = decode_lenenc_str(payload, offset)
+        message, _ = decode_lenenc_str(payload, offset)
+        name = level.decode("utf-8", "replace")
+        state = "HY000" if name == "Error" else "01000"
+        conditions.append((name, int(code or b"0"), message.decode("utf-8", "replace"), state))
+    return conditions

@@ -34,16 +34,24 @@ REASON_SEQUENCE: Final = "sequence value"
 REASON_LAST_INSERT_ID: Final = "LAST_INSERT_ID(expr)"
 REASON_TOO_LARGE: Final = "statement too large to inspect"
 REASON_CURSOR: Final = "cursor"
-REASON_SET_OPTION: Final = "COM_SET_OPTION"
 
 # A longer statement pins without being looked at.
 INSPECT_LIMIT: Final = 128 * 1024
 
 _TRIGGERS: Final = re.compile(
     rb"@|LOCK|TEMPORARY|PREPARE|FOUND_ROWS|XA|HANDLER|LASTVAL|PREVIOUS|LAST_INSERT_ID|IDENTITY|SESSION_TRACK"
+    rb"|WARNING|ERROR|DIAGNOSTICS"
 )
 _CHECKS: Final = (
-    (re.compile(r"(?<!@)@(?!@)"), REASON_USER_VARIABLE),
+    # A user variable pins where it may be assigned (reading one nobody set is NULL anywhere:
+    # a connection a pinned client leaves is reset).
+    (
+        re.compile(
+            r"(?<!@)@(?!@)[\w$.]*\s*:="
+            r"|\b(?:SET|INTO|LOAD\s+DATA)\b[^;]*(?<!@)@(?!@)"
+        ),
+        REASON_USER_VARIABLE,
+    ),
     (re.compile(r"(?<![\w$])LOCK\s+TABLES?\b"), REASON_LOCK_TABLES),
     (re.compile(r"\bFLUSH\b[^;]*\bWITH\s+READ\s+LOCK\b"), REASON_GLOBAL_READ_LOCK),
     (re.compile(r"\bGET_LOCK\s*\("), REASON_NAMED_LOCK),
@@ -58,16 +66,21 @@ _CHECKS: Final = (
 _UNLOCK: Final = re.compile(r"(?:^|;)\s*UNLOCK\s+TABLES?\b")
 _READS_INSERT_ID: Final = re.compile(r"\bLAST_INSERT_ID\b|@@(?:SESSION\.)?(?:IDENTITY|LAST_INSERT_ID)\b")
 _TRACKING: Final = re.compile(r"\bSESSION_TRACK_\w+")
+_READS_DIAGNOSTICS: Final = re.compile(
+    r"\bSHOW\s+(?:COUNT\s*\(\s*\*\s*\)\s+)?(?:WARNINGS|ERRORS)\b"
+    r"|@@(?:SESSION\.)?(?:WARNING_COUNT|ERROR_COUNT)\b|\bGET\s+(?:CURRENT\s+|STACKED\s+)?DIAGNOSTICS\b"
+)
 
 
 class Inspection:
     """What one statement's text says (``inspect``)."""
 
-    __slots__ = ("pins", "reads_insert_id", "tracking", "unlocks")
+    __slots__ = ("pins", "reads_diagnostics", "reads_insert_id", "tracking", "unlocks")
 
     def __init__(self) -> None:
         self.pins: list[str] = []
         self.reads_insert_id = False
+        self.reads_diagnostics = False  # SHOW WARNINGS, @@warning_count ...: the last statement's
         self.unlocks = False
         self.tracking = False  # names a session_track_* variable: the proxy's alone
 
@@ -92,7 +105,8 @@ def inspect(sql: bytes, *, backslash_escapes: bool = True) -> Inspection:
     found.unlocks = _UNLOCK.search(code) is not None
     found.reads_insert_id = _READS_INSERT_ID.search(code) is not None
     found.tracking = _TRACKING.search(code) is not None
-    if found.pins or found.unlocks or found.reads_insert_id or found.tracking:
+    found.reads_diagnostics = _READS_DIAGNOSTICS.search(code) is not None
+    if found.pins or found.unlocks or found.reads_insert_id or found.tracking or found.reads_diagnostics:
         return found
     return NOTHING
 
@@ -156,3 +170,13 @@ def _end_of_quoted(text: str, i: int, backslash_escapes: bool) -> int:
         else:
             i += 1
     return size
+
+
+_ENDS_TRANSACTION: Final = re.compile(rb"\s*(?:COMMIT|ROLLBACK)\b(?![^;]*\bTO\b)", re.IGNORECASE)
+_QUERY: Final = 3  # COM_QUERY
+
+
+def ends_transaction(command: bytes) -> bool:
+    """Whether a command (its payload) is a COMMIT or ROLLBACK (not ROLLBACK TO a savepoint):
+    with autocommit off, the transaction the next statement opens is a new one."""
+    return len(command) > 1 and command[0] == _QUERY and _ENDS_TRANSACTION.match(command, 1) is not None

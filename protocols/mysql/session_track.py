@@ -38,12 +38,13 @@ TRACKING_PREFIX: Final = "session_track_"
 class SessionChanges:
     """The changes one OK packet reports."""
 
-    __slots__ = ("characteristics", "schema", "variables")
+    __slots__ = ("characteristics", "schema", "state", "variables")
 
     def __init__(self) -> None:
         self.variables: dict[str, str] = {}  # name (lower case) -> new value, in order
         self.schema: str | None = None
         self.characteristics: str | None = None  # None: not reported; "": none pending
+        self.state = ""  # the transaction state ("T_______", "________"), when reported
 
 
 def parse_session_state(data: bytes) -> SessionChanges:
@@ -63,7 +64,10 @@ def parse_session_state(data: bytes) -> SessionChanges:
         elif kind == SESSION_TRACK_TRANSACTION_CHARACTERISTICS:
             text, _ = decode_lenenc_str(body, 0) if body else (b"", 0)
             changes.characteristics = text.decode("utf-8", "replace")
-        # STATE_CHANGE, GTIDS, TRANSACTION_STATE and unknown kinds: nothing to keep.
+        elif kind == SESSION_TRACK_TRANSACTION_STATE:
+            text, _ = decode_lenenc_str(body, 0) if body else (b"", 0)
+            changes.state = text.decode("ascii", "replace")
+        # STATE_CHANGE, GTIDS and unknown kinds: nothing to keep.
     if offset != size:
         raise ProtocolViolation("session-state block overruns its length")
     return changes

@@ -207,6 +207,7 @@ A_SINGLE_PACKET: Final = 11
 # statement id the client is told (the PREPARE_OK's id is rewritten to it).
 VISIBLE: Final = 0
 HIDDEN: Final = -1  # any negative tag: the response is the proxy's own, never sent on
+CAPTURED: Final = -99  # hidden, and its bytes kept whole in ``captured``
 # What becomes of a packet of it.
 PASS: Final = 0  # forwarded as it comes
 HOLD: Final = 1  # kept whole, edited, then forwarded (only small status packets)
@@ -235,6 +236,7 @@ class ResponseTracker:
         "_body_left",
         "_capabilities",
         "_capture",
+        "_chunk",
         "_count",
         "_deprecate_eof",
         "_disposition",
@@ -245,6 +247,7 @@ class ResponseTracker:
         "_header",
         "_header_start",
         "_held_header",
+        "_hold_start",
         "_in_packet",
         "_more_physical",
         "_out",
@@ -255,6 +258,7 @@ class ResponseTracker:
         "_tags",
         "_terminator_limit",
         "_unknown",
+        "captured",
         "notes",
         "quit_received",
     )
@@ -293,6 +297,9 @@ class ResponseTracker:
         self._run = -1  # where pass-through bytes not yet in _out start, in the current chunk
         self._header_start = -1  # the current packet's header in the current chunk, or -1
         self._held_header = b""  # the header of a packet held whole, or one not yet decided
+        self._hold_start = -1  # where the held packet starts in the current chunk, or -1
+        self._chunk = b""  # the chunk being edited
+        self.captured = bytearray()  # a CAPTURED response, whole, for the proxy to read
 
     # --- what the proxy asks -----------------------------------------------------------------
 
@@ -365,6 +372,8 @@ class ResponseTracker:
             # Bytes of a packet already passing go on at once; a header held back waits.
             self._run = 0 if not self._held_header and self._disposition == PASS else -1
             self._header_start = -1
+            self._hold_start = -1
+            self._chunk = data
         position, size = 0, len(data)
         while position < size:
             if self._body_left == 0:
@@ -401,6 +410,8 @@ class ResponseTracker:
             take = min(self._body_left, size - position)
             if self._capture is not None:
                 self._capture += data[position : position + take]
+            if editing and self._disposition == DROP and self._tags[0] == CAPTURED:
+                self.captured += data[position : position + take]
             position += take
             self._body_left -= take
             if self._body_left == 0:
@@ -414,18 +425,24 @@ class ResponseTracker:
             # A header whose packet's first byte is still to come waits for its disposition.
             self._held_header = data[start : start + HEADER_SIZE]
             self._flush_run(data, start)
+        elif self._in_packet and self._disposition == HOLD:
+            self._flush_run(data, self._hold_start)  # a held packet goes on once it is whole
         else:
             self._flush_run(data, size - len(self._header))  # (a partial header waits too)
+        self._chunk = b""
         out = self._out
-        if len(out) == 1 and len(out[0]) == size:
+        if len(out) == 1 and out[0] is data:
             return data
         return b"".join(out)
 
     def _flush_run(self, data: bytes, end: int) -> None:
         """Pass-through bytes from the run's start up to ``end`` go out."""
-        if self._run >= 0:
-            if end > self._run:
-                self._out.append(data[self._run : end])
+        run = self._run
+        if run >= 0:
+            if run == 0 and end == len(data):
+                self._out.append(data)  # the whole chunk: no copy
+            elif end > run:
+                self._out.append(data[run:end])
             self._run = -1
 
     def _skip_rows(self, data: bytes, position: int) -> int:
@@ -499,7 +516,8 @@ class ResponseTracker:
         before ``body_start``, or, when it came in an earlier chunk, in ``_held_header``."""
         start = self._header_start
         in_chunk = start >= 0 and start + HEADER_SIZE == body_start
-        if self._disposition == PASS:
+        disposition = self._disposition
+        if disposition == PASS:
             if self._run < 0:
                 if in_chunk:
                     self._run = start
@@ -508,12 +526,21 @@ class ResponseTracker:
                     self._run = body_start
             self._held_header = b""
             return
+        if disposition == HOLD:
+            # Kept in the run while it may pass unchanged; cut out of it if edited (or whole
+            # only in a later chunk: then sent, edited or not, with its header kept here).
+            if in_chunk:
+                self._held_header = data[start:body_start]
+                self._hold_start = start
+                if self._run < 0:
+                    self._run = start
+            return
         if in_chunk:
             self._flush_run(data, start)
-            self._held_header = data[start:body_start]
+        if self._tags[0] == CAPTURED:
+            self.captured += data[start:body_start] if in_chunk else self._held_header
         self._run = -1
-        if self._disposition == DROP:
-            self._held_header = b""
+        self._held_header = b""
 
     def _kind(self, first_byte: int, length: int) -> int:
         if length == 0:
@@ -544,8 +571,15 @@ class ResponseTracker:
         if payload is not None:
             self.notes.append((tag, action, whole))
         if disposition == HOLD:
-            sequence_id = self._held_header[3] if len(self._held_header) == HEADER_SIZE else 0
-            self._out.append(frame(_edited(tag, action, whole, self._capabilities), sequence_id)[0])
+            edited = _edited(tag, action, whole, self._capabilities)
+            if edited is not whole or self._hold_start < 0:
+                # Edited, or begun in an earlier chunk: framed again, in place of the original.
+                if self._hold_start >= 0:
+                    self._flush_run(self._chunk, self._hold_start)
+                self._run = -1
+                sequence_id = self._held_header[3] if len(self._held_header) == HEADER_SIZE else 0
+                self._out.append(frame(edited, sequence_id)[0])
+            self._hold_start = -1
         self._held_header = b""
 
     def _act(self, action: int, payload: bytes) -> None:

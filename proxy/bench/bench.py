@@ -137,14 +137,15 @@ async def connection_overhead(
                 continue  # MariaDB not installed here
             pooled = upstream.proxy_dsn()
             targets = {"direct": upstream.direct_dsn(), "rotaproxy": pooled}
-            if engine == "postgres":  # MySQL pools are session mode only; PgBouncer is PostgreSQL's
-                targets[TRANSACTION_POOL] = {**pooled, "port": stack.txn_proxy_port}
-                if bouncer is not None:
-                    targets["pgbouncer"] = {
-                        **pooled,
-                        "port": bouncer.port,
-                        **BEHIND_PGBOUNCER.get(driver, {}),
-                    }
+            transaction_port = stack.txn_proxy_port if engine == "postgres" else stack.mysql_txn_proxy_port
+            if transaction_port is not None:
+                targets[TRANSACTION_POOL] = {**pooled, "port": transaction_port}
+            if engine == "postgres" and bouncer is not None:  # PgBouncer is PostgreSQL's
+                targets["pgbouncer"] = {
+                    **pooled,
+                    "port": bouncer.port,
+                    **BEHIND_PGBOUNCER.get(driver, {}),
+                }
             for concurrency in concurrencies:
                 series = {name: Series(driver, name, concurrency) for name in targets}
                 for name, dsn in targets.items():
@@ -179,7 +180,7 @@ def markdown(results: list[Series], absent: str) -> str:
             by_key.get((driver, concurrency, target)) for target in OVERHEAD_TARGETS
         )
         mysql = DRIVERS[driver][0] == "mysql"
-        transaction_why = "MySQL pools: session mode only" if mysql else "-"
+        transaction_why = "-"
         bouncer_why = "PostgreSQL only" if mysql else f"absent: {absent}"
         p99s = " / ".join(f"{s.p99_ms:.2f}" if s else "-" for s in (direct, session, transaction, bouncer))
         errors = sum(s.errors for s in (direct, session, transaction, bouncer) if s)
@@ -342,7 +343,8 @@ async def run_bench(
         print(throughput_markdown(runs, absent))
         print()
     if mysql_runs:
-        print(f"## Throughput, MariaDB: sysbench oltp_read_only, oltp_read_write; {seconds}s, session mode")
+        title = "sysbench oltp_read_only, oltp_read_write; direct vs session vs transaction mode"
+        print(f"## Throughput, MariaDB: {title}; {seconds}s")
         print()
         print(mysql_markdown(mysql_runs))
         print()

@@ -320,19 +320,21 @@ def sysbench(args: list[str], port: int, password: str | None, script: str = "ol
 
 
 async def mysql_throughput(stack: LocalStack, *, seconds: int, rounds: int, clients: int = 10) -> list[Run]:
-    """sysbench oltp_read_only and oltp_read_write, direct (password) vs rotaproxy (session
-    mode), interleaved."""
+    """sysbench oltp_read_only and oltp_read_write, direct (password) vs rotaproxy in session
+    mode vs rotaproxy in transaction mode, interleaved."""
     upstream = stack.mysql
     if upstream is None:
         return []  # MariaDB is not installed here
     await asyncio.to_thread(sysbench, ["prepare"], upstream.port, upstream.password)
     targets = {"direct": (upstream.port, upstream.password), "rotaproxy": (upstream.proxy_port, "")}
+    if stack.mysql_txn_proxy_port is not None:
+        targets["rotaproxy-transaction"] = (stack.mysql_txn_proxy_port, "")
     runs: list[Run] = []
     for script in SYSBENCH_SCRIPTS:
         series = {name: Run(f"sysbench {script}", clients, name) for name in targets}
         for _ in range(rounds):
             for name, (port, password) in targets.items():
-                pid = stack.proxy_pid if name == "rotaproxy" else None
+                pid = stack.proxy_pid if name.startswith("rotaproxy") else None
                 run = [f"--threads={clients}", f"--time={seconds}", "run"]
                 await _measured(series[name], pid, partial(sysbench, run, port, password, script))
         runs += series.values()
@@ -341,17 +343,25 @@ async def mysql_throughput(stack: LocalStack, *, seconds: int, rounds: int, clie
 
 def mysql_markdown(runs: list[Run]) -> str:
     lines = [
-        "| scenario | threads | direct TPS | rotaproxy TPS | rotaproxy/direct "
-        "| latency ms (direct / rotaproxy) | rotaproxy CPU µs/transaction |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | threads | direct TPS | session mode TPS | transaction mode TPS "
+        "| session/direct | transaction/direct | latency ms (direct / session / transaction) "
+        "| rotaproxy CPU µs/transaction (session / transaction) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     keyed = {(r.scenario, r.target): r for r in runs}
     for scenario in dict.fromkeys(r.scenario for r in runs):
         direct, ours = keyed[(scenario, "direct")], keyed[(scenario, "rotaproxy")]
-        cpu = f"{statistics.median(ours.cpu_us):.0f}" if ours.cpu_us else "-"
-        latency = f"{statistics.median(direct.latency_ms):.2f} / {statistics.median(ours.latency_ms):.2f}"
+        multiplexed = keyed.get((scenario, "rotaproxy-transaction"))
+        measured = [ours] if multiplexed is None else [ours, multiplexed]
+        cpu = " / ".join(f"{statistics.median(r.cpu_us):.0f}" if r.cpu_us else "-" for r in measured)
+        latency = " / ".join(f"{statistics.median(r.latency_ms):.2f}" for r in [direct, *measured])
+        tx_tps = tx_ratio = "-"
+        if multiplexed is not None:
+            tx_tps = f"{multiplexed.median_tps:,.0f} ± {multiplexed.spread_tps:,.0f}"
+            tx_ratio = _ratio(multiplexed, direct)
         lines.append(
             f"| {scenario} | {ours.clients} | {direct.median_tps:,.0f} ± {direct.spread_tps:,.0f} | "
-            f"{ours.median_tps:,.0f} ± {ours.spread_tps:,.0f} | {_ratio(ours, direct)} | {latency} | {cpu} |"
+            f"{ours.median_tps:,.0f} ± {ours.spread_tps:,.0f} | {tx_tps} | {_ratio(ours, direct)} | "
+            f"{tx_ratio} | {latency} | {cpu} |"
         )
     return "\n".join(lines)

@@ -65,6 +65,7 @@ class LocalStack:
     txn_proxy_port: int  # a second PostgreSQL pool, in transaction mode
     mariadb: ThrowawayMariaDB | None = None
     mysql: Upstream | None = None
+    mysql_txn_proxy_port: int | None = None  # a second MySQL pool, in transaction mode
     proxy_pid: int | None = None  # the rotaproxy process, once started
     admin_port: int | None = None  # its admin API (/pools, /metrics)
 
@@ -191,10 +192,24 @@ async def local_stack(
             port=stack.txn_proxy_port,
             mode="transaction",
         )
+        if upstream_mysql is not None:
+            stack.mysql_txn_proxy_port = free_port()
+            config += _pool_toml(
+                f"{DATABASE}-mysql-txn",
+                upstream_mysql,
+                tls,
+                max_server_connections,
+                min_server_connections,
+                poll_interval,
+                port=stack.mysql_txn_proxy_port,
+                mode="transaction",
+            )
         config_path = work / "rotaproxy.toml"
         config_path.write_text(config)
         # A separate process, as in production: it gets its own core and its own loop.
-        extra = (stack.txn_proxy_port,) + ((upstream_mysql.proxy_port,) if upstream_mysql is not None else ())
+        extra: tuple[int, ...] = (stack.txn_proxy_port,)
+        if upstream_mysql is not None and stack.mysql_txn_proxy_port is not None:
+            extra += (upstream_mysql.proxy_port, stack.mysql_txn_proxy_port)
         with ProxyProcess(
             config_path,
             stack.log_path,

@@ -43,6 +43,7 @@ from proxy.engine import SessionHost
 from proxy.mysql.server import (
     MAX_PACKET_SIZE,
     OFFERED_CAPABILITIES,
+    TRANSACTION_VARIANTS,
     VARIANT_CAPABILITIES,
     Greeting,
     MySqlConnector,
@@ -136,6 +137,13 @@ class MySqlClientSession:
         message = f"{prefix}terminating connection: {self.closing}"
         self._send(ErrPacket(ER_SERVER_SHUTDOWN, message, SQLSTATE_SHUTDOWN).encode())
 
+    def moved_to(self, pool: Pool) -> None:
+        """Transaction mode: a reload replaced the client's pool and the client moved on to
+        ``pool``; the goodbye it was due is off."""
+        self.pool = pool
+        self.closing = None
+        self.listener.session_changed()
+
     async def run(self) -> None:
         self._task = asyncio.current_task()
         self.listener.register_key(self.connection_id, self)
@@ -178,6 +186,8 @@ class MySqlClientSession:
             variant = response.capabilities & VARIANT_CAPABILITIES
             connector = pool.connector
             assert isinstance(connector, MySqlConnector)
+            if pool.config.mode == "transaction":
+                variant &= TRANSACTION_VARIANTS  # (what clients sharing a connection may differ in)
             connector.client_chose(variant)
             if pool.config.mode == "transaction":
                 await self._serve_transactions(pool, response, variant, greeting)
@@ -300,7 +310,9 @@ class MySqlClientSession:
         and schema travel with it, onto whichever connection serves each transaction)."""
         schema = response.database
         if not schema or schema == pool.name:
-            schema = pool.config.database or None
+            schema = None  # the connections' own (the pool's database)
+        else:
+            await self._check_schema(pool, schema, variant)
         self._phase = PHASE_RELAY
         if self.closing is not None:
             self._say_goodbye()
@@ -315,6 +327,7 @@ class MySqlClientSession:
             response.character_set,
             schema,
             greeting.character_set,
+            bool(response.capabilities & c.CLIENT_MULTI_STATEMENTS),
         )
         self._transactions = relay
         self._send(OkPacket(0, 0, greeting.status_flags, 0).encode())
@@ -329,6 +342,28 @@ class MySqlClientSession:
             self._sequence = 1
             self._say_goodbye()
 
+    async def _check_schema(self, pool: Pool, schema: str, variant: int) -> None:
+        """A schema the client names at login is checked there, as directly: one that is not the
+        pool's gets the server's own refusal now, not at the client's first command. The
+        connection that checked it stays in it (its server state says so) for whoever is next."""
+        self._phase = PHASE_BORROWING
+        server = await borrow_for_client(pool, self._refused, variant)
+        assert isinstance(server, MySqlServerConnection)
+        if schema == server.database:
+            give_back(pool, server, reusable=True)
+            return
+        self._phase = PHASE_LOGIN
+        try:
+            errors = await server.commands(bytes([c.COM_INIT_DB]) + schema.encode())
+        except BaseException:
+            give_back(pool, server, reusable=False)
+            raise
+        if server.server_state is not None and not errors:
+            server.server_state.schema = schema
+        give_back(pool, server, reusable=True)
+        if errors:
+            raise ClientError(errors[0].code, errors[0].message, errors[0].sql_state)
+
     def _refused(self, exc: PoolError) -> ClientError:
         """What a client is told when no server connection can be had for its login."""
         if isinstance(exc, BorrowTimeout):
@@ -342,12 +377,15 @@ class MySqlClientSession:
         if connector.greeting is None:
             # Learn the upstream's version and character set before the first greeting,
             # so drivers see the server they will talk to; the connection is kept pooled.
-            try:
-                server = await pool.borrow(connector.default_variant)
-            except PoolError as exc:
-                log.info('pool "%s": greeting without upstream details: %s', pool.name, exc)
-            else:
-                pool.release(server, reusable=True)
+            # One client learns it; the others that came at once wait for that one.
+            async with connector.learning:
+                if connector.greeting is None:
+                    try:
+                        server = await pool.borrow(connector.default_variant)
+                    except PoolError as exc:
+                        log.info('pool "%s": greeting without upstream details: %s', pool.name, exc)
+                    else:
+                        pool.release(server, reusable=True)
         return connector.greeting or FALLBACK_GREETING
 
     def _choose_pool(self, response: HandshakeResponse41) -> Pool:
@@ -402,7 +440,7 @@ class MySqlClientSession:
         """Answer a command the server must not get; True if it was one: COM_CHANGE_USER
         (refused) or a KILL of one of the proxy's connection ids (translated)."""
         command = payload[0]
-        if command == c.COM_CHANGE_USER:
+        if command == c.COM_CHANGE_USER and self._transactions is None:  # (transaction mode: the core's)
             self._sequence = 1
             self._send(
                 ErrPacket(
@@ -431,12 +469,15 @@ class MySqlClientSession:
         return True
 
     def _between_sessions(self, thread_id: int) -> bool:
-        """Whether ``thread_id`` is a connection of this listener's pools that no client holds."""
-        return any(
-            isinstance(connection, MySqlServerConnection) and connection.thread_id == thread_id
-            for pool in self.listener.pools
-            for connection in pool.unheld()
-        )
+        """Whether ``thread_id`` is a connection of this listener's pools that is no client's
+        session: in session mode one no client holds; in transaction mode any but the one
+        running this client's command (another client's transaction is never its to kill)."""
+        for pool in self.listener.pools:
+            transactions = pool.config.mode == "transaction"
+            for connection in pool.connections() if transactions else pool.unheld():
+                if isinstance(connection, MySqlServerConnection) and connection.thread_id == thread_id:
+                    return not (transactions and connection is self.server)
+        return False
 
     async def _kill(self, connection_id: int, query_only: bool) -> None:
         self._sequence = 1

@@ -8,6 +8,7 @@ the server sends are exactly what that client expects.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -69,6 +70,12 @@ VARIANT_CAPABILITIES = (
     | c.CLIENT_MULTI_RESULTS
     | c.CLIENT_PS_MULTI_RESULTS
 )
+# Transaction mode: clients share connections, so only the flags that change what the
+# server does with a client's statements tell connections apart. Multi-statements is switched
+# per client (COM_SET_OPTION); multi-results are always on (a client that did not ask for them
+# gets more than one result only from a CALL of a procedure that returns several).
+TRANSACTION_ALWAYS = c.CLIENT_MULTI_RESULTS | c.CLIENT_PS_MULTI_RESULTS
+TRANSACTION_VARIANTS = VARIANT_CAPABILITIES & ~(c.CLIENT_MULTI_STATEMENTS | TRANSACTION_ALWAYS)
 # What the proxy offers its own clients in its greeting.
 OFFERED_CAPABILITIES = BASE_CAPABILITIES | VARIANT_CAPABILITIES
 DEFAULT_VARIANT = c.CLIENT_MULTI_RESULTS | c.CLIENT_PS_MULTI_RESULTS
@@ -184,7 +191,9 @@ class MySqlServerConnection(UpstreamConnection[PacketReader]):
 
     async def reset(self) -> None:
         # One round trip: the server runs pipelined commands in order.
-        commands = [bytes([c.COM_QUERY]) + b"ROLLBACK"] if self.in_transaction else []
+        # (Transaction mode follows the status in server_state, not here: roll back anyway.)
+        rollback = self.in_transaction or self.server_state is not None
+        commands = [bytes([c.COM_QUERY]) + b"ROLLBACK"] if rollback else []
         commands.append(bytes([c.COM_RESET_CONNECTION]))
         commands.append(bytes([c.COM_QUERY]) + collation_query(self.login_collation_id).encode())
         if self.database:
@@ -258,8 +267,11 @@ class MySqlConnector:
 
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
+        if config.mode == "transaction":
+            self.default_variant = 0  # (what most clients' flags come to: TRANSACTION_VARIANTS)
         self.ssl_context = upstream_ssl_context(config)
         self.greeting: Greeting | None = None
+        self.learning = asyncio.Lock()  # held by the client that learns the greeting
         self._variant_counts: dict[Hashable, int] = {}
 
     def client_chose(self, variant: Hashable) -> None:
@@ -308,7 +320,9 @@ class MySqlConnector:
         greeting = HandshakeV10.decode(first.payload)
         wanted = BASE_CAPABILITIES | (cast(int, variant) if variant is not None else DEFAULT_VARIANT)
         if self.config.mode == "transaction":
-            wanted |= c.CLIENT_SESSION_TRACK  # the session moves with its client: follow it
+            # The session moves with its client: follow it. Multi-results always (clients that
+            # share a connection differ in them; see TRANSACTION_VARIANTS).
+            wanted |= c.CLIENT_SESSION_TRACK | TRANSACTION_ALWAYS
         capabilities = wanted & greeting.capabilities
         # MariaDB clears CLIENT_LONG_PASSWORD (its "CLIENT_MYSQL" bit) to announce its
         # extended capabilities; connect attributes are optional.

@@ -65,6 +65,7 @@ class MySqlTransactionRelay:
         collation_id: int,
         schema: str | None,
         login_collation_id: int,
+        multi_statements: bool,
     ) -> None:
         self.session = session
         self.client = client
@@ -72,7 +73,9 @@ class MySqlTransactionRelay:
         self.metrics = pool.metrics
         self.meter = meter
         self.variant = variant
-        self.core = PooledMySqlClient(next(_serials), collation_id, schema, login_collation_id, pool.name)
+        self.core = PooledMySqlClient(
+            next(_serials), collation_id, schema, login_collation_id, pool.name, multi_statements
+        )
         self.server: MySqlServerConnection | None = None
         self.kept = False  # idle, still attached: the pool let us keep it (Pool.keep)
         self._attaching: asyncio.Future[Any] | None = None
@@ -267,12 +270,17 @@ class MySqlTransactionRelay:
             self.kept = True
             self.session.server = None
             return
-        self.pool.release(self._unhook(), reusable=True)
+        self._take_back()
         if self.closing:
-            self._finish(EndReason.GOODBYE)
+            self._leave_pool()
 
     def _take_back(self, reusable: bool = True) -> None:
-        self.pool.release(self._unhook(), reusable=reusable)
+        """Give the connection back (the pool may be taking a kept one back): reset first if
+        the client's warnings are on it."""
+        diagnostics = self.core.diagnostics_pending
+        server = self._unhook()
+        server.dirty = server.dirty or diagnostics
+        self.pool.release(server, reusable=reusable)
 
     async def _leave(self, reason: EndReason) -> None:
         self.core.forget_statements()
@@ -307,6 +315,26 @@ class MySqlTransactionRelay:
             self._take_back()
         if self.server is None:
             if self._attaching is None:
-                self._finish(EndReason.GOODBYE)
+                self._leave_pool()
         elif self.core.pinned is not None and self.core.at_idle_point:
             self._finish(EndReason.GOODBYE)
+
+    def _leave_pool(self) -> None:
+        """Detached, while closing: move to the pool that replaced ours, or say goodbye."""
+        successor = self.pool.live_successor()
+        if (
+            successor is None
+            or successor.config.mode != "transaction"
+            or successor.config.listen != self.pool.config.listen
+        ):
+            self._finish(EndReason.GOODBYE)
+            return
+        # Nothing of the client lives on a server connection: its session and statements
+        # travel with it, so its next transaction simply runs on the new pool.
+        log.debug('pool "%s": client %s moves to the reloaded pool', self.pool.name, self.session.peer)
+        self.core.leave_copies()  # (on the old pool's connections)
+        self.pool = successor
+        self.core.pool_name = successor.name
+        self.metrics = successor.metrics
+        self.closing = False
+        self.session.moved_to(successor)

@@ -106,6 +106,10 @@ class Pool:
         """Connections whose transport is still open, whatever their state."""
         return sum(1 for connection in self._connections if not connection.is_closed)
 
+    def connections(self) -> list[ServerConnection]:
+        """Every connection of the pool, whatever its state."""
+        return list(self._connections)
+
     def unheld(self) -> list[ServerConnection]:
         """Connections no borrower holds: idle, or being reset between two."""
         return [connection for connection in self._connections if connection.state in (IDLE, RESETTING)]

@@ -29,6 +29,7 @@ from proxy.rotation.steps import Rotator
 from tests.conftest import ProxyLauncher, Secrets, get_json, new_secret, pool_toml
 
 CLIENTS = 20
+POOL_SIZE = 10  # max_server_connections of the pool under test
 TRANSACTIONS_PER_SESSION = 5  # session mode: clients reconnect now and then, as real ones do
 DRAIN_DEADLINE = 8.0
 
@@ -200,7 +201,7 @@ async def _setup(
             engine="mysql" if kind == "mysql" else "postgres",
             database="appdb",
             tls="disable",
-            max_server_connections=10,
+            max_server_connections=POOL_SIZE,
             borrow_timeout="10s",
             mode=mode,
         ),
@@ -220,6 +221,10 @@ async def _setup(
         # Fewer clients than server connections: between transactions most clients keep
         # theirs, and every rotation must take the kept ones back and close them.
         ("postgres", "transaction", 8),
+        ("mysql", "transaction", 8),
+        # More clients than server connections: clients queue for every transaction, and the
+        # rotations happen under that queue (a connection is seldom kept there).
+        ("mysql", "transaction", CLIENTS),
     ],
 )
 async def test_rotations_under_load_cost_no_client_an_error(
@@ -244,7 +249,7 @@ async def test_rotations_under_load_cost_no_client_an_error(
     drains: list[float] = []
     try:
         await asyncio.sleep(1.0)  # steady state first
-        if mode == "transaction":
+        if mode == "transaction" and clients < POOL_SIZE:
             states = [
                 await asyncio.to_thread(
                     lambda: get_json(admin_port, "/pools")[f"rot_{kind}"]["server_connections"]["by_state"]
@@ -318,9 +323,12 @@ async def all_passwords(client: Any, secret_id: str) -> list[str]:
     return values
 
 
-@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+@pytest.mark.parametrize(
+    ("kind", "mode"), [("postgres", "session"), ("mysql", "session"), ("mysql", "transaction")]
+)
 async def test_the_rotation_window_is_bridged_with_awspending(
     kind: str,
+    mode: str,
     launcher: ProxyLauncher,
     pg: ThrowawayPostgres,
     mariadb: ThrowawayMariaDB,
@@ -329,7 +337,7 @@ async def test_the_rotation_window_is_bridged_with_awspending(
     users: Any,
     mysql_users: Any,
 ) -> None:
-    setup = await _setup(kind, launcher, pg, mariadb, sm_client, known_secrets)
+    setup = await _setup(kind, launcher, pg, mariadb, sm_client, known_secrets, mode=mode)
     engine, load = setup.engine, Load()
     running = launcher.started[-1]
     few = 3
