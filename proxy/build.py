@@ -42,6 +42,7 @@ COMPILED_MODULES: Final = (
     "proxy.postgres.client",
     "proxy.postgres.transaction",
     "proxy.session_mode",
+    "proxy.transaction_mode",
 )
 
 COMPILED: Final = "compiled"

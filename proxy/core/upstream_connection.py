@@ -24,6 +24,9 @@ class UpstreamConnection(ServerConnection, Generic[R]):
         self.reader = reader
         self.target = target
         self.pool = pool  # the pool's name, for log lines and errors
+        # Transaction mode: a client left session state or a transaction on it (or, MySQL, its
+        # warnings): reset before anyone else gets it.
+        self.dirty = False
         endpoint.on_lost(lambda _: self.connection_lost())
 
     @property

@@ -347,5 +347,3 @@ class ThrowawayMariaDB(ThrowawayServer):
     def grant(self, sql_privileges: str, on: str, to: str, *, host: str = "%") -> None:
         """``GRANT sql_privileges ON on TO to@host``; the first two are SQL, e.g. ("PROCESS", "*.*")."""
         self.sql(f"GRANT {sql_privileges} ON {on} TO {sql.account(to, host)};")
-
-

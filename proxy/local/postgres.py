@@ -324,5 +324,3 @@ class ThrowawayPostgres(ThrowawayServer):
 
     def create_database(self, name: str, owner: str) -> None:
         self.sql(f"CREATE DATABASE {sql.identifier(name)} OWNER {sql.identifier(owner)};")
-
-

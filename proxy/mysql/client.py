@@ -137,6 +137,14 @@ class MySqlClientSession:
         message = f"{prefix}terminating connection: {self.closing}"
         self._send(ErrPacket(ER_SERVER_SHUTDOWN, message, SQLSTATE_SHUTDOWN).encode())
 
+    @property
+    def running_on(self) -> MySqlServerConnection | None:
+        """The connection running this client's command, for KILL: its session's own, or in
+        transaction mode the one it holds at this moment (not one it merely keeps)."""
+        if self._transactions is not None:
+            return self._transactions.running_on
+        return self.server
+
     def moved_to(self, pool: Pool) -> None:
         """Transaction mode: a reload replaced the client's pool and the client moved on to
         ``pool``; the goodbye it was due is off."""
@@ -333,7 +341,7 @@ class MySqlClientSession:
         self._send(OkPacket(0, 0, greeting.status_flags, 0).encode())
         pool.metrics.clients_accepted += 1
         try:
-            reason = await relay.run()
+            reason = await relay.relay()
         finally:
             self._transactions = None
             self.server = None
@@ -476,7 +484,7 @@ class MySqlClientSession:
             transactions = pool.config.mode == "transaction"
             for connection in pool.connections() if transactions else pool.unheld():
                 if isinstance(connection, MySqlServerConnection) and connection.thread_id == thread_id:
-                    return not (transactions and connection is self.server)
+                    return not (transactions and connection is self.running_on)
         return False
 
     async def _kill(self, connection_id: int, query_only: bool) -> None:
@@ -486,9 +494,10 @@ class MySqlClientSession:
             self._send(ErrPacket(c.ER_NO_SUCH_THREAD, f"Unknown thread id: {connection_id}").encode())
             return
         try:
-            if target.server is not None:
+            running = target.running_on
+            if running is not None:
                 async with asyncio.timeout(KILL_TIMEOUT):
-                    await target.server.kill_query()
+                    await running.kill_query()
             if not query_only:
                 target.endpoint.close()
         except Exception as exc:

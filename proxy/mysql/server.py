@@ -141,7 +141,6 @@ class MySqlServerConnection(UpstreamConnection[PacketReader]):
         # Transaction mode: the session as the server reports it (tracking is on), which the
         # pooling core of whichever client is attached reads and updates.
         self.server_state: MySqlServerState | None = None
-        self.dirty = False  # a transaction-mode client left something on it: reset before reuse
 
     def __repr__(self) -> str:
         return f"MySqlServerConnection({self.target}, thread={self.thread_id}, gen={self.generation})"

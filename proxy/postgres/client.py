@@ -312,7 +312,7 @@ class PgClientSession:
 
     async def cancel_current_query(self) -> None:
         relay = self._transaction_relay
-        server = relay.cancel_target if relay is not None else self.server
+        server = relay.running_on if relay is not None else self.server
         if server is not None:
             await server.cancel_query()
 

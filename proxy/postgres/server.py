@@ -96,8 +96,6 @@ class PgServerConnection(UpstreamConnection[MessageReader]):
         self.backend_key: BackendKeyData | None = None
         # Its settings, transaction status and (transaction mode) prepared statements.
         self.server_state = ServerState()
-        # Whether a client may have left session state here (settings, temp tables, ...).
-        self.dirty = False
 
     def __repr__(self) -> str:
         pid = self.backend_key.process_id if self.backend_key else None

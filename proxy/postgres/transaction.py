@@ -19,27 +19,18 @@ and owes it nothing. A client already waiting for a connection is served first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from protocols.endings import EndReason
 from protocols.pooling import (
     MAY_DETACH,
     ArmIdleTimer,
-    CloseWithError,
     DisarmIdleTimer,
-    Ended,
-    MayDetach,
-    NeedConnection,
-    Pinned,
-    SendToClient,
-    SendToServer,
 )
 from protocols.postgres.messages import STATUS_IDLE
-from protocols.postgres.pooling import Command
 from proxy.config import format_seconds
 from proxy.core.counters import ClientMeter
-from proxy.core.endpoint import CONTROL_BUFFER_LIMIT, Endpoint
+from proxy.core.endpoint import Endpoint
 from proxy.pool.pool import Pool
 from proxy.postgres.attachment import ServerAttachment, TransactionSession
 
@@ -67,27 +58,12 @@ class TransactionRelay(ServerAttachment):
 
     async def run(self, *, closing: bool = False) -> None:
         """Relay until the client leaves; ``closing``: it was asked to while logging in."""
-        self.client.start_relay(self._on_client_data)
-        self.client.on_lost(lambda _: self._finish(EndReason.CLIENT_CLOSED))
-        if closing:
-            self.close_gracefully()
-        try:
-            reason = await self._done
-        except asyncio.CancelledError:
-            # Cut (shutdown_timeout passed): a transaction still open dies with its connection.
-            if self.server is not None:
-                self.pool.release(self._unhook(), reusable=False)
-            raise
-        finally:
-            self.client.stop_relay()
-            self._disarm_idle_timer()
-            if self._attaching is not None:
-                self._attaching.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._attaching
-        await self._leave(reason)
+        reason = await self.relay(closing=closing)
         if reason is EndReason.GOODBYE:
             await self.session.say_goodbye_at_idle(pending=self.core.pending)
+
+    def _stopped(self) -> None:
+        self._disarm_idle_timer()
 
     # --- events into the core --------------------------------------------------------------
     def _on_client_data(self, data: bytes) -> None:
@@ -135,54 +111,16 @@ class TransactionRelay(ServerAttachment):
         )
         self._run([self.core.idle_timer_fired(timeout)])
 
-    # --- the core's commands ---------------------------------------------------------------
-    def _run(self, commands: list[Command]) -> None:
-        for command in commands:
-            # By type, most frequent first: this runs for every chunk either way.
-            if type(command) is SendToServer:
-                server = self.server
-                assert server is not None
-                server.endpoint.write(command.data)
-            elif type(command) is SendToClient:
-                self.metrics.bytes_out += len(command.data)
-                self.client.write(command.data)
-            elif type(command) is MayDetach:
-                self._may_detach(command.clean)
-            elif type(command) is NeedConnection:
-                if self._attaching is None:
-                    self._start_attaching()
-                if self.server is None and self.core.pending > CONTROL_BUFFER_LIMIT:
-                    self.client.pause_reading()  # resumed once attached
-            elif type(command) is ArmIdleTimer:
-                timeout = self.pool.config.idle_transaction_timeout
-                if timeout:
-                    self._idle_timer = asyncio.get_running_loop().call_later(timeout, self._idle_too_long)
-            elif type(command) is DisarmIdleTimer:
-                self._disarm_idle_timer()
-            elif type(command) is Pinned:
-                self._pinned(command)
-            elif type(command) is Ended:
-                if command.reason is EndReason.CLIENT_VIOLATION:
-                    log.info("client %s broke the protocol: %s", self.session.peer, command.detail)
-                elif command.reason is EndReason.SERVER_VIOLATION:
-                    log.warning("upstream %r broke the protocol: %s", self.server, command.detail)
-                self._finish(command.reason)
-            elif type(command) is CloseWithError:
-                self.client.write(command.error)
-                self._finish(command.reason)
-            else:  # BringSettings: only ever the answer to attached(), see _take
-                raise AssertionError(f"unexpected command {command!r}")
-
-    def _pinned(self, pin: Pinned) -> None:
-        self.meter.pinned = True
-        self.pool.pins_total[pin.kind] = self.pool.pins_total.get(pin.kind, 0) + 1
-        log.info(
-            'pool "%s": client %s pinned to %r (%s)',
-            self.pool.name,
-            self.session.peer,
-            self.server,
-            pin.reason,
-        )
+    # --- the core's commands (the rest are the skeleton's: TransactionClient._run) --------
+    def _engine_command(self, command: object) -> None:
+        if type(command) is ArmIdleTimer:
+            timeout = self.pool.config.idle_transaction_timeout
+            if timeout:
+                self._idle_timer = asyncio.get_running_loop().call_later(timeout, self._idle_too_long)
+        elif type(command) is DisarmIdleTimer:
+            self._disarm_idle_timer()
+        else:  # BringSettings: only ever the answer to attached(), see _take
+            raise AssertionError(f"unexpected command {command!r}")
 
     def _disarm_idle_timer(self) -> None:
         if self._idle_timer is not None:

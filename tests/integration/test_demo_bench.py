@@ -86,8 +86,8 @@ def test_bench_quick_runs_every_scenario_with_numbers_json_and_plots(tmp_path: P
     assert result.returncode == 0, result.stdout + result.stderr
     payload = json.loads(json_path.read_text())["scenarios"]
 
-    # 1. Connection overhead: every driver, both concurrencies, all numbers; PostgreSQL drivers
-    # against both of rotaproxy's modes and PgBouncer, aiomysql against its session pool.
+    # 1. Connection overhead: every driver, both concurrencies, all numbers; every driver against
+    # both of rotaproxy's modes, the PostgreSQL drivers against PgBouncer too.
     series = payload["connection_overhead"]
     postgres_targets = ("direct", "rotaproxy", "rotaproxy-transaction", "pgbouncer")
     assert {(s["driver"], s["target"], s["concurrency"]) for s in series} == {
@@ -95,7 +95,7 @@ def test_bench_quick_runs_every_scenario_with_numbers_json_and_plots(tmp_path: P
         for driver, targets in (
             ("asyncpg", postgres_targets),
             ("psycopg", postgres_targets),
-            ("aiomysql", ("direct", "rotaproxy")),
+            ("aiomysql", ("direct", "rotaproxy", "rotaproxy-transaction")),
         )
         for target in targets
         for concurrency in (1, 10)
@@ -123,7 +123,7 @@ def test_bench_quick_runs_every_scenario_with_numbers_json_and_plots(tmp_path: P
     expected |= {
         (f"sysbench {script}", 10, target)
         for script in ("oltp_read_only", "oltp_read_write")
-        for target in ("direct", "rotaproxy")
+        for target in ("direct", "rotaproxy", "rotaproxy-transaction")
     }
     assert {(r["scenario"], r["clients"], r["target"]) for r in runs} == expected
     for run in runs:
