@@ -41,8 +41,6 @@ from proxy.pool.pool import Pool
 
 log = logging.getLogger(__name__)
 
-S = TypeVar("S", bound=UpstreamConnection[Any])
-
 
 class PoolingCore(Protocol):
     """What the skeleton asks of an engine's sans-IO pooling core."""
@@ -81,16 +79,20 @@ class TransactionSession(Protocol):
         """A reload replaced the client's pool; the client now belongs to ``pool``."""
 
 
-class TransactionClient(ABC, Generic[S]):
+S = TypeVar("S", bound=UpstreamConnection[Any])  # the engine's server connection
+C = TypeVar("C", bound=PoolingCore)  # its pooling core
+T = TypeVar("T", bound=TransactionSession)  # its client session
+
+
+class TransactionClient(ABC, Generic[S, C, T]):
     """One transaction-mode client's hold on its pool: the connection attached while it needs
     one. The engine's subclass feeds the core and carries out its commands."""
 
-    core: PoolingCore
-
     def __init__(
-        self, session: TransactionSession, client: Endpoint, pool: Pool, meter: ClientMeter, variant: Hashable
+        self, session: T, core: C, client: Endpoint, pool: Pool, meter: ClientMeter, variant: Hashable
     ) -> None:
         self.session = session
+        self.core = core
         self.client = client
         self.pool = pool
         self.metrics = pool.metrics

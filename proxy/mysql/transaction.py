@@ -45,10 +45,8 @@ class MySqlSession(TransactionSession, Protocol):
         ...
 
 
-class MySqlTransactionRelay(TransactionClient[MySqlServerConnection]):
+class MySqlTransactionRelay(TransactionClient[MySqlServerConnection, PooledMySqlClient, MySqlSession]):
     """Serves one logged-in MySQL client in transaction mode until it leaves."""
-
-    core: PooledMySqlClient
 
     def __init__(
         self,
@@ -62,11 +60,10 @@ class MySqlTransactionRelay(TransactionClient[MySqlServerConnection]):
         login_collation_id: int,
         multi_statements: bool,
     ) -> None:
-        super().__init__(session, client, pool, meter, variant)
-        self.session: MySqlSession = session
-        self.core = PooledMySqlClient(
+        core = PooledMySqlClient(
             next(_serials), collation_id, schema, login_collation_id, pool.name, multi_statements
         )
+        super().__init__(session, core, client, pool, meter, variant)
 
     def __repr__(self) -> str:
         pinned = self.core.pinned

@@ -39,15 +39,13 @@ class TransactionSession(BaseSession, Protocol):
     async def say_goodbye_at_idle(self, pending: int = 0) -> None: ...
 
 
-class ServerAttachment(TransactionClient[PgServerConnection]):
+class ServerAttachment(TransactionClient[PgServerConnection, PooledClient, TransactionSession]):
     """One transaction-mode PostgreSQL client's server connection, attached while it needs
     one (``proxy.transaction_mode``), with the client's settings brought onto it first.
 
     The subclass carries out the core's commands (``_run``) and feeds it the server's
     bytes (``_on_server_data``, ``_on_server_lost``).
     """
-
-    core: PooledClient
 
     def __init__(
         self,
@@ -57,9 +55,7 @@ class ServerAttachment(TransactionClient[PgServerConnection]):
         meter: ClientMeter,
         parameters: dict[str, str],
     ) -> None:
-        super().__init__(session, client, pool, meter, None)
-        self.session: TransactionSession = session
-        self.core = PooledClient(parameters, pool.name)
+        super().__init__(session, PooledClient(parameters, pool.name), client, pool, meter, None)
 
     def _take(self, server: ServerConnection) -> None:
         """A connection borrowed for us: attach it now if it has our settings, else bring
