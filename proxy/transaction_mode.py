@@ -306,7 +306,8 @@ class TransactionClient(ABC, Generic[S, C, T]):
     def _take_back(self, reusable: bool = True) -> None:
         """The connection goes back: the client let go of it, or the pool takes back the one
         this idle client kept (it needs it, or it failed)."""
-        self.pool.release(self._unhook(), reusable=reusable)
+        server = self._unhook()
+        self.pool.release(server, reusable=reusable and not server.interrupted)
 
     async def _leave(self, reason: EndReason) -> None:
         """The client left: the connection goes back, reset if it must be, its request
@@ -323,7 +324,7 @@ class TransactionClient(ABC, Generic[S, C, T]):
             await self._stop_abandoned(server)
         else:
             server.dirty = terms.needs_reset
-        self.pool.release(server, reusable=terms.reusable)
+        self.pool.release(server, reusable=terms.reusable and not server.interrupted)
 
     # --- shutdown and reload -----------------------------------------------------------------
     def close_gracefully(self) -> None:

@@ -98,7 +98,7 @@ class PgBouncer:
         self.dir.mkdir(mode=0o755, exist_ok=True)
         (self.dir / "userlist.txt").write_text(f'"{USER}" ""\n')
         server = (
-            f"host=localhost port={stack.pg.port} dbname={DATABASE} user={USER} "
+            f"host=127.0.0.1 port={stack.pg.port} dbname={DATABASE} user={USER} "
             f"password={stack.postgres.password}"
         )
         (self.dir / "pgbouncer.ini").write_text(

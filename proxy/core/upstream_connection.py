@@ -27,6 +27,10 @@ class UpstreamConnection(ServerConnection, Generic[R]):
         # Transaction mode: a client left session state or a transaction on it (or, MySQL, its
         # warnings): reset before anyone else gets it.
         self.dirty = False
+        # Asked out of band to stop what runs on it (a PostgreSQL CancelRequest): the server may
+        # signal the backend twice (the process and its group), and the second signal would stop
+        # whatever runs next, another client's query in transaction mode. Not handed on.
+        self.interrupted = False
         endpoint.on_lost(lambda _: self.connection_lost())
 
     @property

@@ -382,12 +382,12 @@ class MySqlClientSession:
     async def _upstream_greeting(self, pool: Pool) -> Greeting:
         connector = pool.connector
         assert isinstance(connector, MySqlConnector)
-        if connector.greeting is None:
+        if connector.known_greeting() is None:  # (a method: no narrowing that outlives the await)
             # Learn the upstream's version and character set before the first greeting,
             # so drivers see the server they will talk to; the connection is kept pooled.
             # One client learns it; the others that came at once wait for that one.
             async with connector.learning:
-                if connector.greeting is None:
+                if connector.known_greeting() is None:
                     try:
                         server = await pool.borrow(connector.default_variant)
                     except PoolError as exc:

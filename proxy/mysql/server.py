@@ -273,6 +273,10 @@ class MySqlConnector:
         self.learning = asyncio.Lock()  # held by the client that learns the greeting
         self._variant_counts: dict[Hashable, int] = {}
 
+    def known_greeting(self) -> Greeting | None:
+        """The upstream's greeting, once a login learned it."""
+        return self.greeting
+
     def client_chose(self, variant: Hashable) -> None:
         """A client logged in with ``variant``: the pool warms up (and a one-pool listener
         greets with) what most of its recent clients chose."""

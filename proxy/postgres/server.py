@@ -200,6 +200,7 @@ class PgServerConnection(UpstreamConnection[MessageReader]):
         key = self.backend_key
         if key is None:
             return
+        self.interrupted = True
 
         async def send_cancel(endpoint: Endpoint) -> None:
             assert isinstance(endpoint.reader, MessageReader)
