@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from typing import Any, Generic, Protocol, TypeVar
 
 from protocols.endings import EndReason
@@ -166,6 +166,9 @@ class TransactionClient(ABC, Generic[S, C, T]):
         """A command of the engine's own (PostgreSQL's idle-in-transaction timer)."""
         raise AssertionError(f"unexpected command {command!r}")
 
+    def _leaving(self, terms: Release) -> None:
+        """The client left on ``terms``; what the engine notes on its connection first."""
+
     def _moved(self, successor: Pool) -> None:
         """The client moves to ``successor`` (a reload): what the core must know of it."""
         self.core.pool_name = successor.name
@@ -176,12 +179,13 @@ class TransactionClient(ABC, Generic[S, C, T]):
             self.core.stop()
 
     # --- the core's commands ---------------------------------------------------------------
-    def _run(self, commands: Sequence[object]) -> None:
-        """Carry out the core's commands, in order."""
+    def _run(self, commands: list[Any]) -> None:
+        """Carry out the core's commands, in order (the engine's ``list[Command]``; typed Any
+        here so that mypyc iterates it as a list and narrows each by its type)."""
         for command in commands:
             # By type, most frequent first: this runs for every chunk either way.
             if type(command) is SendToServer:
-                server = self.server
+                server: UpstreamConnection[Any] | None = self.server  # (a native class: no getattr)
                 assert server is not None
                 server.endpoint.write(command.data)
             elif type(command) is SendToClient:
@@ -264,9 +268,10 @@ class TransactionClient(ABC, Generic[S, C, T]):
 
     def _attached(self, server: S) -> None:
         self.server = server
-        self.client.peer, server.endpoint.peer = server.endpoint, self.client
-        server.endpoint.start_relay(self._on_server_data)
-        server.endpoint.on_lost(self._on_server_lost)
+        upstream: Endpoint = server.endpoint
+        self.client.peer, upstream.peer = upstream, self.client
+        upstream.start_relay(self._on_server_data)
+        upstream.on_lost(self._on_server_lost)
         self.client.resume_reading()
 
     # --- detaching ---------------------------------------------------------------------------
@@ -277,8 +282,9 @@ class TransactionClient(ABC, Generic[S, C, T]):
         self.server = None
         self.kept = False
         self.core.detached()
-        server.endpoint.remove_on_lost(self._on_server_lost)
-        server.endpoint.stop_relay()
+        upstream: Endpoint = server.endpoint
+        upstream.remove_on_lost(self._on_server_lost)
+        upstream.stop_relay()
         self.client.peer = None
         return server
 
@@ -316,6 +322,7 @@ class TransactionClient(ABC, Generic[S, C, T]):
         if self.server is None:
             return
         terms = self.core.release_terms()
+        self._leaving(terms)
         server = self._unhook()
         if reason is EndReason.SERVER_CLOSED or server.is_closed:
             self.pool.release(server, reusable=False)

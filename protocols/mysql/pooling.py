@@ -419,6 +419,18 @@ class PooledMySqlClient:
         )
         return Release(reusable=tracker.at_safe_point, cancel_first=False, needs_reset=dirty)
 
+    @property
+    def rollback_suffices(self) -> bool:
+        """What the client leaves on its connection is an open transaction and nothing more
+        (no pin, no pending characteristics, no warnings): a ROLLBACK resets it."""
+        connection = self.connection
+        return (
+            connection is not None
+            and not self.pins
+            and not connection.characteristics
+            and connection.diagnostics_of == 0
+        )
+
     def forget_statements(self) -> None:
         """The client left: its statements' copies are closed with the next work on each."""
         self.leave_copies()

@@ -317,7 +317,7 @@ class MySqlClientSession:
         """Transaction mode: logged in without a server connection (the client's character set
         and schema travel with it, onto whichever connection serves each transaction)."""
         schema = response.database
-        if not schema or schema == pool.name:
+        if not schema or schema == pool.name or schema == pool.config.database:
             schema = None  # the connections' own (the pool's database)
         else:
             await self._check_schema(pool, schema, variant)

@@ -141,6 +141,7 @@ class MySqlServerConnection(UpstreamConnection[PacketReader]):
         # Transaction mode: the session as the server reports it (tracking is on), which the
         # pooling core of whichever client is attached reads and updates.
         self.server_state: MySqlServerState | None = None
+        self.rollback_only = False  # (transaction mode) the reset due is a ROLLBACK, nothing more
 
     def __repr__(self) -> str:
         return f"MySqlServerConnection({self.target}, thread={self.thread_id}, gen={self.generation})"
@@ -189,6 +190,15 @@ class MySqlServerConnection(UpstreamConnection[PacketReader]):
         self.collation_id = collation_id
 
     async def reset(self) -> None:
+        if self.server_state is not None and self.rollback_only:
+            # Transaction mode: a client left only a transaction open (its session moves with
+            # it, and the next client's is brought): rolling it back is all the reset there is.
+            self.rollback_only = False
+            await self.query("ROLLBACK")
+            self.server_state.status_flags = self.status_flags
+            self.server_state.autocommit_open = False
+            self.dirty = False
+            return
         # One round trip: the server runs pipelined commands in order.
         # (Transaction mode follows the status in server_state, not here: roll back anyway.)
         rollback = self.in_transaction or self.server_state is not None

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from protocols.mysql.packets import Packet
 from protocols.mysql.pooling import PooledMySqlClient
+from protocols.pooling import Release
 from proxy.core.counters import ClientMeter
 from proxy.core.endpoint import Endpoint
 from proxy.core.server import ServerConnection
@@ -121,6 +122,11 @@ class MySqlTransactionRelay(TransactionClient[MySqlServerConnection, PooledMySql
         if server is not None and self.core.diagnostics_pending:
             server.dirty = True
         super()._take_back(reusable)
+
+    def _leaving(self, terms: Release) -> None:
+        server = self.server
+        if server is not None and terms.needs_reset and self.core.rollback_suffices:
+            server.rollback_only = True  # (the common case of autocommit off: no full reset)
 
     def _moved(self, successor: Pool) -> None:
         super()._moved(successor)

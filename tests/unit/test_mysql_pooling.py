@@ -1126,6 +1126,25 @@ def test_with_autocommit_off_a_read_keeps_the_connection_until_commit() -> None:
     )
 
 
+def test_a_client_leaving_an_autocommit_off_read_needs_only_a_rollback() -> None:
+    core, state = client(), server_state()
+    state.variables["autocommit"] = "OFF"
+    core.variables["autocommit"] = "OFF"
+    ran(
+        core,
+        state,
+        "SELECT a FROM t",
+        text_result(b"1", status=0),
+        [SendToClient(text_result(b"1", status=0))],
+    )
+    assert core.release_terms() == Release(reusable=True, cancel_first=False, needs_reset=True)
+    assert core.rollback_suffices
+    pin = Pinned("user variable", "user variable")
+    play(core, [(FromClient(query("SET @x = 1")), [pin, SendToServer(query("SET @x = 1"))])])
+    core.receive_server(answer(ok(0)))
+    assert not core.rollback_suffices  # a pinned client's session is reset whole
+
+
 def test_a_rollback_to_a_savepoint_does_not_end_the_transaction() -> None:
     core, state = client(), server_state()
     state.variables["autocommit"] = "OFF"
