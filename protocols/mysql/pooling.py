@@ -129,6 +129,7 @@ class MySqlServerState:
         "login_schema",
         "multi_statements",
         "schema",
+        "signalled_for",
         "statements",
         "status_flags",
         "to_close",
@@ -156,6 +157,7 @@ class MySqlServerState:
         self.last_insert_id = 0
         self.warnings = 0  # of the last statement: what SHOW WARNINGS would show
         self.diagnostics_of = 0  # the client (serial) whose warnings or error are on it; 0: none
+        self.signalled_for = 0  # ... raised again by the proxy's SIGNAL (their text may be cut)
         # (client serial, client statement id) -> its copy here, least recently used first.
         self.statements: OrderedDict[tuple[int, int], ServerCopy] = OrderedDict()
         self.to_close: list[int] = []  # server statement ids nobody needs: closed with the next work
@@ -165,6 +167,7 @@ class MySqlServerState:
         self.variables.clear()
         self.characteristics = ""
         self.autocommit_open = False
+        self.diagnostics_of = self.signalled_for = 0
         self.last_insert_id = 0
         self.warnings = 0
         self.statements.clear()
@@ -490,7 +493,7 @@ class PooledMySqlClient:
             if found.reads_diagnostics:
                 if (
                     self.warnings_response
-                    and connection.diagnostics_of != self.serial
+                    and (connection.diagnostics_of != self.serial or connection.signalled_for == self.serial)
                     and _SHOW_WARNINGS_ALONE.match(payload, 1)
                 ):
                     # Answered here, as the server answered it where the warnings were.
@@ -685,7 +688,7 @@ class PooledMySqlClient:
         text = sql.literal(message[:MESSAGE_TEXT_LIMIT], backslash_escapes=connection.backslash_escapes)
         signal = f"SIGNAL SQLSTATE '{sql_state}' SET MYSQL_ERRNO = {int(code)}, MESSAGE_TEXT = {text}"
         self._hidden(bytes([c.COM_QUERY]) + signal.encode(), SIGNAL_DIAGNOSTICS, out)
-        connection.diagnostics_of = self.serial
+        connection.diagnostics_of = connection.signalled_for = self.serial
 
     def _bring_insert_id(self, connection: MySqlServerState, out: list[bytes]) -> None:
         """The client's own LAST_INSERT_ID() onto the connection, before a statement reads it."""
@@ -809,6 +812,11 @@ class PooledMySqlClient:
                 self.tracker.captured.clear()
                 errors = [each for each in self.diagnostics if each[0] == "Error"]
                 shown = read_conditions(self.warnings_response)
+                if not shown:  # gone: nothing of the client's is on the connection any more
+                    self.diagnostics, self.warnings_response = [], b""
+                    if connection.diagnostics_of == self.serial:
+                        connection.diagnostics_of = 0
+                    return None
                 # (an ERR's own SQLSTATE is better than HY000)
                 self.diagnostics = errors + [each for each in shown if each[0] != "Error" or not errors]
         return None
@@ -818,13 +826,21 @@ class PooledMySqlClient:
         connection.warnings = warnings
         if tag >= VISIBLE and not self._reading_diagnostics:
             self.warnings = warnings
-            self.diagnostics = []
-            self.warnings_response = b""
-            self._capture_due = warnings > 0
             if warnings:
-                # Kept until a reset: MariaDB shows them until a statement that uses a table,
-                # whatever warning count the statements between report.
+                self.diagnostics = []
+                self.warnings_response = b""
+                self._capture_due = True
                 connection.diagnostics_of = self.serial
+            elif connection.diagnostics_of == self.serial and connection.signalled_for != self.serial:
+                # MariaDB shows the last conditions until a statement that uses a table,
+                # whatever count the statements between report: look again whether they stay.
+                self._capture_due = True
+            else:
+                # Elsewhere (or raised again there by a SIGNAL, whose text MariaDB may cut) a
+                # statement that reports none is taken to have ended them, as one that uses a
+                # table does: the one thing that is not exact (docs/architecture.md).
+                self.diagnostics, self.warnings_response = [], b""
+            connection.signalled_for = 0
 
     def _session_changed(self, connection: MySqlServerState, tag: int, state: bytes) -> None:
         changes = parse_session_state(state)

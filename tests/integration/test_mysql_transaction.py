@@ -25,7 +25,7 @@ import aiomysql
 import mysql.connector
 import pymysql
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from proxy.local.mariadb import ThrowawayMariaDB
@@ -862,6 +862,52 @@ STATEMENTS = [
     "SELECT COUNT(*) FROM diff_temp",
 ]
 SCRIPT_TIMEOUT = 10.0
+DIAGNOSTIC_READS = frozenset({"SHOW WARNINGS", "SELECT @@warning_count"})
+# Statements that use no table and leave no conditions: MariaDB keeps showing the previous
+# statement's warnings after them.
+TABLE_FREE = frozenset(
+    {
+        "SELECT 1",
+        STATE,
+        "SET time_zone = '+05:00'",
+        "SET SESSION sql_mode = 'ANSI_QUOTES'",
+        "SET sql_mode = ''",
+        "SET sql_mode = DEFAULT",
+        "SET NAMES latin1",
+        "SET NAMES utf8mb4",
+        "SET autocommit = 0",
+        "SET autocommit = 1",
+        "SET @x = 5",
+        "SELECT @x",
+        f"USE {OTHER_SCHEMA}",
+        "USE appdb",
+        "SELECT DATABASE()",
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "SELECT LAST_INSERT_ID()",
+        "SELECT 1; SELECT 2",
+    }
+)
+
+
+def within_known_limits(statements: tuple[str, ...]) -> bool:
+    """False for the one script shape where the pool is known to answer differently
+    (docs/architecture.md, MySQL transaction mode, Diagnostics): warnings read after a
+    statement that uses no table and reports none, which followed the statement that left
+    them. MariaDB shows them still; through the pool, a client that moved to another
+    connection in between gets none (the proxy cannot tell a statement that uses a table,
+    which ends them, from one that does not)."""
+    seen_other = between_free = False
+    for statement in statements:
+        if statement in DIAGNOSTIC_READS:
+            if seen_other and between_free:
+                return False
+        elif statement in TABLE_FREE:
+            between_free = seen_other
+        else:
+            seen_other, between_free = True, False
+    return True
 
 
 @dataclass(frozen=True)
@@ -1057,10 +1103,21 @@ def check(differential: Differential, case: Case) -> None:
         pool="diff2",
     )
 )
+@pytest.mark.timeout(120 if EXAMPLES <= 30 else 60 * 60)  # (--long: 1,000 scripts, ~0.3 s each)
 def test_every_script_is_answered_through_the_pool_as_mariadb_answers_it(
     differential: Differential, case: Case
 ) -> None:
+    assume(within_known_limits(case.statements))
     check(differential, case)
+
+
+def test_the_known_limit_is_the_only_shape_left_out() -> None:
+    # The filter keeps what the pool answers exactly: warnings read right after their
+    # statement, or after statements that use a table.
+    warn, show = "SELECT CAST('abc' AS INTEGER)", "SHOW WARNINGS"
+    assert within_known_limits((warn, show, "SELECT @@warning_count"))
+    assert within_known_limits((warn, f"DELETE FROM {SCRATCH} WHERE id = 3", show))
+    assert not within_known_limits((warn, "SELECT 1", show))
 
 
 # --- the pool as the operator sees it; shutdown and reload ------------------------------------

@@ -1184,3 +1184,38 @@ def test_change_user_starts_the_clients_session_again_without_the_server() -> No
     commands = core.receive_client(change)
     assert commands == [SendToClient(packet(OkPacket(0, 0, AUTOCOMMIT, 0).encode(), 1))]
     assert core.variables == {} and core.schema == "other"
+
+
+NO_WARNINGS = answer(b"\x03", column(b"Level"), column(b"Code"), column(b"Message"), eof(), eof())
+
+
+def test_warnings_are_looked_at_again_until_a_statement_clears_them() -> None:
+    # MariaDB shows a statement's warnings until a statement that uses a table, though the
+    # statements between report none: the core reads them again after each until they go.
+    core, state = client(), server_state()
+    warned = answer(ok(affected_rows=1, warnings=1))
+    show = query("SHOW WARNINGS")
+    play(
+        core,
+        [
+            (FromClient(query("INSERT INTO t VALUES ('x')")), [NEED_CONNECTION]),
+            (Attached(state), [SendToServer(query("INSERT INTO t VALUES ('x')"))]),
+            (FromServer(warned), [SendToClient(warned), SendToServer(show)]),
+            (FromServer(TRUNCATED), [MAY_DETACH]),
+            (FromClient(query("SELECT 1")), [SendToServer(query("SELECT 1"))]),
+            # Still there after SELECT 1 (no table): kept.
+            (FromServer(text_result(b"1")), [SendToClient(text_result(b"1")), SendToServer(show)]),
+            (FromServer(TRUNCATED), [MAY_DETACH]),
+        ],
+    )
+    assert core.diagnostics and core.diagnostics_pending
+    play(
+        core,
+        [
+            (FromClient(query("SELECT a FROM t")), [SendToServer(query("SELECT a FROM t"))]),
+            (FromServer(text_result(b"x")), [SendToClient(text_result(b"x")), SendToServer(show)]),
+            (FromServer(NO_WARNINGS), [MAY_DETACH]),
+        ],
+    )
+    assert core.diagnostics == [] and not core.diagnostics_pending  # no reset due for them
+    assert core.release_terms() == Release(reusable=True, cancel_first=False, needs_reset=False)
