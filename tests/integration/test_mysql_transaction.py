@@ -44,6 +44,7 @@ from tests.conftest import (
     wait_for,
 )
 
+ER_NO_SUCH_THREAD = 1094
 ER_BAD_FIELD_ERROR = 1054
 ER_SERVER_SHUTDOWN = 1053
 ER_NO_SUCH_TABLE = 1146
@@ -649,6 +650,20 @@ def test_kill_query_interrupts_its_target_wherever_it_runs_and_nothing_else(txn:
             thread.join(10)
     assert problems == []
     assert min(rounds) > 0
+
+
+def test_kill_of_a_pool_connections_thread_id_reaches_nobody(txn: TxnProxy) -> None:
+    """A thread id the client saw (CONNECTION_ID()) names a pooled connection, which may serve
+    another client by the time of the KILL: it is no such thread, and nothing is stopped."""
+    with connect(txn, "kill") as a, connect(txn, "kill") as b:
+        thread = one(a, "SELECT CONNECTION_ID()")[0]
+        assert thread < 2**30  # the server's own id, not the proxy's
+        sleeping = Background(lambda: one(a, "SELECT SLEEP(1)"))
+        time.sleep(0.3)
+        with pytest.raises(pymysql.err.MySQLError) as info:
+            one(b, f"KILL QUERY {thread}")
+        assert info.value.args[0] == ER_NO_SUCH_THREAD
+        assert sleeping.result(timeout=10) == (0,)  # not interrupted
 
 
 def test_kill_query_of_a_client_running_nothing_interrupts_nobody(
