@@ -135,7 +135,6 @@ class MySqlServerState:
         "to_close",
         "tracker",
         "variables",
-        "warnings",
     )
 
     def __init__(
@@ -155,7 +154,6 @@ class MySqlServerState:
         self.variables: dict[str, str] = {}
         self.characteristics = ""  # a one-shot SET TRANSACTION waiting for the next transaction
         self.last_insert_id = 0
-        self.warnings = 0  # of the last statement: what SHOW WARNINGS would show
         self.diagnostics_of = 0  # the client (serial) whose warnings or error are on it; 0: none
         self.signalled_for = 0  # ... raised again by the proxy's SIGNAL (their text may be cut)
         # (client serial, client statement id) -> its copy here, least recently used first.
@@ -169,7 +167,6 @@ class MySqlServerState:
         self.autocommit_open = False
         self.diagnostics_of = self.signalled_for = 0
         self.last_insert_id = 0
-        self.warnings = 0
         self.statements.clear()
         self.to_close.clear()
         self.schema = schema
@@ -228,7 +225,6 @@ class PooledMySqlClient:
         self.schema = schema
         self.initial_schema = schema
         self.last_insert_id = 0
-        self.warnings = 0
         # The last statement's conditions (level, code, message, SQLSTATE), read after it with a
         # hidden SHOW WARNINGS (warnings) or from its ERR, for a later SHOW WARNINGS elsewhere.
         self.diagnostics: list[tuple[str, int, str, str]] = []
@@ -614,7 +610,6 @@ class PooledMySqlClient:
         self.variables = dict(self.initial_variables)
         self.schema = self.initial_schema
         self.last_insert_id = 0
-        self.warnings = 0
         self.pins.clear()
         self._pinned_said.clear()
         if self.connection is not None:
@@ -777,7 +772,6 @@ class PooledMySqlClient:
             if tag >= VISIBLE:
                 if not self._reading_diagnostics:  # the error is what SHOW WARNINGS shows now
                     error = ErrPacket.decode(payload)
-                    self.warnings = 1
                     self.diagnostics = [("Error", error.code, error.message, error.sql_state)]
                     self.warnings_response = b""
                     self._capture_due = True  # (SHOW WARNINGS as the server shows it, too)
@@ -823,9 +817,7 @@ class PooledMySqlClient:
 
     def _status_reported(self, connection: MySqlServerState, tag: int, flags: int, warnings: int) -> None:
         connection.status_flags = flags
-        connection.warnings = warnings
         if tag >= VISIBLE and not self._reading_diagnostics:
-            self.warnings = warnings
             if warnings:
                 self.diagnostics = []
                 self.warnings_response = b""
@@ -889,7 +881,6 @@ class PooledMySqlClient:
         self._preparing = False
         waiting = self._pending.popleft() if self._pending else None
         if waiting is not None and waiting.payload[0] != c.COM_STMT_SEND_LONG_DATA:
-            self.warnings = 1
             commands.append(SendToClient(frame(payload, 1)[0]))
         return None
 
