@@ -28,6 +28,7 @@ What cannot move pins it until it leaves (``Pinned``): see ``protocols.mysql.ses
 from __future__ import annotations
 
 import re
+import struct
 from collections import OrderedDict, deque
 from typing import Final
 
@@ -36,8 +37,14 @@ from protocols.errors import ProtocolViolation
 from protocols.mysql import constants as c
 from protocols.mysql import sql
 from protocols.mysql.messages import ChangeUser, ErrPacket, OkPacket
-from protocols.mysql.packets import UINT32, Packet, PacketReader, decode_lenenc_str, frame
-from protocols.mysql.session_state import REASON_CURSOR, REASON_LOCK_TABLES, ends_transaction, inspect
+from protocols.mysql.packets import UINT32, Packet, PacketReader, decode_lenenc_str, encode_lenenc_str, frame
+from protocols.mysql.session_state import (
+    REASON_CURSOR,
+    REASON_LOCK_TABLES,
+    ends_transaction,
+    inspect,
+    row_count_alone,
+)
 from protocols.mysql.session_track import (
     TRACK_EVERYTHING,
     TRACKING_PREFIX,
@@ -52,8 +59,10 @@ from protocols.mysql.tracker import (
     A_ROWS_END,
     A_STATUS,
     CAPTURED,
+    CAPTURED_ANSWER,
     VISIBLE,
     ResponseTracker,
+    edited_status,
 )
 from protocols.pooling import (
     MAY_DETACH,
@@ -96,6 +105,9 @@ SHOW_WARNINGS: Final = bytes([c.COM_QUERY]) + b"SHOW WARNINGS"
 _SHOW_WARNINGS_ALONE: Final = re.compile(rb"\s*SHOW\s+WARNINGS\s*;?\s*$", re.IGNORECASE)
 MESSAGE_TEXT_LIMIT: Final = 128  # characters SIGNAL takes in MESSAGE_TEXT
 LAST_PREPARED: Final = 0xFFFFFFFF  # MariaDB: the statement the connection prepared last
+TEXT_ROW: Final = 1  # how the client's ROW_COUNT() goes in the row of the answer given here
+BINARY_ROW: Final = 2
+_INT64: Final = struct.Struct("<q")
 CURSOR_FLAGS: Final = 0x07  # COM_STMT_EXECUTE flags that open a cursor (read-only, for update, scrollable)
 _OPENING: Final = frozenset({c.COM_QUERY, c.COM_STMT_EXECUTE})  # what may open a transaction
 _STATEMENT_FUNCTIONS: Final = {
@@ -123,6 +135,7 @@ class MySqlServerState:
         "autocommit_open",
         "capabilities",
         "characteristics",
+        "counted_for",
         "diagnostics_of",
         "last_insert_id",
         "login_collation_id",
@@ -155,6 +168,7 @@ class MySqlServerState:
         self.characteristics = ""  # a one-shot SET TRANSACTION waiting for the next transaction
         self.last_insert_id = 0
         self.diagnostics_of = 0  # the client (serial) whose warnings or error are on it; 0: none
+        self.counted_for = 0  # the client whose command it ran last (ROW_COUNT() is its); 0: none
         self.signalled_for = 0  # ... raised again by the proxy's SIGNAL (their text may be cut)
         # (client serial, client statement id) -> its copy here, least recently used first.
         self.statements: OrderedDict[tuple[int, int], ServerCopy] = OrderedDict()
@@ -165,7 +179,7 @@ class MySqlServerState:
         self.variables.clear()
         self.characteristics = ""
         self.autocommit_open = False
-        self.diagnostics_of = self.signalled_for = 0
+        self.diagnostics_of = self.signalled_for = self.counted_for = 0
         self.last_insert_id = 0
         self.statements.clear()
         self.to_close.clear()
@@ -187,7 +201,7 @@ class MySqlServerState:
 class ClientStatement:
     """A binary prepared statement of one client: its text and where it has copies."""
 
-    __slots__ = ("copies", "parameters", "reads_insert_id", "sql", "statement_id", "types")
+    __slots__ = ("copies", "parameters", "reads_insert_id", "row_count_alone", "sql", "statement_id", "types")
 
     def __init__(self, statement_id: int, sql: bytes) -> None:
         self.statement_id = statement_id
@@ -195,6 +209,7 @@ class ClientStatement:
         self.parameters = -1  # known from the first PREPARE_OK
         self.types = b""  # the parameter types the client last sent
         self.reads_insert_id = False  # LAST_INSERT_ID(): the client's is brought before each execute
+        self.row_count_alone = False  # SELECT ROW_COUNT(): answered with the client's where moved
         self.copies: list[MySqlServerState] = []
 
 
@@ -225,6 +240,13 @@ class PooledMySqlClient:
         self.schema = schema
         self.initial_schema = schema
         self.last_insert_id = 0
+        # What ROW_COUNT() is for the client: its last command's affected rows (OK), -1 after
+        # a result set or an error. The connection's is that when the client's command was the
+        # last it ran (``counted_for``) and none was answered here since.
+        self.row_count = 0
+        self._counted_here = False
+        self._answering = 0  # the command whose answer is captured and edited here: its kind
+        self._answer_value = 0  # ... and the ROW_COUNT() it gets
         # The last statement's conditions (level, code, message, SQLSTATE), read after it with a
         # hidden SHOW WARNINGS (warnings) or from its ERR, for a later SHOW WARNINGS elsewhere.
         self.diagnostics: list[tuple[str, int, str, str]] = []
@@ -376,6 +398,8 @@ class PooledMySqlClient:
                     notes.clear()
                     return [*commands, failed]
             notes.clear()
+        if self._answering and tracker.at_safe_point:
+            commands.append(SendToClient(self._captured_answer(connection, tracker)))
         if self._await_quiet and tracker.at_safe_point:
             self._await_quiet = False
         if self._pending and not self._blocked:
@@ -449,6 +473,7 @@ class PooledMySqlClient:
             return False
         command = payload[0]
         if command == c.COM_PING:
+            self._counted(0)
             commands.append(SendToClient(frame(OkPacket(0, 0, self._status(), 0).encode(), 1)[0]))
             return True
         if command == c.COM_STMT_CLOSE and len(payload) >= 5:
@@ -501,9 +526,13 @@ class PooledMySqlClient:
                 self._next_statement_id += 1
                 statement = ClientStatement(statement_id, payload[1:])
                 statement.reads_insert_id = found.reads_insert_id
+                statement.row_count_alone = found.reads_row_count and row_count_alone(payload[1:])
                 self.statements[statement_id] = statement
                 self.queries += 1
                 self._send(payload, 0, statement_id, out)
+                return
+            if found.reads_row_count and self._row_count_moved(connection) and row_count_alone(payload[1:]):
+                self._answer_row_count(packet, payload, TEXT_ROW, out)
                 return
         elif command in _STATEMENT_FUNCTIONS or command == c.COM_STMT_SEND_LONG_DATA:
             self._statement_command(packet, out, commands)
@@ -566,6 +595,9 @@ class PooledMySqlClient:
                 self._bring_insert_id(connection, out)
             if len(payload) > 5 and payload[5] & CURSOR_FLAGS:
                 self._pin(REASON_CURSOR, commands)
+            elif statement.row_count_alone and self._row_count_moved(connection):
+                self._answer_row_count(packet, edited, BINARY_ROW, out)
+                return
         if command != c.COM_STMT_SEND_LONG_DATA:
             self.queries += 1
         self._send(edited, 0, VISIBLE, out)
@@ -642,6 +674,7 @@ class PooledMySqlClient:
             self.initial_variables = {name: str(collation) for name in CHARSET_VARIABLES}
         self.initial_schema = request.database
         self._reset_session()
+        self._counted(0)
         if connection is not None:
             self._hidden(bytes([c.COM_RESET_CONNECTION]), RESET_TRACKING, out)
             self._after_reset(out)
@@ -653,11 +686,13 @@ class PooledMySqlClient:
         """Answer a command here, in its turn: after whatever the server still owes the client
         (until then the command waits, and what came after it)."""
         if not self._wait_for_quiet(packet, out):
+            self._counted(answer.affected_rows if isinstance(answer, OkPacket) else -1)
             commands.append(SendToClient(frame(answer.encode(), 1)[0]))
 
     def _answer_raw(self, packet: Packet, response: bytes, out: list[bytes], commands: list[Command]) -> None:
         if not self._wait_for_quiet(packet, out):
             self.queries += 1
+            self._counted(-1)  # (a result set)
             commands.append(SendToClient(response))
 
     def _wait_for_quiet(self, packet: Packet, out: list[bytes]) -> bool:
@@ -691,6 +726,57 @@ class PooledMySqlClient:
             self._hidden(b"%cDO LAST_INSERT_ID(%d)" % (c.COM_QUERY, self.last_insert_id), SET_INSERT_ID, out)
             connection.last_insert_id = self.last_insert_id
 
+    def _row_count_moved(self, connection: MySqlServerState) -> bool:
+        """Whether ROW_COUNT() on ``connection`` is not the client's: another's command (or the
+        proxy's) ran there since the client's, or the proxy answered the client's last."""
+        return connection.counted_for != self.serial or self._counted_here
+
+    def _counted(self, row_count: int) -> None:
+        """A command answered here: what ROW_COUNT() is after it."""
+        self.row_count = row_count
+        self._counted_here = True
+
+    def _answer_row_count(self, packet: Packet, payload: bytes, kind: int, out: list[bytes]) -> None:
+        """``SELECT ROW_COUNT()`` where the connection's is not the client's: it runs there,
+        alone (after all before it is answered, nothing after it until it is), its answer is
+        captured and sent on with the client's value in its row (``_captured_answer``)."""
+        if self._wait_for_quiet(packet, out):
+            return
+        self.queries += 1
+        self._answering = kind
+        self._answer_value = self.row_count
+        self._await_quiet = True
+        self._send(payload, 0, CAPTURED_ANSWER, out)
+
+    def _captured_answer(self, connection: MySqlServerState, tracker: ResponseTracker) -> bytes:
+        """The captured answer to ``SELECT ROW_COUNT()`` as the client is to get it: its row
+        holds the client's value, its status packets edited as every answer's are."""
+        kind, self._answering = self._answering, 0
+        response, row_count = bytes(tracker.captured), self._answer_value
+        tracker.captured.clear()
+        reader = PacketReader()
+        reader.receive_data(response)
+        packets: list[Packet] = []
+        while isinstance(packet := reader.next_event(), Packet):
+            packets.append(packet)
+        if len(packets) < 4 or packets[0].payload != b"\x01":  # not the one-column result: as it came
+            capabilities = connection.capabilities
+            return b"".join(
+                frame(edited_status(VISIBLE, A_RESULT_OK, each.payload, capabilities), each.sequence_id)[0]
+                for each in packets
+            )
+        out: list[bytes] = []
+        row_at = len(packets) - 2
+        for index, each in enumerate(packets):
+            body = each.payload
+            if index == row_at:
+                value = str(row_count).encode()
+                body = encode_lenenc_str(value) if kind == TEXT_ROW else b"\x00\x00" + _INT64.pack(row_count)
+            elif index > 1:
+                body = edited_status(VISIBLE, A_ROWS_END, body, connection.capabilities)
+            out.append(frame(body, each.sequence_id)[0])
+        return b"".join(out)
+
     def _pin(self, reason: str, commands: list[Command]) -> None:
         if reason not in self.pins:
             self.pins.append(reason)
@@ -706,8 +792,15 @@ class PooledMySqlClient:
             self._send_closes(connection, out)  # (never inside another exchange: LOCAL INFILE)
         tracker.send(Packet(sequence_id, sequence_id, payload), tag)
         out.append(frame(payload, sequence_id)[0])
-        if tag >= VISIBLE and sequence_id == 0 and not connection.autocommit and payload[0] in _OPENING:
-            connection.autocommit_open = not ends_transaction(payload)
+        if sequence_id != 0:
+            return
+        if tag >= VISIBLE or tag == CAPTURED_ANSWER:
+            connection.counted_for = self.serial
+            self._counted_here = False
+            if not connection.autocommit and payload[0] in _OPENING:
+                connection.autocommit_open = not ends_transaction(payload)
+        else:
+            connection.counted_for = 0
 
     def _hidden(self, payload: bytes, tag: int, out: list[bytes]) -> None:
         """A command of the proxy's own (``tag`` < 0): its answer is not the client's."""
@@ -768,8 +861,11 @@ class PooledMySqlClient:
         """What one status packet of a response says; a command that ends the client when the
         proxy's own command failed."""
         first = payload[0] if payload else -1
+        if tag == CAPTURED_ANSWER:
+            tag = VISIBLE  # the client's own command: only its bytes are edited here
         if action == A_ERR:
             if tag >= VISIBLE:
+                self.row_count = -1
                 if not self._reading_diagnostics:  # the error is what SHOW WARNINGS shows now
                     error = ErrPacket.decode(payload)
                     self.diagnostics = [("Error", error.code, error.message, error.sql_state)]
@@ -785,11 +881,17 @@ class PooledMySqlClient:
                 return self._prepare_failed(PREPARE_BASE - tag, payload, commands)
             error = ErrPacket.decode(payload)
             return self._fatal(f"could not bring the session onto a server connection: {error.message}")
+        # ROW_COUNT() after the client's command: an OK's affected rows, -1 after a result set
+        # (or an error, above), 0 after a prepare or an EOF status.
         if action == A_PREPARE_OK:
+            if tag > VISIBLE:
+                self.row_count = 0
             self._prepared(connection, tag, UINT32.unpack_from(payload, 1)[0], payload)
             return None
         if first == c.OK and (action in (A_RESULT_OK, A_STATUS)):
             ok = OkPacket.decode(payload, connection.capabilities)
+            if tag >= VISIBLE:
+                self.row_count = ok.affected_rows
             self._status_reported(connection, tag, ok.status_flags, ok.warnings)
             if ok.last_insert_id:
                 connection.last_insert_id = ok.last_insert_id
@@ -800,6 +902,8 @@ class PooledMySqlClient:
         elif first == c.EOF and action in (A_ROWS_END, A_STATUS, A_DEFINITIONS_EOF) and len(payload) >= 5:
             warnings, flags = payload[1] | payload[2] << 8, payload[3] | payload[4] << 8
             self._status_reported(connection, tag, flags, warnings)
+            if tag >= VISIBLE and action != A_DEFINITIONS_EOF:
+                self.row_count = -1 if action == A_ROWS_END else 0
             if tag == CAPTURED and action == A_ROWS_END:
                 assert self.tracker is not None
                 self.warnings_response = bytes(self.tracker.captured)

@@ -40,7 +40,7 @@ INSPECT_LIMIT: Final = 128 * 1024
 
 _TRIGGERS: Final = re.compile(
     rb"@|LOCK|TEMPORARY|PREPARE|FOUND_ROWS|XA|HANDLER|LASTVAL|PREVIOUS|LAST_INSERT_ID|IDENTITY|SESSION_TRACK"
-    rb"|WARNING|ERROR|DIAGNOSTICS"
+    rb"|WARNING|ERROR|DIAGNOSTICS|ROW_COUNT"
 )
 _CHECKS: Final = (
     # A user variable pins where it may be assigned (reading one nobody set is NULL anywhere:
@@ -66,6 +66,12 @@ _CHECKS: Final = (
 _UNLOCK: Final = re.compile(r"(?:^|;)\s*UNLOCK\s+TABLES?\b")
 _READS_INSERT_ID: Final = re.compile(r"\bLAST_INSERT_ID\b|@@(?:SESSION\.)?(?:IDENTITY|LAST_INSERT_ID)\b")
 _TRACKING: Final = re.compile(r"\bSESSION_TRACK_\w+")
+_READS_ROW_COUNT: Final = re.compile(r"\bROW_COUNT\s*\(")
+# The form a client reads ROW_COUNT() in: alone, perhaps named (the proxy can answer it).
+_ROW_COUNT_ALONE: Final = re.compile(
+    rb"\s*SELECT\s+ROW_COUNT\s*\(\s*\)(?:\s*(?:AS\s+)?(?:\w+|`[^`]*`|'[^'\\]*'|\"[^\"\\]*\"))?\s*;?\s*$",
+    re.IGNORECASE,
+)
 _READS_DIAGNOSTICS: Final = re.compile(
     r"\bSHOW\s+(?:COUNT\s*\(\s*\*\s*\)\s+)?(?:WARNINGS|ERRORS)\b"
     r"|@@(?:SESSION\.)?(?:WARNING_COUNT|ERROR_COUNT)\b|\bGET\s+(?:CURRENT\s+|STACKED\s+)?DIAGNOSTICS\b"
@@ -75,12 +81,13 @@ _READS_DIAGNOSTICS: Final = re.compile(
 class Inspection:
     """What one statement's text says (``inspect``)."""
 
-    __slots__ = ("pins", "reads_diagnostics", "reads_insert_id", "tracking", "unlocks")
+    __slots__ = ("pins", "reads_diagnostics", "reads_insert_id", "reads_row_count", "tracking", "unlocks")
 
     def __init__(self) -> None:
         self.pins: list[str] = []
         self.reads_insert_id = False
         self.reads_diagnostics = False  # SHOW WARNINGS, @@warning_count ...: the last statement's
+        self.reads_row_count = False  # ROW_COUNT(): the last statement's
         self.unlocks = False
         self.tracking = False  # names a session_track_* variable: the proxy's alone
 
@@ -106,9 +113,23 @@ def inspect(sql: bytes, *, backslash_escapes: bool = True) -> Inspection:
     found.reads_insert_id = _READS_INSERT_ID.search(code) is not None
     found.tracking = _TRACKING.search(code) is not None
     found.reads_diagnostics = _READS_DIAGNOSTICS.search(code) is not None
-    if found.pins or found.unlocks or found.reads_insert_id or found.tracking or found.reads_diagnostics:
+    found.reads_row_count = _READS_ROW_COUNT.search(code) is not None
+    if (
+        found.pins
+        or found.unlocks
+        or found.reads_insert_id
+        or found.tracking
+        or found.reads_diagnostics
+        or found.reads_row_count
+    ):
         return found
     return NOTHING
+
+
+def row_count_alone(sql: bytes) -> bool:
+    """Whether ``sql`` is ``SELECT ROW_COUNT()`` and nothing more (an alias at most): a
+    result of one column and one row, whose value the proxy can give."""
+    return _ROW_COUNT_ALONE.match(sql) is not None
 
 
 def _code(text: str, backslash_escapes: bool) -> str:

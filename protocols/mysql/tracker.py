@@ -49,7 +49,7 @@ command is sent with a tag: VISIBLE, HIDDEN (the proxy's own: its response is dr
 for a client's COM_STMT_PREPARE, the statement id the client is told. ``receive_data`` then
 returns what the client is to get: bytes of rows and definitions pass as they came (no copy
 when a chunk needs no edit), status packets (OK, ERR, EOF, PREPARE_OK) are held whole and
-edited (``_edited``), and every status packet is noted in ``notes`` as ``(tag, action,
+edited (``edited_status``), and every status packet is noted in ``notes`` as ``(tag, action,
 payload)`` for the proxy to read its session changes, warnings and statement ids.
 
 Call ``send`` no later than the callback that forwards the command, so the tracker expects
@@ -208,6 +208,7 @@ A_SINGLE_PACKET: Final = 11
 VISIBLE: Final = 0
 HIDDEN: Final = -1  # any negative tag: the response is the proxy's own, never sent on
 CAPTURED: Final = -99  # hidden, and its bytes kept whole in ``captured``
+CAPTURED_ANSWER: Final = -98  # the same; the proxy sends it on itself, edited
 # What becomes of a packet of it.
 PASS: Final = 0  # forwarded as it comes
 HOLD: Final = 1  # kept whole, edited, then forwarded (only small status packets)
@@ -299,7 +300,7 @@ class ResponseTracker:
         self._held_header = b""  # the header of a packet held whole, or one not yet decided
         self._hold_start = -1  # where the held packet starts in the current chunk, or -1
         self._chunk = b""  # the chunk being edited
-        self.captured = bytearray()  # a CAPTURED response, whole, for the proxy to read
+        self.captured = bytearray()  # a CAPTURED (or CAPTURED_ANSWER) response, whole, for the proxy to read
 
     # --- what the proxy asks -----------------------------------------------------------------
 
@@ -410,7 +411,7 @@ class ResponseTracker:
             take = min(self._body_left, size - position)
             if self._capture is not None:
                 self._capture += data[position : position + take]
-            if editing and self._disposition == DROP and self._tags[0] == CAPTURED:
+            if editing and self._disposition == DROP and CAPTURED <= self._tags[0] <= CAPTURED_ANSWER:
                 self.captured += data[position : position + take]
             position += take
             self._body_left -= take
@@ -537,7 +538,7 @@ class ResponseTracker:
             return
         if in_chunk:
             self._flush_run(data, start)
-        if self._tags[0] == CAPTURED:
+        if CAPTURED <= self._tags[0] <= CAPTURED_ANSWER:
             self.captured += data[start:body_start] if in_chunk else self._held_header
         self._run = -1
         self._held_header = b""
@@ -571,7 +572,7 @@ class ResponseTracker:
         if payload is not None:
             self.notes.append((tag, action, whole))
         if disposition == HOLD:
-            edited = _edited(tag, action, whole, self._capabilities)
+            edited = edited_status(tag, action, whole, self._capabilities)
             if edited is not whole or self._hold_start < 0:
                 # Edited, or begun in an earlier chunk: framed again, in place of the original.
                 if self._hold_start >= 0:
@@ -698,7 +699,7 @@ class ResponseTracker:
         self._finish_response()
 
 
-def _edited(tag: int, action: int, payload: bytes, capabilities: int) -> bytes:
+def edited_status(tag: int, action: int, payload: bytes, capabilities: int) -> bytes:
     """A status packet as the client is to see it: session-state changes (which only the
     proxy asked for) taken out of OK packets, their flag out of every status, and a client
     prepare's statement id in its PREPARE_OK."""

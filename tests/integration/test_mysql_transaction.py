@@ -717,6 +717,60 @@ def test_last_insert_id_is_each_clients_own(
     assert txn.pool("insert_ids")["opened_total"] == 1  # they did share the one connection
 
 
+def test_row_count_is_each_clients_own_in_text_and_binary_protocol(
+    txn: TxnProxy, mariadb: ThrowawayMariaDB, mysql_users: MySqlUsers
+) -> None:
+    # Three clients on one server connection: each inserts its own number of rows, then reads
+    # ROW_COUNT() after the others' inserts ran there, as SELECT ROW_COUNT() (PyMySQL) and as
+    # a statement mysql-connector prepared once and executes again (binary protocol).
+    def rounds(open_text: Callable[[], Any], open_binary: Callable[[], Any]) -> list[Any]:
+        seen: list[Any] = []
+        texts = [open_text() for _ in range(3)]
+        binary = open_binary()
+        try:
+            reader = binary.cursor(prepared=True)
+            reader.execute("SELECT ROW_COUNT()")
+            seen.append(reader.fetchall())  # (after its own prepare)
+            for round_ in range(2):
+                for index, conn in enumerate(texts):
+                    values = ", ".join(["(%s)"] * (index + 1))
+                    one(conn, f"INSERT INTO {INSERTS} (who) VALUES {values}", *[f"rc {index}"] * (index + 1))
+                with binary.cursor() as writer:
+                    writer.execute(f"DELETE FROM {INSERTS} WHERE who = 'rc 2' LIMIT {round_ + 1}")
+                for conn in texts:
+                    seen.append(one(conn, "SELECT ROW_COUNT() AS n"))
+                    seen.append(one(conn, "SELECT ROW_COUNT()"))  # (-1: the one before was a SELECT)
+                reader.execute("SELECT ROW_COUNT()")
+                seen.append(reader.fetchall())
+        finally:
+            for conn in texts:
+                conn.close()
+            binary.close()
+        return seen
+
+    def connector(port: int, **login: Any) -> Any:
+        return mysql.connector.connect(
+            host="127.0.0.1",
+            port=port,
+            database="appdb",
+            use_pure=True,
+            ssl_disabled=True,
+            autocommit=True,
+            **login,
+        )
+
+    expected = rounds(
+        partial(direct, mariadb, mysql_users),
+        partial(connector, mariadb.port, user="app", password=mysql_users.app),
+    )
+    assert expected[1:4] == [(1,), (-1,), (2,)]  # (what MariaDB says)
+    got = rounds(
+        partial(connect, txn, "insert_ids"), partial(connector, txn.ports["insert_ids"], user="anyone")
+    )
+    assert got == expected
+    assert txn.pool("insert_ids")["opened_total"] == 1  # they did share the one connection
+
+
 @pytest.mark.parametrize(
     "statement",
     [
@@ -865,6 +919,7 @@ STATEMENTS = [
     f"SELECT id FROM {SCRATCH} ORDER BY id FOR UPDATE",
     f'SELECT "note" FROM {SCRATCH} ORDER BY id',  # a string, or the column under ANSI_QUOTES
     "SELECT LAST_INSERT_ID()",
+    "SELECT ROW_COUNT()",
     "SELECT CAST('abc' AS INTEGER)",  # warning 1292
     "SELECT 1 / 0",  # warning 1365 (ERROR_FOR_DIVISION_BY_ZERO is in the default sql_mode)
     "SHOW WARNINGS",
@@ -901,6 +956,7 @@ TABLE_FREE = frozenset(
         "COMMIT",
         "ROLLBACK",
         "SELECT LAST_INSERT_ID()",
+        "SELECT ROW_COUNT()",
         "SELECT 1; SELECT 2",
     }
 )
@@ -1116,6 +1172,17 @@ def check(differential: Differential, case: Case) -> None:
             STATE,
         ),
         pool="diff2",
+    )
+)
+@example(  # ROW_COUNT() after the other client's round took the connection: the script's own
+    case=Case(
+        (
+            f"INSERT INTO {SCRATCH} (note) VALUES ('x'), ('y')",
+            "SELECT ROW_COUNT()",
+            f"UPDATE {SCRATCH} SET note = CONCAT(note, '+') WHERE id <= 2",
+            "SELECT 1",
+            "SELECT ROW_COUNT()",
+        )
     )
 )
 @pytest.mark.timeout(120 if EXAMPLES <= 30 else 60 * 60)  # (--long: 1,000 scripts, ~0.3 s each)

@@ -1219,3 +1219,160 @@ def test_warnings_are_looked_at_again_until_a_statement_clears_them() -> None:
     )
     assert core.diagnostics == [] and not core.diagnostics_pending  # no reset due for them
     assert core.release_terms() == Release(reusable=True, cancel_first=False, needs_reset=False)
+
+
+# --- ROW_COUNT() -------------------------------------------------------------------------------
+
+READ_ROW_COUNT = "SELECT ROW_COUNT()"
+
+
+def row_count_result(value: int, status: int = AUTOCOMMIT, *, binary: bool = False) -> bytes:
+    """SELECT ROW_COUNT()'s answer: one BIGINT column, one row."""
+    definition = (
+        b"\x03def\x00\x00\x00"
+        + encode_lenenc_str(b"ROW_COUNT()")
+        + b"\x00\x0c\x3f\x00\x15\x00\x00\x00\x08\x81\x00\x00\x00\x00"
+    )
+    row = b"\x00\x00" + struct.pack("<q", value) if binary else encode_lenenc_str(str(value).encode())
+    return answer(b"\x01", definition, eof(status), row, eof(status))
+
+
+def updated_three(core: PooledMySqlClient, state: MySqlServerState) -> None:
+    """The client's UPDATE of three rows runs on ``state``, and the client lets it go."""
+    done = answer(ok(affected_rows=3))
+    ran(core, state, "UPDATE t SET a = a + 1", done, [SendToClient(done), MAY_DETACH])
+    core.detached()
+
+
+def test_row_count_where_another_client_ran_since_is_answered_with_the_clients_own() -> None:
+    core, state = client(), server_state()
+    updated_three(core, state)
+    state.counted_for = 2  # another client's statement ran there since
+    play(
+        core,
+        [
+            (FromClient(query(READ_ROW_COUNT)), [NEED_CONNECTION]),
+            (Attached(state), [SendToServer(query(READ_ROW_COUNT))]),
+            # The server says the other client's -1; the client is told its own 3.
+            (FromServer(row_count_result(-1)), [SendToClient(row_count_result(3)), MAY_DETACH]),
+        ],
+    )
+    assert core.row_count == -1 and state.counted_for == 1  # (a result set: what it is now)
+
+
+def test_row_count_on_the_clients_own_connection_is_the_servers() -> None:
+    core, state = client(), server_state()
+    updated_three(core, state)
+    play(
+        core,
+        [
+            (FromClient(query(READ_ROW_COUNT)), [NEED_CONNECTION]),
+            (Attached(state), [SendToServer(query(READ_ROW_COUNT))]),
+            (FromServer(row_count_result(3)), [SendToClient(row_count_result(3)), MAY_DETACH]),
+        ],
+    )
+
+
+def test_row_count_after_the_proxys_own_commands_on_the_connection_is_the_clients() -> None:
+    # The client's session is brought with a hidden SET: ROW_COUNT() there is the SET's 0.
+    core, state = client(), server_state()
+    updated_three(core, state)
+    core.variables["time_zone"] = "+05:00"
+    restore = query("SET @@session.time_zone = '+05:00'")
+    play(
+        core,
+        [
+            (FromClient(query(READ_ROW_COUNT)), [NEED_CONNECTION]),
+            # The read waits until the hidden SET is answered, and goes alone.
+            (Attached(state), [SendToServer(restore)]),
+            (
+                FromServer(answer(ok(state=variable("time_zone", "+05:00")))),
+                [SendToServer(query(READ_ROW_COUNT))],
+            ),
+            (FromServer(row_count_result(0)), [SendToClient(row_count_result(3)), MAY_DETACH]),
+        ],
+    )
+
+
+def test_a_command_after_an_answered_row_count_waits_for_its_answer() -> None:
+    core, state = client(), server_state()
+    updated_three(core, state)
+    state.counted_for = 2
+    then = query("SELECT 1")
+    play(
+        core,
+        [
+            (FromClient(query(READ_ROW_COUNT) + then), [NEED_CONNECTION]),
+            (Attached(state), [SendToServer(query(READ_ROW_COUNT))]),
+            (FromServer(row_count_result(-1)), [SendToClient(row_count_result(3)), SendToServer(then)]),
+            (FromServer(text_result(b"1")), [SendToClient(text_result(b"1")), MAY_DETACH]),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "reply", "expected"),
+    [
+        ("SELECT a FROM t", text_result(b"x"), -1),
+        ("DELETE FROM t", answer(ok(affected_rows=5)), 5),
+        ("SELEC 1", packet(ErrPacket(1064, "syntax", "42000").encode(), 1), -1),
+    ],
+)
+def test_row_count_is_what_the_clients_last_statement_left(before: str, reply: bytes, expected: int) -> None:
+    core, state = client(), server_state()
+    core.receive_client(query(before))
+    core.attached(state)
+    assert SendToClient(reply) in core.receive_server(reply)
+    assert core.row_count == expected
+
+
+def test_row_count_after_a_ping_answered_here_is_zero() -> None:
+    core, state = client(), server_state()
+    updated_three(core, state)
+    core.receive_client(PING)
+    play(
+        core,
+        [
+            (FromClient(query(READ_ROW_COUNT)), [NEED_CONNECTION]),
+            (Attached(state), [SendToServer(query(READ_ROW_COUNT))]),
+            (FromServer(row_count_result(3)), [SendToClient(row_count_result(0)), MAY_DETACH]),
+        ],
+    )
+
+
+def test_a_prepared_row_count_where_it_was_prepared_again_is_the_clients_own() -> None:
+    # The client prepares SELECT ROW_COUNT() (which leaves 0), runs an UPDATE, and executes it
+    # on a connection without a copy: the hidden prepare there leaves 0, the client's is 3.
+    core, first, second = client(), server_state(), server_state()
+    prepare = packet(bytes([COM_STMT_PREPARE]) + READ_ROW_COUNT.encode())
+    definition_answer = answer(prepare_ok(11, 1, 0), column(b"ROW_COUNT()"), eof())
+    play(
+        core,
+        [
+            (FromClient(prepare), [NEED_CONNECTION]),
+            (Attached(first), [SendToServer(prepare)]),
+            (
+                FromServer(definition_answer),
+                [SendToClient(answer(prepare_ok(1, 1, 0), column(b"ROW_COUNT()"), eof())), MAY_DETACH],
+            ),
+        ],
+    )
+    assert core.row_count == 0
+    core.detached()
+    updated_three(core, first)
+    run = packet(struct.pack("<BIBI", COM_STMT_EXECUTE, 1, 0, 1))
+    play(
+        core,
+        [
+            (FromClient(run), [NEED_CONNECTION]),
+            (Attached(second), [SendToServer(prepare)]),
+            (
+                FromServer(definition_answer.replace(struct.pack("<I", 11), struct.pack("<I", 12), 1)),
+                [SendToServer(packet(struct.pack("<BIBI", COM_STMT_EXECUTE, 12, 0, 1)))],
+            ),
+            (
+                FromServer(row_count_result(0, binary=True)),
+                [SendToClient(row_count_result(3, binary=True)), MAY_DETACH],
+            ),
+        ],
+    )

@@ -21,6 +21,7 @@ from protocols.mysql.session_state import (
     REASON_XA,
     ends_transaction,
     inspect,
+    row_count_alone,
 )
 
 
@@ -85,6 +86,29 @@ def test_what_is_read_or_refused(
         unlocks,
         tracking,
     )
+
+
+@pytest.mark.parametrize(
+    ("sql", "reads", "alone"),
+    [
+        ("SELECT ROW_COUNT()", True, True),
+        ("select row_count ( ) ;", True, True),
+        ("SELECT ROW_COUNT() AS n", True, True),
+        ("SELECT ROW_COUNT() `changed rows`", True, True),
+        ("SELECT ROW_COUNT() 'n'", True, True),
+        ("SELECT ROW_COUNT() > 0", True, False),
+        ("SELECT ROW_COUNT(), 1", True, False),
+        ("SELECT ROW_COUNT(); SELECT 1", True, False),
+        ("SELECT /* c */ ROW_COUNT()", True, False),
+        ("SELECT 'ROW_COUNT()'", False, False),
+        ("SELECT row_count FROM stats", False, False),
+    ],
+)
+def test_what_reads_row_count_and_what_is_the_form_answered_with_the_clients_own(
+    sql: str, reads: bool, alone: bool
+) -> None:
+    assert inspect(sql.encode()).reads_row_count is reads
+    assert row_count_alone(sql.encode()) is alone
 
 
 def test_quoting_follows_no_backslash_escapes() -> None:
