@@ -41,9 +41,11 @@ from protocols.mysql.packets import UINT32, Packet, PacketReader, decode_lenenc_
 from protocols.mysql.session_state import (
     REASON_CURSOR,
     REASON_LOCK_TABLES,
+    ROW_COUNT,
+    WARNING_COUNT,
+    counter_alone,
     ends_transaction,
     inspect,
-    row_count_alone,
 )
 from protocols.mysql.session_track import (
     TRACK_EVERYTHING,
@@ -201,7 +203,7 @@ class MySqlServerState:
 class ClientStatement:
     """A binary prepared statement of one client: its text and where it has copies."""
 
-    __slots__ = ("copies", "parameters", "reads_insert_id", "row_count_alone", "sql", "statement_id", "types")
+    __slots__ = ("copies", "counter", "parameters", "reads_insert_id", "sql", "statement_id", "types")
 
     def __init__(self, statement_id: int, sql: bytes) -> None:
         self.statement_id = statement_id
@@ -209,7 +211,7 @@ class ClientStatement:
         self.parameters = -1  # known from the first PREPARE_OK
         self.types = b""  # the parameter types the client last sent
         self.reads_insert_id = False  # LAST_INSERT_ID(): the client's is brought before each execute
-        self.row_count_alone = False  # SELECT ROW_COUNT(): answered with the client's where moved
+        self.counter = 0  # SELECT ROW_COUNT() (session_state.counter_alone): given the client's
         self.copies: list[MySqlServerState] = []
 
 
@@ -246,7 +248,8 @@ class PooledMySqlClient:
         self.row_count = 0
         self._counted_here = False
         self._answering = 0  # the command whose answer is captured and edited here: its kind
-        self._answer_value = 0  # ... and the ROW_COUNT() it gets
+        self._answer_value = 0  # ... and the value it gets
+        self.warning_count = 0  # what the client's last statement reported (conditions past those shown too)
         # The last statement's conditions (level, code, message, SQLSTATE), read after it with a
         # hidden SHOW WARNINGS (warnings) or from its ERR, for a later SHOW WARNINGS elsewhere.
         self.diagnostics: list[tuple[str, int, str, str]] = []
@@ -511,6 +514,7 @@ class PooledMySqlClient:
             if found.reads_insert_id and command == c.COM_QUERY:
                 self._bring_insert_id(connection, out)
             self._reading_diagnostics = found.reads_diagnostics
+            counter = counter_alone(payload[1:]) if found.reads_row_count or found.reads_diagnostics else 0
             if found.reads_diagnostics:
                 if (
                     self.warnings_response
@@ -520,19 +524,23 @@ class PooledMySqlClient:
                     # Answered here, as the server answered it where the warnings were.
                     self._answer_raw(packet, self.warnings_response, out, commands)
                     return
+                if counter and command == c.COM_QUERY and self._diagnostics_moved(connection):
+                    # (SIGNAL raises one condition again: the count is given here)
+                    self._answer_with(packet, payload, TEXT_ROW, self._diagnostics_count(counter), out)
+                    return
                 self._bring_diagnostics(connection, out)
             if command == c.COM_STMT_PREPARE:
                 statement_id = self._next_statement_id
                 self._next_statement_id += 1
                 statement = ClientStatement(statement_id, payload[1:])
                 statement.reads_insert_id = found.reads_insert_id
-                statement.row_count_alone = found.reads_row_count and row_count_alone(payload[1:])
+                statement.counter = counter
                 self.statements[statement_id] = statement
                 self.queries += 1
                 self._send(payload, 0, statement_id, out)
                 return
-            if found.reads_row_count and self._row_count_moved(connection) and row_count_alone(payload[1:]):
-                self._answer_row_count(packet, payload, TEXT_ROW, out)
+            if counter == ROW_COUNT and self._row_count_moved(connection):
+                self._answer_with(packet, payload, TEXT_ROW, self.row_count, out)
                 return
         elif command in _STATEMENT_FUNCTIONS or command == c.COM_STMT_SEND_LONG_DATA:
             self._statement_command(packet, out, commands)
@@ -595,8 +603,8 @@ class PooledMySqlClient:
                 self._bring_insert_id(connection, out)
             if len(payload) > 5 and payload[5] & CURSOR_FLAGS:
                 self._pin(REASON_CURSOR, commands)
-            elif statement.row_count_alone and self._row_count_moved(connection):
-                self._answer_row_count(packet, edited, BINARY_ROW, out)
+            elif statement.counter == ROW_COUNT and self._row_count_moved(connection):
+                self._answer_with(packet, edited, BINARY_ROW, self.row_count, out)
                 return
         if command != c.COM_STMT_SEND_LONG_DATA:
             self.queries += 1
@@ -736,23 +744,37 @@ class PooledMySqlClient:
         self.row_count = row_count
         self._counted_here = True
 
-    def _answer_row_count(self, packet: Packet, payload: bytes, kind: int, out: list[bytes]) -> None:
-        """``SELECT ROW_COUNT()`` where the connection's is not the client's: it runs there,
-        alone (after all before it is answered, nothing after it until it is), its answer is
-        captured and sent on with the client's value in its row (``_captured_answer``)."""
+    def _diagnostics_moved(self, connection: MySqlServerState) -> bool:
+        """Whether the client's conditions are not on ``connection`` as they were (it moved, or
+        a SIGNAL raised one of them again there)."""
+        return bool(self.diagnostics) and (
+            connection.diagnostics_of != self.serial or connection.signalled_for == self.serial
+        )
+
+    def _diagnostics_count(self, counter: int) -> int:
+        """@@warning_count (every condition) or @@error_count after the client's last statement."""
+        if counter == WARNING_COUNT:
+            return max(self.warning_count, len(self.diagnostics))
+        return sum(1 for each in self.diagnostics if each[0] == "Error")
+
+    def _answer_with(self, packet: Packet, payload: bytes, kind: int, value: int, out: list[bytes]) -> None:
+        """A counter of the client's last statement read where the connection's is not the
+        client's (``SELECT ROW_COUNT()``, ``SELECT @@warning_count``...): it runs there, alone
+        (after all before it is answered, nothing after it until it is), and its answer is
+        captured and sent on with ``value`` in its row (``_captured_answer``)."""
         if self._wait_for_quiet(packet, out):
             return
         self.queries += 1
         self._answering = kind
-        self._answer_value = self.row_count
+        self._answer_value = value
         self._await_quiet = True
         self._send(payload, 0, CAPTURED_ANSWER, out)
 
     def _captured_answer(self, connection: MySqlServerState, tracker: ResponseTracker) -> bytes:
-        """The captured answer to ``SELECT ROW_COUNT()`` as the client is to get it: its row
-        holds the client's value, its status packets edited as every answer's are."""
+        """A captured answer (``_answer_with``) as the client is to get it: its row holds the
+        client's value, its status packets edited as every answer's are."""
         kind, self._answering = self._answering, 0
-        response, row_count = bytes(tracker.captured), self._answer_value
+        response, value = bytes(tracker.captured), self._answer_value
         tracker.captured.clear()
         reader = PacketReader()
         reader.receive_data(response)
@@ -770,8 +792,8 @@ class PooledMySqlClient:
         for index, each in enumerate(packets):
             body = each.payload
             if index == row_at:
-                value = str(row_count).encode()
-                body = encode_lenenc_str(value) if kind == TEXT_ROW else b"\x00\x00" + _INT64.pack(row_count)
+                text = str(value).encode()
+                body = encode_lenenc_str(text) if kind == TEXT_ROW else b"\x00\x00" + _INT64.pack(value)
             elif index > 1:
                 body = edited_status(VISIBLE, A_ROWS_END, body, connection.capabilities)
             out.append(frame(body, each.sequence_id)[0])
@@ -870,6 +892,7 @@ class PooledMySqlClient:
                     error = ErrPacket.decode(payload)
                     self.diagnostics = [("Error", error.code, error.message, error.sql_state)]
                     self.warnings_response = b""
+                    self.warning_count = 0  # (the conditions SHOW WARNINGS shows: the error among them)
                     self._capture_due = True  # (SHOW WARNINGS as the server shows it, too)
                     connection.diagnostics_of = self.serial
                 if tag > VISIBLE:
@@ -922,6 +945,7 @@ class PooledMySqlClient:
     def _status_reported(self, connection: MySqlServerState, tag: int, flags: int, warnings: int) -> None:
         connection.status_flags = flags
         if tag >= VISIBLE and not self._reading_diagnostics:
+            self.warning_count = warnings
             if warnings:
                 self.diagnostics = []
                 self.warnings_response = b""

@@ -67,9 +67,16 @@ _UNLOCK: Final = re.compile(r"(?:^|;)\s*UNLOCK\s+TABLES?\b")
 _READS_INSERT_ID: Final = re.compile(r"\bLAST_INSERT_ID\b|@@(?:SESSION\.)?(?:IDENTITY|LAST_INSERT_ID)\b")
 _TRACKING: Final = re.compile(r"\bSESSION_TRACK_\w+")
 _READS_ROW_COUNT: Final = re.compile(r"\bROW_COUNT\s*\(")
-# The form a client reads ROW_COUNT() in: alone, perhaps named (the proxy can answer it).
-_ROW_COUNT_ALONE: Final = re.compile(
-    rb"\s*SELECT\s+ROW_COUNT\s*\(\s*\)(?:\s*(?:AS\s+)?(?:\w+|`[^`]*`|'[^'\\]*'|\"[^\"\\]*\"))?\s*;?\s*$",
+# The forms a client reads a counter of its last statement in: alone, perhaps named (the
+# proxy can give the value).
+ROW_COUNT: Final = 1
+WARNING_COUNT: Final = 2
+ERROR_COUNT: Final = 3
+_ALIAS: Final = rb"(?:\s*(?:AS\s+)?(?:\w+|`[^`]*`|'[^'\\]*'|\"[^\"\\]*\"))?\s*;?\s*$"
+_COUNTER_ALONE: Final = re.compile(
+    rb"\s*(?:SELECT\s+(?:(ROW_COUNT)\s*\(\s*\)|@@(?:SESSION\.)?(?:(WARNING_COUNT)|(ERROR_COUNT)))"
+    + _ALIAS
+    + rb"|\s*SHOW\s+COUNT\s*\(\s*\*\s*\)\s+(?:(WARNINGS)|(ERRORS))\s*;?\s*$)",
     re.IGNORECASE,
 )
 _READS_DIAGNOSTICS: Final = re.compile(
@@ -126,10 +133,17 @@ def inspect(sql: bytes, *, backslash_escapes: bool = True) -> Inspection:
     return NOTHING
 
 
-def row_count_alone(sql: bytes) -> bool:
-    """Whether ``sql`` is ``SELECT ROW_COUNT()`` and nothing more (an alias at most): a
-    result of one column and one row, whose value the proxy can give."""
-    return _ROW_COUNT_ALONE.match(sql) is not None
+def counter_alone(sql: bytes) -> int:
+    """Which counter of the last statement ``sql`` reads and nothing more (an alias at most):
+    ROW_COUNT (``SELECT ROW_COUNT()``), WARNING_COUNT (``SELECT @@warning_count``, ``SHOW
+    COUNT(*) WARNINGS``), ERROR_COUNT; 0 for any other statement. Each answer is one column
+    and one row, whose value the proxy can give."""
+    found = _COUNTER_ALONE.match(sql)
+    if found is None:
+        return 0
+    if found[1]:
+        return ROW_COUNT
+    return WARNING_COUNT if found[2] or found[4] else ERROR_COUNT
 
 
 def _code(text: str, backslash_escapes: bool) -> str:

@@ -839,8 +839,8 @@ def test_a_statements_diagnostics_are_read_before_it_lets_go_and_shown_wherever_
             (Attached(second), [SendToClient(shown), MAY_DETACH]),
         ],
     )
-    # ... and @@warning_count finds them raised again there.
-    count = query("SELECT @@warning_count")
+    # ... and a statement that reads them finds them raised again there.
+    count = query("SELECT @@warning_count AS w, @@error_count AS e")
     commands = core.receive_client(count)
     sent = upstream(commands)
     assert sent[0].startswith(bytes([COM_QUERY]) + b"SIGNAL SQLSTATE '%s'" % condition[3].encode())
@@ -1376,3 +1376,37 @@ def test_a_prepared_row_count_where_it_was_prepared_again_is_the_clients_own() -
             ),
         ],
     )
+
+
+def test_warning_count_read_alone_elsewhere_is_the_clients_whole_count() -> None:
+    # SIGNAL raises one condition again; @@warning_count alone is given the client's count.
+    core, first, second = client(), server_state(), server_state()
+    insert = query("INSERT INTO t (a) VALUES ('x'), ('y'), ('z')")
+    warned = answer(ok(affected_rows=3, warnings=3))
+    show = query("SHOW WARNINGS")
+    count = query("SELECT @@warning_count")
+    play(
+        core,
+        [
+            (FromClient(insert), [NEED_CONNECTION]),
+            (Attached(first), [SendToServer(insert)]),
+            (FromServer(warned), [SendToClient(warned), SendToServer(show)]),
+            (FromServer(TRUNCATED), [MAY_DETACH]),
+            (Detached(), []),
+            (FromClient(count), [NEED_CONNECTION]),
+            (Attached(second), [SendToServer(count)]),
+            (
+                FromServer(counter_result(b"@@warning_count", 0)),
+                [SendToClient(counter_result(b"@@warning_count", 3)), MAY_DETACH],
+            ),
+        ],
+    )
+
+
+def counter_result(name: bytes, value: int) -> bytes:
+    definition = (
+        b"\x03def\x00\x00\x00"
+        + encode_lenenc_str(name)
+        + b"\x00\x0c\x3f\x00\x15\x00\x00\x00\x08\xa1\x00\x00\x00\x00"
+    )
+    return answer(b"\x01", definition, eof(), encode_lenenc_str(str(value).encode()), eof())

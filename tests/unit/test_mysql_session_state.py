@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from protocols.mysql.session_state import (
+    ERROR_COUNT,
     INSPECT_LIMIT,
     REASON_FOUND_ROWS,
     REASON_GLOBAL_READ_LOCK,
@@ -19,9 +20,11 @@ from protocols.mysql.session_state import (
     REASON_TOO_LARGE,
     REASON_USER_VARIABLE,
     REASON_XA,
+    ROW_COUNT,
+    WARNING_COUNT,
+    counter_alone,
     ends_transaction,
     inspect,
-    row_count_alone,
 )
 
 
@@ -91,24 +94,30 @@ def test_what_is_read_or_refused(
 @pytest.mark.parametrize(
     ("sql", "reads", "alone"),
     [
-        ("SELECT ROW_COUNT()", True, True),
-        ("select row_count ( ) ;", True, True),
-        ("SELECT ROW_COUNT() AS n", True, True),
-        ("SELECT ROW_COUNT() `changed rows`", True, True),
-        ("SELECT ROW_COUNT() 'n'", True, True),
-        ("SELECT ROW_COUNT() > 0", True, False),
-        ("SELECT ROW_COUNT(), 1", True, False),
-        ("SELECT ROW_COUNT(); SELECT 1", True, False),
-        ("SELECT /* c */ ROW_COUNT()", True, False),
-        ("SELECT 'ROW_COUNT()'", False, False),
-        ("SELECT row_count FROM stats", False, False),
+        ("SELECT ROW_COUNT()", True, ROW_COUNT),
+        ("select row_count ( ) ;", True, ROW_COUNT),
+        ("SELECT ROW_COUNT() AS n", True, ROW_COUNT),
+        ("SELECT ROW_COUNT() `changed rows`", True, ROW_COUNT),
+        ("SELECT ROW_COUNT() 'n'", True, ROW_COUNT),
+        ("SELECT ROW_COUNT() > 0", True, 0),
+        ("SELECT ROW_COUNT(), 1", True, 0),
+        ("SELECT ROW_COUNT(); SELECT 1", True, 0),
+        ("SELECT /* c */ ROW_COUNT()", True, 0),
+        ("SELECT 'ROW_COUNT()'", False, 0),
+        ("SELECT row_count FROM stats", False, 0),
+        ("SELECT @@warning_count", False, WARNING_COUNT),
+        ("select @@session.warning_count AS w;", False, WARNING_COUNT),
+        ("SHOW COUNT(*) WARNINGS", False, WARNING_COUNT),
+        ("SELECT @@error_count", False, ERROR_COUNT),
+        ("show count ( * ) errors", False, ERROR_COUNT),
+        ("SELECT @@warning_count + @@error_count", False, 0),
     ],
 )
-def test_what_reads_row_count_and_what_is_the_form_answered_with_the_clients_own(
-    sql: str, reads: bool, alone: bool
+def test_what_reads_row_count_and_which_counter_reads_are_answered_with_the_clients_own(
+    sql: str, reads: bool, alone: int
 ) -> None:
     assert inspect(sql.encode()).reads_row_count is reads
-    assert row_count_alone(sql.encode()) is alone
+    assert counter_alone(sql.encode()) == alone
 
 
 def test_quoting_follows_no_backslash_escapes() -> None:
