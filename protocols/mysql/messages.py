@@ -61,6 +61,7 @@ _NONCE_PART_2_MIN = 12  # then one NUL, so a 20-byte nonce has "21" as its data 
 _RESPONSE_FIXED = struct.Struct("<IIB19xI")
 SSL_REQUEST_SIZE = _RESPONSE_FIXED.size
 _MAX_SHORT_AUTH_RESPONSE = 255
+_LENENC_ONE_BYTE = 0xFB  # a length-encoded int below this is that one byte
 _EOF_BODY = struct.Struct("<HH")  # warnings, status flags
 EOF_PACKET_SIZE = 1 + _EOF_BODY.size
 # Below this many bytes a 0xFE packet is a classic EOF, not a row or an OK.
@@ -458,22 +459,7 @@ class OkPacket:
     @classmethod
     def decode(cls, payload: Buffer, capabilities: int = CLIENT_PROTOCOL_41) -> Self:
         """Decode an OK with either header (0x00, or 0xFE when it ends rows under DEPRECATE_EOF)."""
-        if len(payload) < 3 or payload[0] not in (OK, EOF):
-            raise ProtocolViolation("not an OK packet")
-        affected_rows, offset = decode_lenenc_int(payload, 1)
-        last_insert_id, offset = decode_lenenc_int(payload, offset)
-        if affected_rows is None or last_insert_id is None:
-            raise ProtocolViolation("NULL row count in an OK packet")
-        status_flags = warnings = 0
-        try:
-            if capabilities & CLIENT_PROTOCOL_41:
-                status_flags, warnings = _EOF_BODY.unpack_from(payload, offset)
-                offset += _EOF_BODY.size
-            elif capabilities & CLIENT_TRANSACTIONS:
-                (status_flags,) = UINT16.unpack_from(payload, offset)
-                offset += UINT16.size
-        except struct.error:
-            raise ProtocolViolation("truncated OK packet") from None
+        affected_rows, last_insert_id, status_flags, warnings, offset = ok_fields(payload, capabilities)
         info = session_state = b""
         if offset < len(payload):
             if capabilities & CLIENT_SESSION_TRACK:
@@ -488,6 +474,35 @@ class OkPacket:
             if offset != len(payload):
                 raise ProtocolViolation("trailing bytes in an OK packet")
         return cls(affected_rows, last_insert_id, status_flags, warnings, info, session_state)
+
+
+def ok_fields(payload: Buffer, capabilities: int = CLIENT_PROTOCOL_41) -> tuple[int, int, int, int, int]:
+    """An OK's fixed part, without building an ``OkPacket`` (the pooling path reads every OK):
+    affected rows, last insert id, status flags, warnings, and where the info starts."""
+    size = len(payload)
+    if size < 3 or payload[0] not in (OK, EOF):
+        raise ProtocolViolation("not an OK packet")
+    if payload[1] < _LENENC_ONE_BYTE and payload[2] < _LENENC_ONE_BYTE:  # (nearly every OK)
+        affected_rows, last_insert_id, offset = payload[1], payload[2], 3
+    else:
+        affected, offset = decode_lenenc_int(payload, 1)
+        insert_id, offset = decode_lenenc_int(payload, offset)
+        if affected is None or insert_id is None:
+            raise ProtocolViolation("NULL row count in an OK packet")
+        affected_rows, last_insert_id = affected, insert_id
+    status_flags = warnings = 0
+    if capabilities & CLIENT_PROTOCOL_41:
+        if offset + 4 > size:
+            raise ProtocolViolation("truncated OK packet")
+        status_flags = payload[offset] | payload[offset + 1] << 8
+        warnings = payload[offset + 2] | payload[offset + 3] << 8
+        offset += 4
+    elif capabilities & CLIENT_TRANSACTIONS:
+        if offset + 2 > size:
+            raise ProtocolViolation("truncated OK packet")
+        status_flags = payload[offset] | payload[offset + 1] << 8
+        offset += 2
+    return affected_rows, last_insert_id, status_flags, warnings, offset
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from protocols.endings import EndReason
 from protocols.errors import ProtocolViolation
 from protocols.mysql import constants as c
 from protocols.mysql import sql
-from protocols.mysql.messages import ChangeUser, ErrPacket, OkPacket
+from protocols.mysql.messages import ChangeUser, ErrPacket, OkPacket, ok_fields
 from protocols.mysql.packets import UINT32, Packet, PacketReader, decode_lenenc_str, encode_lenenc_str, frame
 from protocols.mysql.session_state import (
     REASON_CURSOR,
@@ -912,16 +912,19 @@ class PooledMySqlClient:
             self._prepared(connection, tag, UINT32.unpack_from(payload, 1)[0], payload)
             return None
         if first == c.OK and (action in (A_RESULT_OK, A_STATUS)):
-            ok = OkPacket.decode(payload, connection.capabilities)
+            capabilities = connection.capabilities
+            affected_rows, last_insert_id, flags, warnings, _ = ok_fields(payload, capabilities)
             if tag >= VISIBLE:
-                self.row_count = ok.affected_rows
-            self._status_reported(connection, tag, ok.status_flags, ok.warnings)
-            if ok.last_insert_id:
-                connection.last_insert_id = ok.last_insert_id
+                self.row_count = affected_rows
+            self._status_reported(connection, tag, flags, warnings)
+            if last_insert_id:
+                connection.last_insert_id = last_insert_id
                 if tag >= VISIBLE:
-                    self.last_insert_id = ok.last_insert_id
-            if ok.session_state:
-                self._session_changed(connection, tag, ok.session_state)
+                    self.last_insert_id = last_insert_id
+            if flags & c.SERVER_SESSION_STATE_CHANGED:
+                state = OkPacket.decode(payload, capabilities).session_state
+                if state:
+                    self._session_changed(connection, tag, state)
         elif first == c.EOF and action in (A_ROWS_END, A_STATUS, A_DEFINITIONS_EOF) and len(payload) >= 5:
             warnings, flags = payload[1] | payload[2] << 8, payload[3] | payload[4] << 8
             self._status_reported(connection, tag, flags, warnings)

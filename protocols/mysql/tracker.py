@@ -103,7 +103,7 @@ from protocols.mysql.constants import (
     SERVER_STATUS_CURSOR_EXISTS,
     SERVER_STATUS_IN_TRANS,
 )
-from protocols.mysql.messages import EOF_PACKET_LIMIT, EofPacket, ErrPacket, OkPacket, command_byte
+from protocols.mysql.messages import EOF_PACKET_LIMIT, EofPacket, ErrPacket, OkPacket, command_byte, ok_fields
 from protocols.mysql.packets import HEADER_SIZE, UINT32, Packet, decode_lenenc_int, frame, payload_length_at
 
 # An OK packet carrying session-state changes (session_track_system_variables='*') can run
@@ -596,7 +596,7 @@ class ResponseTracker:
         elif action == A_ROWS_END:
             self._end_result(self._terminator_status(payload))
         elif action == A_RESULT_OK:
-            self._end_result(OkPacket.decode(payload, self._capabilities).status_flags)
+            self._end_result(ok_fields(payload, self._capabilities)[2])
         elif action == A_ERR:
             self._on_err(payload)
         elif action == A_STATUS:
@@ -642,7 +642,7 @@ class ResponseTracker:
 
     def _terminator_status(self, payload: bytes) -> int:
         if self._deprecate_eof:
-            return OkPacket.decode(payload, self._capabilities).status_flags
+            return ok_fields(payload, self._capabilities)[2]
         return EofPacket.decode(payload).status_flags
 
     def _on_err(self, payload: bytes) -> None:
@@ -693,7 +693,7 @@ class ResponseTracker:
 
     def _on_status(self, payload: bytes) -> None:
         if payload[0] == OK:
-            self._status_flags = OkPacket.decode(payload, self._capabilities).status_flags
+            self._status_flags = ok_fields(payload, self._capabilities)[2]
         else:
             self._status_flags = self._terminator_status(payload)
         self._finish_response()
@@ -707,6 +707,8 @@ def edited_status(tag: int, action: int, payload: bytes, capabilities: int) -> b
         return payload
     first = payload[0]
     if first == OK and action in (A_RESULT_OK, A_STATUS):
+        if not ok_fields(payload, capabilities)[2] & SERVER_SESSION_STATE_CHANGED:
+            return payload
         ok = OkPacket.decode(payload, capabilities)
         if ok.status_flags & SERVER_SESSION_STATE_CHANGED:
             flags = ok.status_flags & ~SERVER_SESSION_STATE_CHANGED
