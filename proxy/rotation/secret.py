@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from proxy.config import UPSTREAM_DEFAULT_PORTS, Engine
 from proxy.credentials.base import Credentials
-from proxy.credentials.secrets_manager import parse_port
+from proxy.credentials.rds_json import parse_port
 from proxy.redaction import register_secret
 from proxy.rotation.errors import RotationError
 

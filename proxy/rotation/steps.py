@@ -41,7 +41,8 @@ from typing import Any
 from protocols.errors import LocalProtocolError, ProtocolViolation
 from proxy.config import AwsConfig
 from proxy.core.errors import PoolError, UpstreamLoginError
-from proxy.credentials.secrets_manager import AWSCURRENT, AWSPENDING, AWSPREVIOUS, client_location
+from proxy.credentials.aws import client_location
+from proxy.credentials.secrets_manager import AWSCURRENT, AWSPENDING, AWSPREVIOUS
 from proxy.redaction import redact, register_secret
 from proxy.rotation.database import Database
 from proxy.rotation.errors import RotationError
