@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
@@ -74,6 +75,29 @@ class AwsClients:
         self._clients.clear()
 
 
+_XML_FIELD = re.compile(r"<(Code|Message)>([^<]*)</\1>")
+
+
+def error_code_and_words(response: Mapping[str, Any]) -> tuple[str, str]:
+    """The error code and AWS's message (whitespace folded) of a ClientError's response.
+
+    A body in the other protocol's format (an XML error to a JSON service, as moto's IAM
+    enforcement and some HTTP proxies send) leaves botocore with the HTTP status as the code
+    and the raw body as the message: the code and message are read from the XML then, and a
+    bare 403 is access denied.
+    """
+    error = response.get("Error", {})
+    code = str(error.get("Code", ""))
+    words = " ".join(str(error.get("Message", "")).split())
+    if code.isdigit():
+        fields = dict(_XML_FIELD.findall(words))
+        words = fields.get("Message", words)
+        code = fields.get("Code") or ("AccessDeniedException" if code == "403" else code)
+        if code == "AccessDenied":
+            code = "AccessDeniedException"
+    return code, words
+
+
 ProblemFor = Callable[[str, str], "str | None"]
 
 
@@ -93,9 +117,7 @@ async def aws_call(
     try:
         return await call()
     except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        aws_words = " ".join(str(error.get("Message", "")).split())
+        code, aws_words = error_code_and_words(exc.response)
         known = problems(code, aws_words) if callable(problems) else problems.get(code)
         problem = (
             known or CALLER_PROBLEMS.get(code) or f"{service_name} error {code or 'unknown'}: {aws_words}"
