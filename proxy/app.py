@@ -25,8 +25,8 @@ from proxy.config import (
     format_seconds,
     load_config,
 )
-from proxy.credentials.base import CredentialSource
-from proxy.credentials.secrets_manager import SecretsManagerClients, SecretsManagerSource
+from proxy.credentials.aws import AwsClients
+from proxy.credentials.base import CredentialSource, PolledCredentialSource
 from proxy.credentials.sources import make_source
 from proxy.engine import ClientSession, Engine
 from proxy.listener import Listener
@@ -73,7 +73,7 @@ class ReloadRejected(Exception):
 class Proxy:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.aws_clients = SecretsManagerClients(config.aws)
+        self.aws_clients = AwsClients(config.aws)
         self.sources: dict[CredentialsConfig, CredentialSource] = {}
         self.pools: dict[str, Pool] = {}  # the pools clients can choose now
         self.listeners: list[Listener] = []  # the listeners accepting now
@@ -127,7 +127,7 @@ class Proxy:
     def _update_polling(self) -> None:
         """Each secret is polled at the shortest poll_interval of the pools that use it."""
         for key, source in self.sources.items():
-            if not isinstance(source, SecretsManagerSource):
+            if not isinstance(source, PolledCredentialSource):
                 continue
             intervals = [
                 pool.config.credentials.poll_interval
@@ -142,7 +142,7 @@ class Proxy:
         """Re-read every secret now (SIGHUP); pools move to new versions make-before-break."""
         log.info("re-reading secrets")
         for source in self.sources.values():
-            if isinstance(source, SecretsManagerSource):
+            if isinstance(source, PolledCredentialSource):
                 source.poll_soon()
 
     # --- run ---------------------------------------------------------------------------------

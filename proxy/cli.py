@@ -129,17 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_rotate_parser(commands: Any) -> None:
     rotate = commands.add_parser(
-        "rotate", help="rotate a secret's database password now (the four Secrets Manager rotation steps)"
+        "rotate",
+        help="rotate a secret's database password now (the four Secrets Manager rotation steps; "
+        "for Parameter Store, alternating users)",
     )
-    rotate.add_argument("--secret-id", required=True, help="Secrets Manager secret id or ARN")
-    rotate.add_argument("--strategy", default="single-user", choices=["single-user", "alternating-users"])
+    rotate.add_argument("--source", default="secretsmanager", choices=["secretsmanager", "parameterstore"])
+    rotate.add_argument("--secret-id", help="Secrets Manager secret id or ARN (--source secretsmanager)")
+    rotate.add_argument("--parameter", help="SSM parameter name or path (--source parameterstore)")
+    rotate.add_argument(
+        "--strategy",
+        default=None,
+        choices=["single-user", "alternating-users"],
+        help="default: single-user for Secrets Manager; Parameter Store takes alternating-users only",
+    )
     rotate.add_argument(
         "--pause-after",
         nargs=2,
         action="append",
         default=[],
         metavar=("STEP", "DURATION"),
-        help="sleep DURATION (e.g. 30s) after STEP (createSecret, setSecret, testSecret); repeatable",
+        help="sleep DURATION (e.g. 30s) after STEP (createSecret, setSecret, testSecret; Parameter Store: "
+        "setPassword, testPassword); repeatable",
     )
     rotate.add_argument("--token", help="ClientRequestToken: resume or repeat a rotation (default: new)")
     rotate.add_argument("--endpoint-url", help="Secrets Manager endpoint (local testing)")
@@ -152,28 +162,50 @@ def _add_rotate_parser(commands: Any) -> None:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    from proxy.rotation.command import rotate_command
+    from proxy.rotation.command import rotate_command, rotate_parameter_command
     from proxy.rotation.errors import RotationError
-    from proxy.rotation.settings import RotationSettings
+    from proxy.rotation.parameter_store import PARAMETER_STEPS, refuse_single_user
+    from proxy.rotation.settings import RotationSettings, Strategy
     from proxy.rotation.steps import STEPS
 
+    parameter_store = args.source == "parameterstore"
+    steps = PARAMETER_STEPS if parameter_store else STEPS
+    strategy: Strategy = args.strategy or ("alternating-users" if parameter_store else "single-user")
     pauses: dict[str, float] = {}
     try:
+        if parameter_store:
+            if not args.parameter or args.secret_id:
+                raise ValueError("--source parameterstore takes --parameter NAME (and no --secret-id)")
+            if args.token:
+                raise ValueError("--token is for Secrets Manager versions; Parameter Store has none to give")
+            refuse_single_user(strategy)
+        elif not args.secret_id or args.parameter:
+            raise ValueError("--source secretsmanager takes --secret-id ID (and no --parameter)")
         for step, text in args.pause_after:
-            if step not in STEPS:
-                raise ValueError(f"unknown step {step!r}; steps are {', '.join(STEPS)}")
+            if step not in steps:
+                raise ValueError(f"unknown step {step!r}; steps are {', '.join(steps)}")
             pauses[step] = parse_duration(text)
         settings = RotationSettings(
-            strategy=args.strategy,
+            strategy=strategy,
             tls=args.tls,
             tls_ca_file=args.tls_ca_file,
             upstream_host=args.upstream_host,
         )
-    except ValueError as exc:
+    except (ValueError, RotationError) as exc:
         print(f"rotaproxy: rotate: {exc}", file=sys.stderr)
         return 2
 
     async def rotate() -> int:
+        if parameter_store:
+            await rotate_parameter_command(
+                args.parameter,
+                settings,
+                endpoint_url=args.endpoint_url,
+                region=args.region,
+                pause_after=pauses,
+                out=lambda line: print(line, flush=True),
+            )
+            return 0
         await rotate_command(
             args.secret_id,
             settings,

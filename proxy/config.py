@@ -18,7 +18,7 @@ from typing import Any, Literal, cast, get_args
 Engine = Literal["postgres", "mysql"]
 PoolMode = Literal["transaction", "session"]
 TlsMode = Literal["disable", "require", "verify-ca", "verify-full"]
-CredentialSourceKind = Literal["secretsmanager", "static", "rds-iam"]
+CredentialSourceKind = Literal["secretsmanager", "static", "rds-iam", "parameterstore"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -74,11 +74,14 @@ class CredentialsConfig:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     region: str | None = None  # rds-iam: the region tokens are signed for (else [aws] region, the chain)
+    parameter: str | None = None  # parameterstore: a SecureString of RDS JSON, or a path of fields
 
     @property
     def description(self) -> str:
         if self.source == "secretsmanager":
             return f"secret {self.secret_id!r}"
+        if self.source == "parameterstore":
+            return f"parameter {self.parameter!r}"
         if self.source == "rds-iam":
             return f"RDS IAM tokens for user {self.username!r}"
         return f"static credentials for user {self.username!r}"
@@ -266,10 +269,18 @@ def _parse_credentials(table: _Table) -> CredentialsConfig:
         username=table.string("username"),
         password=table.get("password", str),
         region=table.string("region"),
+        parameter=table.string("parameter"),
     )
     table.check_unknown()
     if credentials.source == "secretsmanager" and not credentials.secret_id:
         raise table.error("secret_id", 'required when source = "secretsmanager"')
+    if credentials.source == "parameterstore":
+        if not credentials.parameter:
+            raise table.error("parameter", 'required when source = "parameterstore": a name like "/prod/db"')
+        if "secret_id" in table.data:
+            raise table.error("secret_id", 'not used when source = "parameterstore" (use parameter)')
+    elif credentials.parameter is not None:
+        raise table.error("parameter", 'only used when source = "parameterstore"')
     if credentials.source == "static" and (not credentials.username or credentials.password is None):
         raise table.error("username", "static credentials need username and password")
     if credentials.source == "rds-iam":

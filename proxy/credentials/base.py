@@ -1,10 +1,14 @@
 """What every credential source shares: the ``Credentials`` it hands out, the ``CredentialsError``
-it raises, and the base class that caches them, shares one fetch and remembers a failure."""
+it raises, the base class that caches them, shares one fetch and remembers a failure, and the
+base of the versioned sources (Secrets Manager, Parameter Store): polling, stale-while-revalidate
+and the rate-limited re-read after an authentication failure."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,6 +21,8 @@ log = logging.getLogger("proxy.credentials")
 ERROR_RETRY_INTERVAL = 1.0
 # After the upstream refuses our credentials, look for others at most this often.
 AUTH_REFRESH_INTERVAL = 1.0
+POLL_JITTER = 0.1
+MAX_POLL_BACKOFF = 30.0
 
 # Makes the password for one login to host:port (RDS IAM: a token signed for them).
 PasswordProvider = Callable[[str, int], Awaitable[str]]
@@ -172,3 +178,169 @@ class CredentialSource:
 
     async def close(self) -> None:
         """Release what the source holds (clients, sessions, the poller)."""
+
+
+class PolledCredentialSource(CredentialSource):
+    """A source whose value has versions: the newest cached, polled for a new one.
+
+    A subclass only knows how to fetch and version (``_fetch``, ``_fetch_if_changed``, and
+    optionally ``_bridge`` for credentials a rotation has set but not yet published). This
+    class runs the poller: while polls fail, the cached credentials keep serving and the
+    poller backs off exponentially (capped); after an upstream authentication failure it
+    re-reads at once, shared and rate-limited.
+    """
+
+    service = "AWS"  # in log lines: "<service> answers again"
+    newest_label = "the newest version"  # in log lines: "<label> moved from version A to B"
+
+    def __init__(self, poll_interval: float) -> None:
+        super().__init__()
+        self.poll_interval = poll_interval
+        self._poller: asyncio.Task[None] | None = None
+        self._poll_now = asyncio.Event()
+        self._auth_refresh: asyncio.Task[Credentials | None] | None = None
+        self._auth_refresh_at = -AUTH_REFRESH_INTERVAL
+        self._auth_refresh_result: Credentials | None = None
+        self.poll_failures = 0
+        self.last_poll_error: str | None = None
+        self.last_poll_at: float | None = None
+
+    async def _fetch_if_changed(self, known_version: str | None) -> Credentials | None:
+        """The newest credentials if their version is not ``known_version``, else None."""
+        raise NotImplementedError
+
+    async def _bridge(self, failed: Credentials) -> Credentials | None:
+        """Credentials set in the database but not yet published (Secrets Manager's
+        AWSPENDING), worth a try when the newest version is ``failed``; None by default."""
+        return None
+
+    # --- noticing new versions -------------------------------------------------------------
+    async def poll(self) -> bool:
+        """Load the newest version if it changed; True when it did."""
+        previous = self._cached.version_id if self._cached else None
+        credentials = await self._fetch_if_changed(previous)
+        if credentials is None or credentials.version_id == previous:
+            self._refreshed()  # what we hold is still the newest: as fresh as a new fetch
+            return False
+        self._cached = credentials
+        self.fetches += 1
+        self._refreshed()
+        self.last_success_at = self.last_refresh_at
+        log.info(
+            "%s: %s moved from version %s to %s",
+            self.description,
+            self.newest_label,
+            previous,
+            credentials.version_id,
+        )
+        return True
+
+    def start_polling(self) -> None:
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll_loop(), name=f"poll {self.description}")
+
+    async def check_now(self) -> bool:
+        """Ask now (admin API), as a poll would; True when a new version turned up."""
+        if self._cached is None:
+            return await super().check_now()
+        try:
+            return await self.poll()
+        except CredentialsError:
+            self.errors += 1
+            raise
+
+    def poll_soon(self) -> None:
+        """Poll now rather than at the next interval (SIGHUP, admin API)."""
+        self._poll_now.set()
+
+    async def _poll_loop(self) -> None:
+        while True:
+            if self.poll_failures:
+                delay = min(
+                    self.poll_interval * 2**self.poll_failures, max(self.poll_interval, MAX_POLL_BACKOFF)
+                )
+            else:
+                delay = self.poll_interval * random.uniform(1 - POLL_JITTER, 1 + POLL_JITTER)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._poll_now.wait()
+            self._poll_now.clear()
+            try:
+                await self.poll()
+            except CredentialsError as exc:
+                self.poll_failures += 1
+                self.errors += 1
+                self.last_poll_error = str(exc)
+                # Stale-while-revalidate: the cached credentials keep serving meanwhile.
+                log.warning(
+                    "%s (poll %d failed in a row; cached credentials keep serving)", exc, self.poll_failures
+                )
+            else:
+                if self.poll_failures:
+                    log.info(
+                        "%s: %s answers again after %d failed polls",
+                        self.description,
+                        self.service,
+                        self.poll_failures,
+                    )
+                self.poll_failures = 0
+                self.last_poll_error = None
+                self.last_poll_at = time.time()
+
+    # --- the upstream refused our credentials ------------------------------------------------
+    async def after_auth_failure(self, failed: Credentials) -> Credentials | None:
+        """Re-read the newest version at once; if unchanged, try ``_bridge``.
+
+        Rate-limited and shared, so a burst of refused logins costs the service one or two
+        calls.
+        """
+        if self._auth_refresh is None:
+            if time.monotonic() - self._auth_refresh_at < AUTH_REFRESH_INTERVAL:
+                result = self._auth_refresh_result
+                return result if result is not None and result.version_id != failed.version_id else None
+            self._auth_refresh = asyncio.create_task(self._refresh_after_auth_failure(failed))
+        task = self._auth_refresh
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._auth_refresh = None
+
+    async def _refresh_after_auth_failure(self, failed: Credentials) -> Credentials | None:
+        self._auth_refresh_at = time.monotonic()
+        result: Credentials | None = None
+        try:
+            try:
+                await self.poll()
+            except CredentialsError as exc:
+                self.errors += 1
+                log.warning("after an authentication failure: %s", exc)
+            if self._cached is not None and self._cached.version_id != failed.version_id:
+                result = self._cached
+            else:
+                bridge = await self._bridge(failed)
+                if bridge is not None and bridge.version_id != failed.version_id:
+                    result = bridge
+        finally:
+            self._auth_refresh_result = result
+        return result
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        if self._auth_refresh is not None:
+            self._auth_refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._auth_refresh
+
+    def state(self) -> dict[str, object]:
+        return {
+            **super().state(),
+            "poll_interval": self.poll_interval,
+            "poll_failures": self.poll_failures,
+            "last_poll_at": self.last_poll_at,
+            "last_poll_error": self.last_poll_error,
+        }

@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from proxy.config import UPSTREAM_DEFAULT_PORTS, Engine
 from proxy.credentials.base import Credentials
-from proxy.credentials.secrets_manager import parse_port
+from proxy.credentials.rds_json import parse_port
 from proxy.redaction import register_secret
 from proxy.rotation.errors import RotationError
 
@@ -37,6 +37,12 @@ MYSQL_USER_HOST_KEY = "user_host"
 DEFAULT_MYSQL_USER_HOST = "%"
 
 
+def _where(kind: str, name: str, version_id: str, stage: str) -> str:
+    if kind == "secret":
+        return f"the {stage} version of secret {name!r}"
+    return f"version {version_id} of {kind} {name!r}"
+
+
 def generate_password(length: int = PASSWORD_LENGTH) -> str:
     """A random password from PASSWORD_ALPHABET with at least one letter and one digit."""
     while True:
@@ -56,16 +62,20 @@ def base_username(username: str) -> str:
 
 @dataclass(frozen=True)
 class SecretValue:
-    """One version of an RDS-style JSON secret; the JSON stays out of the repr."""
+    """One version of RDS-style JSON credentials (a Secrets Manager secret, or a Parameter Store
+    parameter: ``kind``); the JSON stays out of the repr."""
 
     secret_id: str
     version_id: str
     stage: str
     data: Mapping[str, Any] = field(repr=False)
+    kind: str = "secret"  # or "parameter": no stages, just versions
 
     @classmethod
-    def parse(cls, secret_id: str, version_id: str, stage: str, text: str | None) -> SecretValue:
-        where = f"the {stage} version of secret {secret_id!r}"
+    def parse(
+        cls, secret_id: str, version_id: str, stage: str, text: str | None, kind: str = "secret"
+    ) -> SecretValue:
+        where = _where(kind, secret_id, version_id, stage)
         if text is None:
             raise RotationError(f"{where} has no SecretString (binary secrets are not supported)")
         try:
@@ -74,15 +84,22 @@ class SecretValue:
             raise RotationError(f"{where} is not valid JSON") from None
         if not isinstance(data, dict):
             raise RotationError(f"{where} is JSON but not an object")
+        return cls.of_fields(secret_id, version_id, stage, data, kind)
+
+    @classmethod
+    def of_fields(
+        cls, secret_id: str, version_id: str, stage: str, data: Mapping[str, Any], kind: str = "secret"
+    ) -> SecretValue:
+        """From decoded fields (a JSON object, or a Parameter Store path's parameters)."""
         for key in ("username", "password"):
             if not isinstance(data.get(key), str) or not data[key]:
-                raise RotationError(f"{where} lacks a string {key!r}")
+                raise RotationError(f"{_where(kind, secret_id, version_id, stage)} lacks a string {key!r}")
         register_secret(data["password"])
-        return cls(secret_id, version_id, stage, data)
+        return cls(secret_id, version_id, stage, dict(data), kind)
 
     @property
     def where(self) -> str:
-        return f"the {self.stage} version of secret {self.secret_id!r}"
+        return _where(self.kind, self.secret_id, self.version_id, self.stage)
 
     @property
     def username(self) -> str:

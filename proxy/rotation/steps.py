@@ -41,12 +41,12 @@ from typing import Any
 from protocols.errors import LocalProtocolError, ProtocolViolation
 from proxy.config import AwsConfig
 from proxy.core.errors import PoolError, UpstreamLoginError
-from proxy.credentials.secrets_manager import AWSCURRENT, AWSPENDING, AWSPREVIOUS, client_location
+from proxy.credentials.aws import client_location
+from proxy.credentials.secrets_manager import AWSCURRENT, AWSPENDING, AWSPREVIOUS
 from proxy.redaction import redact, register_secret
+from proxy.rotation.alternating import database_for, set_as_master, test_login
 from proxy.rotation.database import Database
 from proxy.rotation.errors import RotationError
-from proxy.rotation.mysql import MySqlDatabase
-from proxy.rotation.postgres import PostgresDatabase
 from proxy.rotation.secret import SecretValue, alternate_username, generate_password
 from proxy.rotation.settings import RotationSettings
 
@@ -168,9 +168,7 @@ class Rotator:
         return SecretValue.parse(secret_id, str(response["VersionId"]), stage, response.get("SecretString"))
 
     def _database(self, secret: SecretValue) -> Database[Any]:
-        if secret.engine == "postgres":
-            return PostgresDatabase(self.settings)
-        return MySqlDatabase(self.settings)
+        return database_for(secret, self.settings)
 
     # --- the steps --------------------------------------------------------------------------
 
@@ -255,21 +253,12 @@ class Rotator:
                 f"AWSPENDING is for user {pending.username!r}, which does not alternate with AWSCURRENT's "
                 f"{current.username!r}"
             )
-        master_arn = current.master_arn
-        master = await self._get(master_arn, AWSCURRENT)
-        if master.engine != pending.engine or (master.host, master.port) != (pending.host, pending.port):
-            raise RotationError(f"the master secret {master_arn!r} is for another server than the secret")
-        try:
-            await database.set_password_as_master(master, pending)
-        except UpstreamLoginError as exc:
-            raise RotationError(f"cannot log in with the master secret {master_arn!r}: {exc}") from None
+        master = await self._get(current.master_arn, AWSCURRENT)
+        await set_as_master(database, master, pending)
 
     async def _test_secret(self, secret_id: str, token: str, versions: dict[str, list[str]]) -> None:
         pending = await self._get(secret_id, AWSPENDING, token)
-        try:
-            await self._database(pending).select_one(pending)
-        except UpstreamLoginError as exc:
-            raise RotationError(f"cannot log in as {pending.username!r} with AWSPENDING: {exc}") from None
+        await test_login(self._database(pending), pending)
 
     async def _finish_secret(self, secret_id: str, token: str, versions: dict[str, list[str]]) -> None:
         current = next((version for version, stages in versions.items() if AWSCURRENT in stages), None)

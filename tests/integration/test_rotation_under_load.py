@@ -149,17 +149,22 @@ class Setup:
     master_secret: str
 
 
-async def _setup(
-    kind: str,
-    launcher: ProxyLauncher,
-    pg: ThrowawayPostgres,
-    mariadb: ThrowawayMariaDB,
-    sm_client: Any,
-    known_secrets: Secrets,
-    poll_interval: str = "1s",
-    admin_port: int | None = None,
-    mode: str = "session",
-) -> Setup:
+@dataclass(repr=False)  # passwords: never in a failed test's output
+class Accounts:
+    """A user that owns a fresh table, a superuser to rotate it with, and where they log in."""
+
+    user: str
+    password: str
+    admin: str
+    admin_password: str
+    table: str
+    server: ThrowawayPostgres | ThrowawayMariaDB
+    base: dict[str, object]  # engine, host, port, dbname: the JSON fields beside the credentials
+
+
+def make_accounts(
+    kind: str, pg: ThrowawayPostgres, mariadb: ThrowawayMariaDB, known_secrets: Secrets
+) -> Accounts:
     suffix = secrets.token_hex(3)
     user, table = f"rot_{kind[:2]}_{suffix}", f"rot_rows_{suffix}"
     password, admin_password = known_secrets.new_password(), known_secrets.new_password()
@@ -187,7 +192,24 @@ async def _setup(
         )
         mariadb.sql(f"GRANT ALL ON appdb.* TO '{user}'@'%'")
         engine_field, port = "mariadb", mariadb.port
-    base = {"engine": engine_field, "host": "127.0.0.1", "port": port, "dbname": "appdb"}
+    base: dict[str, object] = {"engine": engine_field, "host": "127.0.0.1", "port": port, "dbname": "appdb"}
+    return Accounts(user, password, admin, admin_password, table, server, base)
+
+
+async def _setup(
+    kind: str,
+    launcher: ProxyLauncher,
+    pg: ThrowawayPostgres,
+    mariadb: ThrowawayMariaDB,
+    sm_client: Any,
+    known_secrets: Secrets,
+    poll_interval: str = "1s",
+    admin_port: int | None = None,
+    mode: str = "session",
+) -> Setup:
+    accounts = make_accounts(kind, pg, mariadb, known_secrets)
+    base, admin, admin_password = accounts.base, accounts.admin, accounts.admin_password
+    user, password, table, server = accounts.user, accounts.password, accounts.table, accounts.server
     master = await new_secret(sm_client, {**base, "username": admin, "password": admin_password}, "master")
     master_arn = (await sm_client.describe_secret(SecretId=master))["ARN"]
     secret_id = await new_secret(

@@ -388,7 +388,7 @@ def test_static_credentials_never_show_their_password(tmp_path: Path) -> None:
             "",
             'source = "vault"\nsecret_id = "x"',
             "pool[0].credentials.source",
-            "must be one of secretsmanager, static, rds-iam; got 'vault'",
+            "must be one of secretsmanager, static, rds-iam, parameterstore; got 'vault'",
         ),
         (
             "",

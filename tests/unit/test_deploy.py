@@ -311,6 +311,48 @@ def statement_service(statement: dict[str, Any]) -> str:
     return service
 
 
+@pytest.mark.parametrize(
+    ("name", "allowed"),
+    [
+        (
+            "rotaproxy-parameter-read.json",
+            {"ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath", "kms:Decrypt"},
+        ),
+        (
+            "rotaproxy-parameter-rotate.json",
+            {
+                "ssm:GetParameter",
+                "ssm:GetParametersByPath",
+                "ssm:PutParameter",
+                "ssm:DescribeParameters",
+                "kms:Decrypt",
+                "kms:Encrypt",
+                "kms:GenerateDataKey",
+            },
+        ),
+    ],
+)
+def test_parameter_store_policies_name_the_parameter_its_path_and_kms_only_through_ssm(
+    name: str, allowed: set[str]
+) -> None:
+    statements = policy_statements(DEPLOY / "iam" / name)
+
+    assert {action for s in statements for action in as_list(s["Action"])} == allowed
+    for statement in statements:
+        assert statement["Effect"] == "Allow"
+        assert not {"NotAction", "NotResource", "NotPrincipal", "Principal"} & statement.keys()
+        for resource in as_list(statement["Resource"]):
+            if statement["Action"] == "ssm:DescribeParameters":
+                assert resource == "*"  # it has no resource-level permissions
+            elif resource.startswith("arn:aws:ssm:"):
+                assert re.fullmatch(r"arn:aws:ssm:REGION:ACCOUNT_ID:parameter/[\w/.-]+?(/\*)?", resource)
+            else:
+                assert statement["Condition"] == {
+                    "StringEquals": {"kms:ViaService": "ssm.REGION.amazonaws.com"}
+                }
+                assert resource == "arn:aws:kms:REGION:ACCOUNT_ID:key/KEY_ID"
+
+
 def test_kms_decrypt_is_granted_only_through_secrets_manager() -> None:
     (kms,) = [
         s
@@ -371,9 +413,10 @@ def test_the_user_data_installs_the_systemd_unit_verbatim(template: dict[str, An
     assert "systemctl enable --now rotaproxy" in script
 
 
+@pytest.mark.parametrize("source", ["secretsmanager", "parameterstore"])
 @pytest.mark.parametrize("engine", ["postgres", "mysql"])
 def test_the_user_data_config_is_valid_for_each_engine(
-    template: dict[str, Any], engine: str, tmp_path: Path
+    template: dict[str, Any], engine: str, source: str, tmp_path: Path
 ) -> None:
     script, variables = user_data(template)
     mapping = template["Mappings"]["EngineDefaults"][engine]
@@ -385,30 +428,85 @@ def test_the_user_data_config_is_valid_for_each_engine(
         "DBPort": "5432",
         "MaxServerConnections": str(template["Parameters"]["MaxServerConnections"]["Default"]),
         "DatabaseSecret": "arn:aws:secretsmanager:us-east-1:123456789012:secret:orders-AbCdEf",
-        **{name: str(mapping[name]) for name in variables},
+        "ParameterName": "/prod/orders/db",
+        **{name: str(mapping[name]) for name in variables if name != "CredentialsKeys"},
     }
-    toml = re.sub(r"\$\{([\w:]+)\}", lambda match: values[match.group(1)], heredoc(script, "TOML"))
+
+    def substitute(text: str) -> str:
+        return re.sub(r"\$\{([\w:]+)\}", lambda match: values[match.group(1)], text)
+
+    condition, if_secrets_manager, otherwise = variables["CredentialsKeys"]["Fn::If"]
+    assert condition == "UseSecretsManager"
+    chosen = if_secrets_manager if source == "secretsmanager" else otherwise
+    values["CredentialsKeys"] = substitute(chosen["Fn::Sub"])
+    toml = substitute(heredoc(script, "TOML"))
 
     config = parse_deploy_config(toml, "user data", tmp_path)
 
     (pool,) = config.pools
     assert (pool.engine, pool.listen.port, pool.tls) == (engine, mapping["ListenPort"], "verify-full")
-    assert pool.credentials.secret_id == values["DatabaseSecret"]
+    assert pool.credentials.source == source
+    if source == "secretsmanager":
+        assert pool.credentials.secret_id == values["DatabaseSecret"]
+    else:
+        assert pool.credentials.parameter == values["ParameterName"]
     timeout = unit_directives(heredoc(script, "UNIT"))["Service.TimeoutStopSec"][0]
     assert float(timeout.removesuffix("s")) > shutdown_timeout(config)
 
 
-def test_the_instance_role_reads_only_the_one_secret(template: dict[str, Any]) -> None:
-    policies = {
-        p["PolicyName"]: p["PolicyDocument"]
-        for p in template["Resources"]["InstanceRole"]["Properties"]["Policies"]
-    }
+def test_the_instance_role_reads_only_the_one_secret_or_parameter(template: dict[str, Any]) -> None:
+    policies, conditions = {}, {}
+    for item in template["Resources"]["InstanceRole"]["Properties"]["Policies"]:
+        if "Fn::If" in item:  # one per credential source
+            condition, item, otherwise = item["Fn::If"]
+            assert otherwise == {"Ref": "AWS::NoValue"}
+            conditions[item["PolicyName"]] = condition
+        policies[item["PolicyName"]] = item["PolicyDocument"]
     (read,) = policies["rotaproxy-secret-read"]["Statement"]
+    (parameter,) = policies["rotaproxy-parameter-read"]["Statement"]
     (install,) = policies["rotaproxy-install"]["Statement"]
 
+    assert conditions == {
+        "rotaproxy-secret-read": "UseSecretsManager",
+        "rotaproxy-parameter-read": "UseParameterStore",
+    }
     assert set(read["Action"]) == {"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}
     assert read["Resource"] == {"Ref": "DatabaseSecret"}
+    assert set(parameter["Action"]) == {"ssm:GetParameter", "ssm:GetParametersByPath"}
+    assert [r["Fn::Sub"].rsplit(":", 1)[1] for r in parameter["Resource"]] == [
+        "parameter${ParameterName}",
+        "parameter${ParameterName}/*",
+    ]
     assert install["Action"] == "s3:GetObject" and "${WheelKey}" in install["Resource"]["Fn::Sub"]
+
+
+def test_with_parameter_store_nothing_of_secrets_manager_is_made(template: dict[str, Any]) -> None:
+    made_only_for_secrets_manager = {
+        name
+        for name, resource in template["Resources"].items()
+        if resource.get("Condition") == "UseSecretsManager"
+    }
+
+    assert {name for name in template["Resources"] if "Rotation" in name or "Secret" in name} == {
+        "DatabaseSecret",
+        "DatabaseSecretRotation",
+        "FirstRotationDone",
+        "RotationFunction",
+        "RotationFunctionPermission",
+        "RotationFunctionRole",
+        "RotationFunctionSecurityGroup",
+        "RotationFunctionToDatabase",
+    }
+    assert made_only_for_secrets_manager == {
+        "DatabaseSecret",
+        "DatabaseSecretRotation",
+        "RotationFunction",
+        "RotationFunctionPermission",
+        "RotationFunctionRole",
+        "RotationFunctionSecurityGroup",
+        "RotationFunctionToDatabase",
+    }
+    assert "FirstRotationDone" in template["Resources"]["Instance"]["DependsOn"]
 
 
 def test_the_rotation_function_is_rotaproxys_own(template: dict[str, Any]) -> None:
