@@ -19,7 +19,7 @@ from proxy.config import Address, ClientLimitsConfig
 from proxy.core.endpoint import Endpoint, Reader
 from proxy.core.limits import ClientLimits
 from proxy.core.peer import PeerCredentials, peer_credentials
-from proxy.core.unix_socket import bind_unix_socket, remove_socket_file
+from proxy.core.unix_socket import FileIdentity, bind_unix_socket, remove_socket_file
 from proxy.engine import ClientSession, SessionHost
 from proxy.pool.pool import Pool
 
@@ -65,7 +65,7 @@ class Listener:
         self.limits = limits if limits is not None else ClientLimits(ClientLimitsConfig(), 1 << 20)
         self.watch = ClientWatch(self.limits, self._current_pools)
         self._watch_task: asyncio.Task[None] | None = None
-        self._socket_inode: int | None = None  # of the Unix socket file we bound
+        self._socket_file: FileIdentity | None = None  # the Unix socket file we bound
         self._server: asyncio.Server | None = None
         self._sessions: dict[asyncio.Task[None], ClientSession] = {}
         self._keys: dict[Hashable, Any] = {}
@@ -87,14 +87,15 @@ class Listener:
         path = self.address.path
         if path is not None:
             config = self.pools[0].config  # (pools sharing a socket agree on its mode and group)
-            sock, self._socket_inode = bind_unix_socket(path, config.socket_mode, config.socket_group)
+            sock, socket_file = bind_unix_socket(path, config.socket_mode, config.socket_group)
+            self._socket_file = socket_file
             try:
                 self._server = await loop.create_unix_server(
                     self._accept, sock=sock, start_serving=serve, backlog=LISTEN_BACKLOG
                 )
             except BaseException:
                 sock.close()
-                remove_socket_file(path, self._socket_inode)
+                remove_socket_file(path, socket_file)
                 raise
         else:
             self._server = await loop.create_server(
@@ -147,9 +148,9 @@ class Listener:
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
-        if self.address.path is not None and self._socket_inode is not None:
-            remove_socket_file(self.address.path, self._socket_inode)  # only if still ours
-            self._socket_inode = None
+        if self.address.path is not None and self._socket_file is not None:
+            remove_socket_file(self.address.path, self._socket_file)  # only if still ours
+            self._socket_file = None
 
     async def close(self) -> None:
         """Stop accepting and cut every session still running (cancelled and awaited)."""

@@ -94,6 +94,11 @@ class SessionRelay(ABC, Generic[S]):
     def too_large(self, exc: MessageTooLarge) -> bytes:
         """What the client is told when it announces a message over max_client_message_size."""
 
+    def violation_error(self, exc: ProtocolViolation) -> bytes:
+        """What the client is told when it breaks the protocol otherwise (nothing, unless the
+        engine says)."""
+        return b""
+
     def waiting_on_client(self) -> int:
         """What the client's next bytes are awaited for (see ``ClientSession.waiting_on_client``)."""
         if self.incomplete():
@@ -154,6 +159,7 @@ class SessionRelay(ABC, Generic[S]):
             return
         except ProtocolViolation as exc:
             log.info("client %s broke the protocol: %s", self.peer, exc)
+            self.client.write(self.violation_error(exc))
             self._end(EndReason.CLIENT_VIOLATION)
             return
         if reason is not None:

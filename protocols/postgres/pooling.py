@@ -247,7 +247,10 @@ class PooledClient:
                 "FATAL", SQLSTATE_PROTOCOL_VIOLATION, f"invalid message length: {exc}"
             )
             return CloseWithError(error.encode(), EndReason.MESSAGE_TOO_LARGE, str(exc))
-        return Ended(EndReason.CLIENT_VIOLATION, str(exc))
+        error = ErrorResponse.build(
+            "FATAL", SQLSTATE_PROTOCOL_VIOLATION, f"invalid message from client: {exc}"
+        )
+        return CloseWithError(error.encode(), EndReason.CLIENT_VIOLATION, str(exc))
 
     def receive_server(self, data: bytes) -> list[Command]:
         """Server bytes in (from the attached connection)."""

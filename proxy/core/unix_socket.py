@@ -23,9 +23,17 @@ class SocketFileInUse(OSError):
     """The path is taken: a live listener, or a file that is not a socket."""
 
 
-def bind_unix_socket(path: str, mode: int, group: int | None) -> tuple[socket.socket, int]:
+FileIdentity = tuple[int, int, int]  # device, inode, change time: a removed file's inode is reused
+
+
+def _identity(path: str) -> FileIdentity:
+    info = os.lstat(path)
+    return info.st_dev, info.st_ino, info.st_ctime_ns
+
+
+def bind_unix_socket(path: str, mode: int, group: int | None) -> tuple[socket.socket, FileIdentity]:
     """A bound, non-blocking Unix stream socket at ``path`` with permissions ``mode`` (and
-    group ``group``); the file's inode, for ``remove_socket_file``."""
+    group ``group``); the file's identity, for ``remove_socket_file``."""
     directory = os.path.dirname(path)
     if directory and not os.path.isdir(directory):
         os.makedirs(directory, mode=0o755, exist_ok=True)
@@ -41,7 +49,7 @@ def bind_unix_socket(path: str, mode: int, group: int | None) -> tuple[socket.so
             os.chown(path, -1, group)
         os.chmod(path, mode)
         sock.setblocking(False)
-        return sock, os.stat(path).st_ino
+        return sock, _identity(path)
     except BaseException:
         sock.close()
         raise
@@ -73,8 +81,8 @@ def remove_stale_socket(path: str) -> None:
     raise SocketFileInUse(errno.EADDRINUSE, f"another process listens on {path}")
 
 
-def remove_socket_file(path: str, inode: int) -> None:
-    """Remove the socket file at ``path`` if it is still the one we bound (same inode)."""
+def remove_socket_file(path: str, identity: FileIdentity) -> None:
+    """Remove the socket file at ``path`` if it is still the one we bound."""
     with contextlib.suppress(OSError):
-        if os.lstat(path).st_ino == inode:
+        if _identity(path) == identity:
             os.unlink(path)

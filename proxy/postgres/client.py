@@ -374,6 +374,10 @@ class PgSessionRelay(SessionRelay[PgServerConnection]):
     def too_large(self, exc: MessageTooLarge) -> bytes:
         return limit_error(limits.MESSAGE_TOO_LARGE, f"invalid message length: {exc}")
 
+    def violation_error(self, exc: ProtocolViolation) -> bytes:
+        message = f"invalid message from client: {exc}"
+        return ErrorResponse.build("FATAL", SQLSTATE_PROTOCOL_VIOLATION, message).encode()
+
     async def reusable_after(self, reason: EndReason) -> bool:
         server, frontend, backend = self.server, self.frontend, self.backend
         server.transaction_status = backend.transaction_status
