@@ -204,6 +204,7 @@ class MySqlClientSession:
     async def _serve(self) -> None:
         pools = self.listener.pools
         if len(pools) == 1 and pools[0].config.mode == "session" and not pools[0].config.clients.restricted:
+            self._admit(pools[0])  # over the pool's client limit: ERR 1040 instead of the greeting
             # An idle connection of the kind most clients choose, at once (no wait on a guess).
             server = pools[0].borrow_now(pools[0].connector.default_variant)
             if server is not None:
@@ -243,7 +244,6 @@ class MySqlClientSession:
         assert isinstance(connector, MySqlConnector)
         try:
             response = await self._held_handshake(connector.greeting or FALLBACK_GREETING, server)
-            self._admit(pool)
         except BaseException:
             give_back(pool, server, reusable=True)  # nothing of the client's reached it
             raise
