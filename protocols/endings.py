@@ -14,6 +14,7 @@ class EndReason(enum.Enum):
     CLIENT_QUIT = "client quit"  # MySQL's COM_QUIT
     SERVER_CLOSED = "server closed"
     CLIENT_VIOLATION = "client protocol violation"
+    MESSAGE_TOO_LARGE = "client message too large"  # over max_client_message_size (the client is told)
     SERVER_VIOLATION = "server protocol violation"
     GOODBYE = "goodbye"  # shutdown or reload: the session ends at a safe idle point, the client is told
     # Transaction mode, after the client was told why (FATAL):

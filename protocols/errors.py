@@ -10,3 +10,14 @@ class ProtocolViolation(Exception):
 
 class LocalProtocolError(Exception):
     """We were asked to do something the protocol does not allow (a bug on our side)."""
+
+
+class MessageTooLarge(ProtocolViolation):
+    """The peer announced a message longer than the reader's bound (read from the header, so
+    nothing was allocated for it). ``sequence_id`` (MySQL) is the one the answer carries."""
+
+    def __init__(self, message: str, size: int, limit: int, sequence_id: int = 0) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+        self.sequence_id = sequence_id

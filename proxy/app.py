@@ -25,6 +25,8 @@ from proxy.config import (
     format_seconds,
     load_config,
 )
+from proxy.core.fd_limit import raise_open_files_limit
+from proxy.core.limits import ClientLimits
 from proxy.credentials.aws import AwsClients
 from proxy.credentials.base import CredentialSource, PolledCredentialSource
 from proxy.credentials.sources import make_source
@@ -86,12 +88,23 @@ class Proxy:
         self._drains: set[asyncio.Task[None]] = set()
         self._sessions_changed = asyncio.Event()  # a session ended or moved: drains re-count
         self._closed = False
+        # Every listener's clients against max_client_connections and the open files limit.
+        self.client_limits = ClientLimits(
+            config.limits, raise_open_files_limit(), _server_connections(config)
+        )
 
     def __repr__(self) -> str:
         return f"Proxy(pools={list(self.pools)}, listeners={[str(item.address) for item in self.listeners]})"
 
     # --- start -------------------------------------------------------------------------------
     async def start(self) -> None:
+        limits = self.client_limits
+        log.info(
+            "open files limit %d: up to %d client connections (max_client_connections %d)",
+            limits.open_files,
+            limits.max_clients,
+            self.config.limits.max_client_connections,
+        )
         try:
             for pool_config in self.config.pools:
                 pool = self._new_pool(pool_config, self.sources)
@@ -120,7 +133,15 @@ class Proxy:
 
     def _new_listener(self, address: Address, pools: list[Pool]) -> Listener:
         engine = ENGINES[pools[0].config.engine]  # one listener, one engine (config checks)
-        listener = Listener(address, engine.name, pools, engine.client_reader, engine.client_session)
+        listener = Listener(
+            address,
+            engine.name,
+            pools,
+            engine.client_reader,
+            engine.client_session,
+            engine.limit_error,
+            self.client_limits,
+        )
         listener.on_session_change = self._sessions_changed.set
         return listener
 
@@ -315,6 +336,7 @@ class Proxy:
         # Commit.
         self._check_restart_only(self.config, new)
         self.config = new
+        self.client_limits.update(new.limits, _server_connections(new))
         self.sources.update(new_sources)
         retiring: list[Pool] = []
         for name in (*removed, *changed):
@@ -440,3 +462,7 @@ def _count_by_pool(sessions: Collection[ClientSession]) -> dict[str, int]:
         name = session.pool.name if session.pool is not None else "(none chosen yet)"
         counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def _server_connections(config: Config) -> int:
+    return sum(pool.max_server_connections for pool in config.pools)

@@ -6,8 +6,10 @@ raw dict.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import math
+import pwd
 import re
 import tomllib
 from collections.abc import Mapping
@@ -23,6 +25,21 @@ LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 DEFAULT_PORTS: dict[str, int] = {"postgres": 6432, "mysql": 6033}
+UNIX_PREFIX = "unix:"
+# sun_path holds 108 bytes with the terminating NUL.
+UNIX_PATH_LIMIT = 107
+DEFAULT_SOCKET_MODE = 0o660
+# Client limits (PgBouncer's names where it has one). The process-wide count of client
+# connections; none per pool unless set.
+DEFAULT_MAX_CLIENT_CONNECTIONS = 10_000
+DEFAULT_CLIENT_LOGIN_TIMEOUT = 60.0  # PgBouncer's client_login_timeout
+DEFAULT_CLIENT_STALL_TIMEOUT = 60.0  # a client that stops in the middle of a message
+# The largest message a client may send: the servers' own limits. PostgreSQL refuses a
+# message over 1 GiB (MaxAllocSize); MySQL 8's max_allowed_packet defaults to 64 MiB (MariaDB's
+# to 16 MiB, which the server enforces itself).
+DEFAULT_MAX_CLIENT_MESSAGE_SIZE: dict[str, int] = {"postgres": (1 << 30) - 1, "mysql": 64 << 20}
+MIN_CLIENT_MESSAGE_SIZE = 1024
+MAX_CLIENT_MESSAGE_SIZE = 1 << 30
 # How long SIGTERM (and a reload that drains a pool) lets open transactions run to their end.
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 UPSTREAM_DEFAULT_PORTS: dict[str, int] = {"postgres": 5432, "mysql": 3306}
@@ -36,6 +53,8 @@ SUPPORTED_MODES: dict[str, frozenset[str]] = {
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
+_SIZE_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, None: 1}
 
 
 class ConfigError(Exception):
@@ -50,14 +69,29 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Address:
+    """A TCP host and port, or (``path`` set) a Unix-domain socket: ``unix:/run/x/.s.PGSQL.6432``."""
+
     host: str
     port: int
+    path: str | None = None
 
     def __str__(self) -> str:
+        if self.path is not None:
+            return f"{UNIX_PREFIX}{self.path}"
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def unix(cls, path: str) -> Address:
+        return cls("", 0, path)
+
+    @property
+    def is_unix(self) -> bool:
+        return self.path is not None
 
     @property
     def is_loopback(self) -> bool:
+        if self.path is not None:
+            return False
         if self.host == "localhost":
             return True
         try:
@@ -88,6 +122,19 @@ class CredentialsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientsConfig:
+    """``[pool.clients]``: who may use the pool. On a Unix socket the caller's uid and groups
+    are read with SO_PEERCRED; with either list set, a caller must be in one of them."""
+
+    allow_uids: frozenset[int] | None = None  # None: any uid
+    allow_gids: frozenset[int] | None = None  # None: any group
+
+    @property
+    def restricted(self) -> bool:
+        return self.allow_uids is not None or self.allow_gids is not None
+
+
+@dataclass(frozen=True, slots=True)
 class PoolConfig:
     name: str
     engine: Engine
@@ -106,6 +153,23 @@ class PoolConfig:
     liveness_check_after: float = 30.0
     tls: TlsMode = "verify-full"
     tls_ca_file: Path | None = None
+    # Client limits: 0 = none / off.
+    max_client_connections: int = 0
+    client_idle_timeout: float = 0.0
+    max_client_message_size: int = DEFAULT_MAX_CLIENT_MESSAGE_SIZE["postgres"]
+    # A Unix-socket listener's file (pools sharing it agree on these).
+    socket_mode: int = DEFAULT_SOCKET_MODE
+    socket_group: int | None = None  # None: the process's group
+    clients: ClientsConfig = ClientsConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimitsConfig:
+    """Process-wide client limits (top-level keys); 0 = off for the timeouts."""
+
+    max_client_connections: int = DEFAULT_MAX_CLIENT_CONNECTIONS
+    client_login_timeout: float = DEFAULT_CLIENT_LOGIN_TIMEOUT
+    client_stall_timeout: float = DEFAULT_CLIENT_STALL_TIMEOUT
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +199,7 @@ class Config:
     # SIGTERM: how long open transactions may run on before the rest are cut; also bounds
     # the drain of a pool that a reload removed or changed.
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    limits: ClientLimitsConfig = ClientLimitsConfig()
 
     def listeners(self) -> dict[Address, tuple[PoolConfig, ...]]:
         """Pools grouped by the address they listen on (several may share one)."""
@@ -160,6 +225,36 @@ def parse_duration(text: object) -> float:
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
+
+
+def parse_size(text: object) -> int:
+    """A number of bytes, or '64KiB', '16MiB', '1GiB'."""
+    if isinstance(text, bool):
+        raise ValueError("expected a size like '16MiB' or a number of bytes")
+    if isinstance(text, int):
+        size = text
+    else:
+        match = _SIZE.match(str(text))
+        if not match:
+            raise ValueError(f"expected a size like '16MiB', '64KiB' or a number of bytes, got {text!r}")
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    if size < 0:
+        raise ValueError("a size cannot be negative")
+    return size
+
+
+def parse_listen(text: str, default_port: int | None = None) -> Address:
+    """A listen address: ``unix:/absolute/path`` or what ``parse_address`` takes."""
+    if not text.strip().startswith(UNIX_PREFIX):
+        return parse_address(text, default_port)
+    path = text.strip()[len(UNIX_PREFIX) :]
+    if not path.startswith("/"):
+        raise ValueError(f"a Unix socket path must be absolute, got {path!r}")
+    if len(path.encode()) > UNIX_PATH_LIMIT:
+        raise ValueError(f"a Unix socket path may have at most {UNIX_PATH_LIMIT} bytes; {path!r} is longer")
+    if path.endswith("/") or "\x00" in path:
+        raise ValueError(f"{path!r} is not a socket file name")
+    return Address.unix(path)
 
 
 def parse_address(text: str, default_port: int | None = None) -> Address:
@@ -238,14 +333,47 @@ class _Table:
         except ValueError as exc:
             raise self.error(name, str(exc)) from None
 
-    def address(self, name: str, default_port: int | None) -> Address | None:
+    def address(self, name: str, default_port: int | None, *, unix: bool = False) -> Address | None:
         text = self.string(name)
         if text is None:
             return None
         try:
-            return parse_address(text, default_port)
+            return parse_listen(text, default_port) if unix else parse_address(text, default_port)
         except ValueError as exc:
             raise self.error(name, str(exc)) from None
+
+    def size(self, name: str, default: int) -> int:
+        self.used.add(name)
+        if name not in self.data:
+            return default
+        try:
+            return parse_size(self.data[name])
+        except ValueError as exc:
+            raise self.error(name, str(exc)) from None
+
+    def ids(self, name: str, kind: Literal["user", "group"]) -> frozenset[int] | None:
+        """A list of uids (gids), each a number or a name looked up on this machine."""
+        self.used.add(name)
+        if name not in self.data:
+            return None
+        value = self.data[name]
+        if not isinstance(value, list):
+            raise self.error(name, f"expected a list of {kind} names or numbers, got {type(value).__name__}")
+        return frozenset(self.id_of(name, item, kind) for item in value)
+
+    def id_of(self, name: str, item: object, kind: Literal["user", "group"]) -> int:
+        if isinstance(item, int) and not isinstance(item, bool):
+            if not 0 <= item < 1 << 32:
+                raise self.error(name, f"{item} is not a valid {kind} id")
+            return item
+        if not isinstance(item, str) or not item:
+            raise self.error(name, f"expected a {kind} name or number, got {item!r}")
+        if item.isdigit():
+            return int(item)
+        try:
+            return pwd.getpwnam(item).pw_uid if kind == "user" else grp.getgrnam(item).gr_gid
+        except KeyError:
+            raise self.error(name, f"no {kind} named {item!r} on this machine") from None
 
     def table(self, name: str) -> _Table:
         self.used.add(name)
@@ -301,12 +429,12 @@ def _parse_pool(table: _Table) -> PoolConfig:
     engine = table.choice("engine", get_args(Engine), "postgres")
     if engine not in SUPPORTED_ENGINES:
         raise table.error("engine", f"engine {engine!r} is not supported by this version yet")
-    listen = table.address("listen", None) or Address("127.0.0.1", DEFAULT_PORTS[engine])
-    if not listen.is_loopback:
+    listen = table.address("listen", None, unix=True) or Address("127.0.0.1", DEFAULT_PORTS[engine])
+    if not listen.is_loopback and not listen.is_unix:
         raise table.error(
             "listen",
             f"{listen} is not a loopback address: clients authenticate without a password, "
-            "so rotaproxy only listens on 127.0.0.1, ::1 or localhost",
+            'so rotaproxy only listens on 127.0.0.1, ::1, localhost or a Unix socket ("unix:/path")',
         )
     mode = table.choice("mode", get_args(PoolMode), "session")
     if mode not in SUPPORTED_MODES[engine]:
@@ -335,8 +463,17 @@ def _parse_pool(table: _Table) -> PoolConfig:
         liveness_check_after=table.duration("liveness_check_after", 30.0),
         tls=cast(TlsMode, tls),
         tls_ca_file=tls_ca_file,
+        max_client_connections=table.get("max_client_connections", int, 0),
+        client_idle_timeout=table.duration("client_idle_timeout", 0.0),
+        max_client_message_size=table.size(
+            "max_client_message_size", DEFAULT_MAX_CLIENT_MESSAGE_SIZE[engine]
+        ),
+        socket_mode=_socket_mode(table, listen),
+        socket_group=_socket_group(table, listen),
+        clients=_parse_clients(table.table("clients"), listen),
         credentials=_parse_credentials(table.table("credentials")),
     )
+    _check_renamed(table)
     table.check_unknown()
     if pool.credentials.source == "rds-iam":
         _check_rds_iam(table, pool)
@@ -346,11 +483,66 @@ def _parse_pool(table: _Table) -> PoolConfig:
         raise table.error("min_server_connections", "must be between 0 and max_server_connections")
     if pool.borrow_timeout <= 0:
         raise table.error("borrow_timeout", "must be greater than zero")
+    if pool.max_client_connections < 0:
+        raise table.error("max_client_connections", "must be 0 (no limit for the pool) or more")
+    if not MIN_CLIENT_MESSAGE_SIZE <= pool.max_client_message_size <= MAX_CLIENT_MESSAGE_SIZE:
+        raise table.error(
+            "max_client_message_size",
+            f"must be between {MIN_CLIENT_MESSAGE_SIZE} bytes and 1GiB; got {pool.max_client_message_size}",
+        )
     if pool.idle_transaction_timeout and (pool.engine, pool.mode) != ("postgres", "transaction"):
         raise table.error(
             "idle_transaction_timeout", "is supported for PostgreSQL pools in transaction mode only"
         )
     return pool
+
+
+# Other poolers' names for what rotaproxy calls otherwise: the error says which.
+_RENAMED = {"query_wait_timeout": "borrow_timeout", "max_packet_size": "max_client_message_size"}
+
+
+def _check_renamed(table: _Table) -> None:
+    for name, ours in _RENAMED.items():
+        if name in table.data:
+            raise table.error(name, f"rotaproxy calls this {ours}")
+
+
+def _socket_mode(table: _Table, listen: Address) -> int:
+    table.used.add("socket_mode")
+    if "socket_mode" not in table.data:
+        return DEFAULT_SOCKET_MODE
+    if not listen.is_unix:
+        raise table.error("socket_mode", 'only for a Unix socket (listen = "unix:/path")')
+    value = table.data["socket_mode"]
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value.strip()):
+        return int(value.strip(), 8)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
+        return value  # TOML's 0o660
+    raise table.error("socket_mode", f'expected permissions in octal like "0660", got {value!r}')
+
+
+def _socket_group(table: _Table, listen: Address) -> int | None:
+    table.used.add("socket_group")
+    if "socket_group" not in table.data:
+        return None
+    if not listen.is_unix:
+        raise table.error("socket_group", 'only for a Unix socket (listen = "unix:/path")')
+    return table.id_of("socket_group", table.data["socket_group"], "group")
+
+
+def _parse_clients(table: _Table, listen: Address) -> ClientsConfig:
+    clients = ClientsConfig(
+        allow_uids=table.ids("allow_uids", "user"), allow_gids=table.ids("allow_gids", "group")
+    )
+    table.check_unknown()
+    if clients.restricted and not listen.is_unix:
+        name = "allow_uids" if clients.allow_uids is not None else "allow_gids"
+        raise table.error(
+            name,
+            f"a caller's uid and groups are known only on a Unix socket; {listen} is TCP: "
+            'set listen = "unix:/path"',
+        )
+    return clients
 
 
 def _check_rds_iam(table: _Table, pool: PoolConfig) -> None:
@@ -382,12 +574,28 @@ def _check_listeners(config: Config) -> None:
                 "pool.listen",
                 f"pools on {address} mix engines {sorted(engines)}; one listener, one engine",
             )
+        for key in ("socket_mode", "socket_group"):
+            if len({getattr(pool, key) for pool in pools}) > 1:
+                index = config.pools.index(pools[-1])
+                raise ConfigError(
+                    config.source,
+                    f"pool[{index}].{key}",
+                    f"pools sharing {address} must agree on {key}: it is one socket file",
+                )
 
 
 def parse_config(data: Mapping[str, Any], source: str, base_dir: Path | None = None) -> Config:
     """Validate ``data``; relative file paths in it are taken from ``base_dir`` (the file's folder)."""
     root = _Table(source, "", data, base_dir)
     shutdown_timeout = root.duration("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT)
+    limits = ClientLimitsConfig(
+        max_client_connections=root.get("max_client_connections", int, DEFAULT_MAX_CLIENT_CONNECTIONS),
+        client_login_timeout=root.duration("client_login_timeout", DEFAULT_CLIENT_LOGIN_TIMEOUT),
+        client_stall_timeout=root.duration("client_stall_timeout", DEFAULT_CLIENT_STALL_TIMEOUT),
+    )
+    if limits.max_client_connections < 1:
+        raise root.error("max_client_connections", "must be at least 1")
+    _check_renamed(root)
     aws_table = root.table("aws")
     aws = AwsConfig(region=aws_table.string("region"), endpoint_url=aws_table.string("endpoint_url"))
     aws_table.check_unknown()
@@ -426,6 +634,7 @@ def parse_config(data: Mapping[str, Any], source: str, base_dir: Path | None = N
         logging=logging_config,
         source=source,
         shutdown_timeout=shutdown_timeout,
+        limits=limits,
     )
     _check_listeners(config)
     return config

@@ -42,6 +42,11 @@ class SessionHost(Protocol):
 
     def forget_key(self, key: Hashable | None) -> None: ...
 
+    def admit(self, pool: Pool, endpoint: Endpoint) -> tuple[str, str] | None:
+        """Why the client on ``endpoint`` may not use ``pool`` (a limit of ``proxy.core.limits``
+        and the message it is told), or None; a refusal is counted."""
+        ...
+
 
 class ClientSession(Protocol):
     """One accepted client, as the listener and the running proxy see it."""
@@ -58,6 +63,14 @@ class ClientSession(Protocol):
         A transaction-mode client may instead move to its pool's successor (see Pool.retire).
         """
 
+    def waiting_on_client(self) -> int:
+        """What the session waits for from its client now: LOGGING_IN, IDLE, INCOMPLETE or
+        BUSY (``proxy.core.limits``), for the listener's timeouts. Not on the hot path."""
+        ...
+
+    def end_for_limit(self, limit: str, message: str) -> None:
+        """Tell the client it passed ``limit`` (its protocol's error, ``message``) and end."""
+
 
 @dataclass(frozen=True, slots=True)
 class Engine:
@@ -65,3 +78,5 @@ class Engine:
     connector: Callable[[PoolConfig], Connector]  # opens logged-in server connections for a pool
     client_reader: Callable[[], Reader]  # the sans-IO reader for what a new client sends first
     client_session: Callable[[Endpoint, SessionHost], ClientSession]  # serves one accepted client
+    # What a client turned away at accept is sent (limit, message → bytes), before any session.
+    limit_error: Callable[[str, str], bytes]

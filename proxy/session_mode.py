@@ -17,7 +17,8 @@ from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 from protocols.endings import EndReason
-from protocols.errors import ProtocolViolation
+from protocols.errors import MessageTooLarge, ProtocolViolation
+from proxy.core import limits
 from proxy.core.counters import REJECTED_BORROW_TIMEOUT, REJECTED_UPSTREAM, ClientMeter
 from proxy.core.endpoint import Endpoint
 from proxy.core.errors import BorrowTimeout, PoolError
@@ -86,6 +87,25 @@ class SessionRelay(ABC, Generic[S]):
         """The server owes the client nothing, nothing is half-sent, no transaction is open."""
 
     @abstractmethod
+    def incomplete(self) -> bool:
+        """Part of a client message went by (or is buffered) and the rest has not."""
+
+    @abstractmethod
+    def too_large(self, exc: MessageTooLarge) -> bytes:
+        """What the client is told when it announces a message over max_client_message_size."""
+
+    def violation_error(self, exc: ProtocolViolation) -> bytes:
+        """What the client is told when it breaks the protocol otherwise (nothing, unless the
+        engine says)."""
+        return b""
+
+    def waiting_on_client(self) -> int:
+        """What the client's next bytes are awaited for (see ``ClientSession.waiting_on_client``)."""
+        if self.incomplete():
+            return limits.INCOMPLETE
+        return limits.IDLE if self.at_idle_point() else limits.BUSY
+
+    @abstractmethod
     async def reusable_after(self, reason: EndReason) -> bool:
         """Whether the connection may serve another client now that the relay ended for
         ``reason`` (the engine may first stop a query the client left running)."""
@@ -131,8 +151,15 @@ class SessionRelay(ABC, Generic[S]):
         self.metrics.bytes_in += len(data)
         try:
             reason = self.from_client(data)
+        except MessageTooLarge as exc:
+            log.info("client %s: %s", self.peer, exc)
+            self.client.write(self.too_large(exc))
+            self.metrics.close(limits.MESSAGE_TOO_LARGE)
+            self._end(EndReason.MESSAGE_TOO_LARGE)
+            return
         except ProtocolViolation as exc:
             log.info("client %s broke the protocol: %s", self.peer, exc)
+            self.client.write(self.violation_error(exc))
             self._end(EndReason.CLIENT_VIOLATION)
             return
         if reason is not None:

@@ -32,6 +32,7 @@ from protocols.pooling import (
     SendToClient,
     SendToServer,
 )
+from proxy.core import limits
 from proxy.core.counters import ClientMeter
 from proxy.core.endpoint import CONTROL_BUFFER_LIMIT, Endpoint
 from proxy.core.errors import BorrowTimeout, PoolError
@@ -55,6 +56,9 @@ class PoolingCore(Protocol):
 
     @property
     def at_idle_point(self) -> bool: ...
+
+    @property
+    def incomplete(self) -> bool: ...
 
     def detached(self) -> None: ...
 
@@ -111,6 +115,17 @@ class TransactionClient(ABC, Generic[S, C, T]):
         """What a cancel or KILL from this client reaches: the connection running its request.
         Not a kept one: a late cancel must not reach whoever gets it next."""
         return None if self.kept else self.server
+
+    def waiting_on_client(self) -> int:
+        """What the client's next bytes are awaited for (see ``ClientSession.waiting_on_client``)."""
+        core = self.core
+        if core.incomplete:
+            return limits.INCOMPLETE
+        if core.pending or self._attaching is not None:
+            return limits.BUSY  # a request waits for a connection (within borrow_timeout)
+        if core.at_idle_point and (self.server is None or self.kept):
+            return limits.IDLE
+        return limits.BUSY
 
     async def relay(self, *, closing: bool = False) -> EndReason:
         """Serve the client until it leaves; ``closing``: it was asked to while logging in.
@@ -208,6 +223,9 @@ class TransactionClient(ABC, Generic[S, C, T]):
                     log.warning("upstream %r broke the protocol: %s", self.server, command.detail)
                 if isinstance(command, CloseWithError):
                     self.client.write(command.error)
+                    if command.reason is EndReason.MESSAGE_TOO_LARGE:
+                        log.info("client %s: %s", self.session.peer, command.detail)
+                        self.metrics.close(limits.MESSAGE_TOO_LARGE)
                 self._finish(command.reason)
             else:
                 self._engine_command(command)

@@ -14,7 +14,7 @@ import struct
 from typing import Final
 
 from protocols.buffer import ReceiveBuffer
-from protocols.errors import LocalProtocolError, ProtocolViolation
+from protocols.errors import LocalProtocolError, MessageTooLarge, ProtocolViolation
 from protocols.events import NEED_DATA, NeedData
 from protocols.mysql.constants import MAX_PACKET_PAYLOAD
 
@@ -162,6 +162,23 @@ class PacketReader(ReceiveBuffer):
     def __init__(self, max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE) -> None:
         super().__init__()
         self.max_payload_size = max_payload_size
+        self.limit_name = "the limit"  # what the bound is called in errors (a config key, for clients)
+
+    @property
+    def incomplete(self) -> bool:
+        """Part of a packet is here and the rest is not (checked only off the hot path)."""
+        if not self._data:
+            return False
+        data = self._data
+        offset = 0
+        while len(data) >= offset + HEADER_SIZE:
+            length = HEADER.unpack_from(data, offset)[0] & MAX_PACKET_PAYLOAD
+            offset += HEADER_SIZE + length
+            if len(data) < offset:
+                return True
+            if length < MAX_PACKET_PAYLOAD:
+                return False  # a whole packet waits to be read
+        return True
 
     def next_event(self) -> Packet | NeedData:
         data = self._data
@@ -184,8 +201,12 @@ class PacketReader(ReceiveBuffer):
             sequence_id = packet_sequence_id
             total += length
             if total > self.max_payload_size:
-                raise ProtocolViolation(
-                    f"packet of at least {total} bytes exceeds the limit of {self.max_payload_size} bytes"
+                raise MessageTooLarge(
+                    f"packet of at least {total} bytes exceeds {self.limit_name} "
+                    f"of {self.max_payload_size} bytes",
+                    total,
+                    self.max_payload_size,
+                    next_sequence_id(packet_sequence_id),
                 )
             start = offset + HEADER_SIZE
             offset = start + length

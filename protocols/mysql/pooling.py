@@ -278,6 +278,11 @@ class PooledMySqlClient:
         return self.pins[0] if self.pins else None
 
     @property
+    def incomplete(self) -> bool:
+        """Part of a client packet is here and the rest is not."""
+        return self.reader.incomplete
+
+    @property
     def pending(self) -> int:
         return len(self.reader) + sum(len(packet.payload) for packet in self._pending)
 

@@ -16,14 +16,17 @@ from __future__ import annotations
 from typing import Final
 
 from protocols.buffer import ReceiveBuffer
-from protocols.errors import ProtocolViolation
+from protocols.errors import MessageTooLarge, ProtocolViolation
 from protocols.events import NEED_DATA, NeedData
 from protocols.postgres.messages import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    FRONTEND_MESSAGE_TYPES,
     MAX_STARTUP_SIZE,
     UINT32,
+    CancelRequest,
     RawMessage,
     StartupEvent,
+    StartupMessage,
     decode_startup,
 )
 
@@ -31,11 +34,19 @@ _HEADER_SIZE: Final = 5  # type byte + int32 length (messages.HEADER)
 
 
 class StartupReader(ReceiveBuffer):
-    """Reads the untyped startup-phase packets a client sends first."""
+    """Reads the untyped startup-phase packets a client sends first: at most one SSLRequest
+    and one GSSENCRequest, then one StartupMessage (or a CancelRequest); nothing after it is
+    a startup packet (PostgreSQL refuses a second encryption request too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[type] = set()
 
     def next_event(self) -> StartupEvent | NeedData:
         if len(self._data) < 4:
             return NEED_DATA
+        if StartupMessage in self._seen or CancelRequest in self._seen:
+            raise ProtocolViolation("a startup packet after the startup phase")
         (length,) = UINT32.unpack_from(self._data)
         if length < 8 or length > MAX_STARTUP_SIZE:
             raise ProtocolViolation(f"invalid startup packet length {length}")
@@ -43,15 +54,25 @@ class StartupReader(ReceiveBuffer):
             return NEED_DATA
         packet = bytes(self._data[:length])
         del self._data[:length]
-        return decode_startup(packet)
+        event = decode_startup(packet)
+        kind = type(event)
+        if kind in self._seen:
+            raise ProtocolViolation(f"a second {kind.__name__} in one startup")
+        self._seen.add(kind)
+        return event
 
 
 class _TypedFraming(ReceiveBuffer):
     """The typed messages after startup, in either direction, bounded by ``max_message_size``."""
 
-    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, *, frontend: bool = False) -> None:
         super().__init__()
         self.max_message_size = max_message_size
+        # What the bound is called in errors (a client's reader: the config key that sets it).
+        self.limit_name = "the limit"
+        # A client's stream: only frontend message types (a startup packet sent again after the
+        # startup phase begins with a zero byte, which is none).
+        self._frontend = frontend
 
     def peek_type(self) -> bytes | None:
         """The type byte of the next message, if any byte has arrived."""
@@ -62,16 +83,31 @@ class _TypedFraming(ReceiveBuffer):
         data = self._data
         if len(data) < _HEADER_SIZE:
             return 0
+        if self._frontend and data[0] not in FRONTEND_MESSAGE_TYPES:
+            raise ProtocolViolation(invalid_frontend_type(data[0]))
         (length,) = UINT32.unpack_from(data, 1)
         if length < 4:
             raise ProtocolViolation(f"message {bytes(data[:1])!r} declares length {length} (< 4)")
         if length > self.max_message_size:
-            raise ProtocolViolation(
-                f"message {bytes(data[:1])!r} of {length} bytes exceeds the limit of "
-                f"{self.max_message_size} bytes"
+            raise MessageTooLarge(
+                f"message {bytes(data[:1])!r} of {length} bytes exceeds {self.limit_name} "
+                f"of {self.max_message_size} bytes",
+                length,
+                self.max_message_size,
             )
         size = length + 1
         return size if len(data) >= size else 0
+
+    @property
+    def has_message(self) -> bool:
+        """A whole message is buffered (raises, as reading it would, on a bad header)."""
+        return self._whole_size() > 0
+
+
+def invalid_frontend_type(kind: int) -> str:
+    if kind == 0:
+        return "a startup packet after the startup phase (invalid frontend message type 0)"
+    return f"invalid frontend message type {kind}"
 
 
 class MessageReader(_TypedFraming):
@@ -107,12 +143,13 @@ STEP_OVER: Final = 0
 STOP_AT_HEADER: Final = 1  # stop as soon as the header is here (the body may follow later)
 STOP_WHEN_WHOLE: Final = 2  # stop once every byte of the message is here
 MARK: Final = 3  # step over, noting in ``marked`` that such a message went by
+REFUSE: Final = 4  # no such message in this direction: a protocol violation
 END_OF_CHUNK: Final = -1  # what ``next_stop`` returns when the chunk holds no further stop
 
 
-def stop_table(stops: dict[bytes, int]) -> bytes:
-    """What a walk does at each of the 256 message types: ``stops``, and STEP_OVER elsewhere."""
-    table = bytearray([STEP_OVER]) * 256
+def stop_table(stops: dict[bytes, int], elsewhere: int = STEP_OVER) -> bytes:
+    """What a walk does at each of the 256 message types: ``stops``, and ``elsewhere`` at the rest."""
+    table = bytearray([elsewhere]) * 256
     for kind, stop in stops.items():
         table[kind[0]] = stop
     return bytes(table)
@@ -136,6 +173,7 @@ class HeaderWalk:
 
     __slots__ = (
         "_carry",
+        "_max_length",
         "_skip",
         "_stops",
         "_whole_limit",
@@ -147,9 +185,10 @@ class HeaderWalk:
         "start",
     )
 
-    def __init__(self, stops: bytes, whole_limit: int, peer: str) -> None:
+    def __init__(self, stops: bytes, whole_limit: int, peer: str, max_length: int = 0xFFFFFFFF) -> None:
         self._stops: Final = stops
         self._whole_limit: Final = whole_limit
+        self._max_length: Final = max_length  # of any message (a client's max_client_message_size)
         self.peer: Final = peer  # "client" or "server", for error messages
         self._carry = b""
         self._skip = 0  # body bytes of the last message that are still to come
@@ -194,11 +233,20 @@ class HeaderWalk:
             length = data[pos + 1] << 24 | data[pos + 2] << 16 | data[pos + 3] << 8 | data[pos + 4]
             if length < 4:
                 raise ProtocolViolation(f"{self.peer} message declares length {length} (< 4)")
+            if length > self._max_length:
+                raise MessageTooLarge(
+                    f"{self.peer} message {chr(kind)!r} of {length} bytes exceeds max_client_message_size "
+                    f"of {self._max_length} bytes",
+                    length,
+                    self._max_length,
+                )
             end = pos + 1 + length
             stop = stops[kind]
             if stop:
                 if stop == MARK:
                     marked = True
+                elif stop == REFUSE:
+                    raise ProtocolViolation(invalid_frontend_type(kind))
                 elif end <= size or stop == STOP_AT_HEADER:
                     self.start = pos
                     self.end = end

@@ -42,6 +42,10 @@ CLOSE = b"C"
 FLUSH = b"H"
 COPY_DONE = b"c"
 COPY_FAIL = b"f"
+COPY_DATA = b"d"
+# Every message type a client may send after the startup packet (as bytes: ``kind in`` an int).
+FRONTEND_MESSAGE_TYPES = QUERY + TERMINATE + PASSWORD + SYNC + FUNCTION_CALL + PARSE + BIND + EXECUTE
+FRONTEND_MESSAGE_TYPES += DESCRIBE + CLOSE + FLUSH + COPY_DATA + COPY_DONE + COPY_FAIL
 
 # --- authentication request codes (payload of an 'R' message) -------------------------------
 AUTH_OK = 0

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from protocols.endings import EndReason
-from protocols.errors import ProtocolViolation
+from protocols.errors import MessageTooLarge, ProtocolViolation
 from protocols.events import NeedData
 from protocols.pooling import (
     ARM_IDLE_TIMER,
@@ -58,6 +58,7 @@ from protocols.postgres.messages import (
     CLOSE,
     COPY_DONE,
     COPY_FAIL,
+    DEFAULT_MAX_MESSAGE_SIZE,
     DESCRIBE,
     EXECUTE,
     FUNCTION_CALL,
@@ -66,6 +67,7 @@ from protocols.postgres.messages import (
     QUERY,
     SQLSTATE_CONNECTION_FAILURE,
     SQLSTATE_IDLE_IN_TRANSACTION_TIMEOUT,
+    SQLSTATE_PROTOCOL_VIOLATION,
     STATUS_IDLE,
     SYNC,
     TERMINATE,
@@ -135,8 +137,11 @@ class PooledClient:
     serve it. ``parameters`` are the settings it reported at login; ``pool_name`` names the
     pool in the errors it is sent (the driver updates it when the client moves)."""
 
-    def __init__(self, parameters: dict[str, str], pool_name: str) -> None:
-        self.reader = FrameReader()
+    def __init__(
+        self, parameters: dict[str, str], pool_name: str, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    ) -> None:
+        self.reader = FrameReader(max_message_size, frontend=True)
+        self.reader.limit_name = "max_client_message_size"
         self.plan = ResponsePlan()  # of the attached connection; its status is the client's
         self.statements = ClientStatements(self.plan)
         # What the client has been told of the settings that travel with it.
@@ -181,7 +186,13 @@ class PooledClient:
             if self._held is None and reader.peek_type() == TERMINATE:
                 self._ended = True  # the goodbye needs no server connection
                 return [CLIENT_TERMINATED]
-            return [NEED_CONNECTION] if self.pending else []
+            # Only a whole message asks for a connection: a client that stops halfway through
+            # one holds none while it stalls (and is closed after client_stall_timeout).
+            try:
+                whole = self._held is not None or reader.has_message
+            except ProtocolViolation as exc:
+                return [self._violation(exc)]
+            return [NEED_CONNECTION] if whole else []
         commands: list[Command] = []
         # One write per batch of client messages: each write to a TLS upstream costs a
         # record and a system call, and a query is five messages in the extended protocol.
@@ -215,8 +226,7 @@ class PooledClient:
                 if plan.outcomes:  # (requests the skipping server will not answer)
                     self._settle()
         except ProtocolViolation as exc:
-            self._ended = True
-            commands.append(Ended(EndReason.CLIENT_VIOLATION, str(exc)))
+            commands.append(self._violation(exc))
             return commands
         if batch:
             commands.append(SendToServer(b"".join(batch)))
@@ -224,6 +234,23 @@ class PooledClient:
             self._ended = True
             commands.append(CLIENT_TERMINATED)
         return commands
+
+    @property
+    def incomplete(self) -> bool:
+        """Part of a client message is here and the rest is not."""
+        return len(self.reader) > 0 and not self.reader.has_message
+
+    def _violation(self, exc: ProtocolViolation) -> Command:
+        self._ended = True
+        if isinstance(exc, MessageTooLarge):
+            error = ErrorResponse.build(
+                "FATAL", SQLSTATE_PROTOCOL_VIOLATION, f"invalid message length: {exc}"
+            )
+            return CloseWithError(error.encode(), EndReason.MESSAGE_TOO_LARGE, str(exc))
+        error = ErrorResponse.build(
+            "FATAL", SQLSTATE_PROTOCOL_VIOLATION, f"invalid message from client: {exc}"
+        )
+        return CloseWithError(error.encode(), EndReason.CLIENT_VIOLATION, str(exc))
 
     def receive_server(self, data: bytes) -> list[Command]:
         """Server bytes in (from the attached connection)."""

@@ -24,6 +24,8 @@ from protocols.errors import ProtocolViolation
 from protocols.postgres.framing import (
     END_OF_CHUNK,
     MARK,
+    REFUSE,
+    STEP_OVER,
     STOP_AT_HEADER,
     STOP_WHEN_WHOLE,
     HeaderWalk,
@@ -32,11 +34,17 @@ from protocols.postgres.framing import (
 from protocols.postgres.messages import (
     BIND,
     CLOSE,
+    COPY_DATA,
+    COPY_DONE,
+    COPY_FAIL,
+    DEFAULT_MAX_MESSAGE_SIZE,
     DESCRIBE,
     EXECUTE,
+    FLUSH,
     FUNCTION_CALL,
     PARAMETER_STATUS,
     PARSE,
+    PASSWORD,
     QUERY,
     READY_FOR_QUERY,
     STATUS_IDLE,
@@ -58,11 +66,15 @@ _TERMINATE_BYTE: Final = TERMINATE[0]
 # The client messages the frontend walk stops at: Query, Sync and FunctionCall (each owes one
 # ReadyForQuery) and Terminate. The extended-protocol messages only open a batch: the walk
 # steps over them, marking that one went by.
+# Any other type is no frontend message: refused (a StartupMessage or SSLRequest sent again
+# after the startup phase begins with a zero byte).
 _FRONTEND_STOPS: Final = stop_table(
     {
         **dict.fromkeys((QUERY, SYNC, FUNCTION_CALL, TERMINATE), STOP_AT_HEADER),
         **dict.fromkeys((PARSE, BIND, EXECUTE, DESCRIBE, CLOSE), MARK),
-    }
+        **dict.fromkeys((FLUSH, PASSWORD, COPY_DATA, COPY_DONE, COPY_FAIL), STEP_OVER),
+    },
+    elsewhere=REFUSE,
 )
 
 
@@ -71,11 +83,11 @@ class FrontendTracker:
 
     __slots__ = ("_torn", "_walk", "sync_points", "terminated", "unsynced")
 
-    def __init__(self) -> None:
+    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self.sync_points = 0
         self.unsynced = False
         self.terminated = False
-        self._walk = HeaderWalk(_FRONTEND_STOPS, 0, "client")
+        self._walk = HeaderWalk(_FRONTEND_STOPS, 0, "client", max_message_size)
         # Set when the start of a Terminate header was already forwarded with the chunk
         # before: the server then holds a torn message and the connection cannot be reused.
         self._torn = False
@@ -83,6 +95,11 @@ class FrontendTracker:
     @property
     def at_boundary(self) -> bool:
         return self._walk.at_boundary and not self._torn
+
+    @property
+    def mid_message(self) -> bool:
+        """Part of a message went by and the rest has not (a header, or a body, cut short)."""
+        return not self._walk.at_boundary
 
     def send(self, data: bytes) -> int:
         """Client bytes on their way to the server: how many of them to forward (all, unless

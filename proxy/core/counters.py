@@ -98,7 +98,7 @@ class PoolMetrics:
     - ``meter.in_transaction = status != idle`` and ``meter.pinned = True`` on the session's
       ``ClientMeter`` (``with metrics.client() as meter``), for the gauges
     - ``reject(reason)`` once per client turned away, ``clients_accepted += 1`` once per
-      client let in
+      client let in, ``close(limit)`` once per client closed for a limit
     """
 
     __slots__ = (
@@ -106,6 +106,7 @@ class PoolMetrics:
         "bytes_in",
         "bytes_out",
         "clients_accepted",
+        "clients_closed",
         "clients_rejected",
         "queries",
         "rotation_duration",
@@ -117,6 +118,7 @@ class PoolMetrics:
         self.sessions: set[ClientMeter] = set()
         self.clients_accepted = 0
         self.clients_rejected: dict[str, int] = {}
+        self.clients_closed: dict[str, int] = {}  # logged-in clients closed by a limit, by limit
         self.queries = 0
         self.transactions = 0
         self.bytes_in = 0
@@ -130,6 +132,10 @@ class PoolMetrics:
 
     def reject(self, reason: str) -> None:
         self.clients_rejected[reason] = self.clients_rejected.get(reason, 0) + 1
+
+    def close(self, limit: str) -> None:
+        """Count a client closed for a limit (client_idle_timeout, max_client_message_size, ...)."""
+        self.clients_closed[limit] = self.clients_closed.get(limit, 0) + 1
 
     @property
     def clients(self) -> int:

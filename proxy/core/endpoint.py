@@ -41,6 +41,8 @@ class Endpoint(asyncio.Protocol):
         self._data_waiter: asyncio.Future[None] | None = None
         self._paused_reading = False
         self._on_lost: list[Callable[[Endpoint], None]] = []
+        # Every chunk received: the client watch tells a stalled client from a slow one by it.
+        self.chunks_received = 0
 
     # --- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -48,6 +50,7 @@ class Endpoint(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self.chunks_received += 1
         forward = self._forward
         if forward is not None:
             forward(data)

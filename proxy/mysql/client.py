@@ -30,16 +30,18 @@ from collections.abc import Coroutine
 from typing import Any
 
 from protocols.endings import EndReason
-from protocols.errors import ProtocolViolation
+from protocols.errors import MessageTooLarge, ProtocolViolation
 from protocols.mysql import constants as c
 from protocols.mysql.messages import ErrPacket, HandshakeResponse41, HandshakeV10, OkPacket, is_ssl_request
 from protocols.mysql.packets import Packet, PacketReader, frame
 from protocols.mysql.tracker import ResponseTracker
+from proxy.core import limits
 from proxy.core.counters import REJECTED_UNKNOWN_DATABASE, ClientMeter
 from proxy.core.endpoint import ConnectionClosed, Endpoint
 from proxy.core.errors import BorrowTimeout, PoolError
 from proxy.core.relay import await_next_request
 from proxy.engine import SessionHost
+from proxy.mysql.limits import limit_error, limit_packet
 from proxy.mysql.server import (
     MAX_PACKET_SIZE,
     OFFERED_CAPABILITIES,
@@ -137,6 +139,30 @@ class MySqlClientSession:
         message = f"{prefix}terminating connection: {self.closing}"
         self._send(ErrPacket(ER_SERVER_SHUTDOWN, message, SQLSTATE_SHUTDOWN).encode())
 
+    # --- client limits (proxy/client_watch.py) -----------------------------------------------
+    def waiting_on_client(self) -> int:
+        if self._phase == PHASE_HANDSHAKE:
+            return limits.LOGGING_IN
+        relay = self._relay or self._transactions
+        if self._phase == PHASE_RELAY and relay is not None:
+            return relay.waiting_on_client()
+        return limits.BUSY
+
+    def end_for_limit(self, limit: str, message: str) -> None:
+        # Unasked, as the answer to the handshake response or command the client is due to send.
+        self._sequence = 2 if self._phase == PHASE_HANDSHAKE else 1
+        self._send(limit_packet(limit, message).encode())
+        self.endpoint.close()  # a relay sees the client gone and gives its connection back
+        if self._phase in (PHASE_GREETING, PHASE_HANDSHAKE, PHASE_BORROWING) and self._task is not None:
+            self._task.cancel()
+
+    def _admit(self, pool: Pool) -> None:
+        """Refuse a caller ``[pool.clients]`` does not allow, or one over the pool's client limit."""
+        refusal = self.listener.admit(pool, self.endpoint)
+        if refusal is not None:
+            packet = limit_packet(*refusal)
+            raise ClientError(packet.code, packet.message, packet.sql_state)
+
     @property
     def running_on(self) -> MySqlServerConnection | None:
         """The connection running this client's command, for KILL: its session's own, or in
@@ -177,7 +203,8 @@ class MySqlClientSession:
 
     async def _serve(self) -> None:
         pools = self.listener.pools
-        if len(pools) == 1 and pools[0].config.mode == "session":
+        if len(pools) == 1 and pools[0].config.mode == "session" and not pools[0].config.clients.restricted:
+            self._admit(pools[0])  # over the pool's client limit: ERR 1040 instead of the greeting
             # An idle connection of the kind most clients choose, at once (no wait on a guess).
             server = pools[0].borrow_now(pools[0].connector.default_variant)
             if server is not None:
@@ -189,6 +216,7 @@ class MySqlClientSession:
         greeting = await self._upstream_greeting(pools[0])
         response = await self._handshake(greeting, self.connection_id)
         pool = self._choose_pool(response)
+        self._admit(pool)
         self.pool = pool
         with pool.metrics.client() as self.meter:
             variant = response.capabilities & VARIANT_CAPABILITIES
@@ -530,6 +558,8 @@ class MySqlSessionRelay(SessionRelay[MySqlServerConnection]):
         self.reader = session.reader
         self.upstream = server.endpoint
         self.tracker = ResponseTracker(server.capabilities, status_flags=server.status_flags)
+        self.reader.max_payload_size = pool.config.max_client_message_size
+        self.reader.limit_name = limits.MESSAGE_TOO_LARGE
         self.reusable_variant = True  # False once COM_SET_OPTION changed what the variant promises
         self.commands_pending = False  # a command was sent whose response has not fully arrived
 
@@ -573,6 +603,12 @@ class MySqlSessionRelay(SessionRelay[MySqlServerConnection]):
         """No response outstanding, no half-received command, no transaction open."""
         tracker = self.tracker
         return tracker.at_safe_point and not tracker.in_transaction and len(self.reader) == 0
+
+    def incomplete(self) -> bool:
+        return self.reader.incomplete
+
+    def too_large(self, exc: MessageTooLarge) -> bytes:
+        return limit_error(limits.MESSAGE_TOO_LARGE, str(exc), exc.sequence_id)
 
     async def reusable_after(self, reason: EndReason) -> bool:
         server, tracker = self.server, self.tracker

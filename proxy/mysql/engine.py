@@ -3,6 +3,7 @@
 from protocols.mysql.packets import PacketReader
 from proxy.engine import Engine
 from proxy.mysql.client import MySqlClientSession
+from proxy.mysql.limits import limit_error
 from proxy.mysql.server import MAX_PACKET_SIZE, MySqlConnector
 
 MYSQL = Engine(
@@ -10,4 +11,5 @@ MYSQL = Engine(
     connector=MySqlConnector,
     client_reader=lambda: PacketReader(MAX_PACKET_SIZE),
     client_session=MySqlClientSession,
+    limit_error=limit_error,
 )

@@ -22,12 +22,16 @@ import logging
 from collections.abc import Hashable
 from typing import Protocol
 
+from protocols.endings import EndReason
+from protocols.errors import MessageTooLarge, ProtocolViolation
 from protocols.mysql.packets import Packet
 from protocols.mysql.pooling import PooledMySqlClient
-from protocols.pooling import Release
+from protocols.pooling import CloseWithError, Ended, Release
+from proxy.core import limits
 from proxy.core.counters import ClientMeter
 from proxy.core.endpoint import Endpoint
 from proxy.core.server import ServerConnection
+from proxy.mysql.limits import limit_error
 from proxy.mysql.server import MySqlServerConnection
 from proxy.pool.pool import Pool
 from proxy.transaction_mode import TransactionClient, TransactionSession
@@ -65,6 +69,8 @@ class MySqlTransactionRelay(TransactionClient[MySqlServerConnection, PooledMySql
             next(_serials), collation_id, schema, login_collation_id, pool.name, multi_statements
         )
         super().__init__(session, core, client, pool, meter, variant)
+        core.reader.max_payload_size = pool.config.max_client_message_size
+        core.reader.limit_name = limits.MESSAGE_TOO_LARGE
 
     def __repr__(self) -> str:
         pinned = self.core.pinned
@@ -80,11 +86,23 @@ class MySqlTransactionRelay(TransactionClient[MySqlServerConnection, PooledMySql
         reader = core.reader
         reader.receive_data(data)
         # KILL of a proxy connection id is the session's to answer; the rest goes to the core.
-        while isinstance(packet := reader.next_event(), Packet):
-            if packet.sequence_id == 0 and packet.payload and self.session.answers(packet.payload):
-                continue
-            core.queue(packet)
+        try:
+            while isinstance(packet := reader.next_event(), Packet):
+                if packet.sequence_id == 0 and packet.payload and self.session.answers(packet.payload):
+                    continue
+                core.queue(packet)
+        except ProtocolViolation as exc:
+            self._client_broke_protocol(exc)
+            return
         self._run(core.forward())
+
+    def _client_broke_protocol(self, exc: ProtocolViolation) -> None:
+        """A packet too large is refused with MySQL's own error; any other violation ends the client."""
+        if isinstance(exc, MessageTooLarge):
+            error = limit_error(limits.MESSAGE_TOO_LARGE, str(exc), exc.sequence_id)
+            self._run([CloseWithError(error, EndReason.MESSAGE_TOO_LARGE, str(exc))])
+        else:
+            self._run([Ended(EndReason.CLIENT_VIOLATION, str(exc))])
 
     def _on_server_data(self, data: bytes) -> None:
         if self.kept:

@@ -84,6 +84,28 @@ class ProxyCollector(Collector):
             )
             for reason, count in sorted(listener.rejected_total.items()):
                 rejected.add_metric([*labels, reason], count)
+            closed = families.counter(
+                "rotaproxy_listener_connections_closed",
+                "Clients closed by a limit before a pool was chosen (client_login_timeout), by limit",
+                [*LISTENER_LABELS, "reason"],
+            )
+            for reason, count in sorted(listener.closed_total.items()):
+                closed.add_metric([*labels, reason], count)
+        limits = self.proxy.client_limits
+        families.gauge(
+            "rotaproxy_process_client_connections", "Client connections open on every listener", []
+        ).add_metric([], limits.open)
+        families.gauge(
+            "rotaproxy_process_client_connections_max",
+            "Client connections the process accepts: max_client_connections or what the open files "
+            "limit leaves room for, whichever is lower",
+            [],
+        ).add_metric([], limits.max_clients)
+        families.gauge(
+            "rotaproxy_process_open_files_limit",
+            "The soft RLIMIT_NOFILE, raised to the hard limit at start",
+            [],
+        ).add_metric([], limits.open_files)
         return families
 
 
@@ -106,6 +128,14 @@ def _collect_pool(families: _Families, pool: Pool) -> None:
     )
     for reason, count in sorted(metrics.clients_rejected.items()):
         rejected.add_metric([*labels, reason], count)
+    closed = counter(
+        "rotaproxy_client_connections_closed",
+        "Clients of the pool closed by a limit (client_idle_timeout, client_stall_timeout, "
+        "max_client_message_size), by limit",
+        [*POOL_LABELS, "reason"],
+    )
+    for reason, count in sorted(metrics.clients_closed.items()):
+        closed.add_metric([*labels, reason], count)
     gauge(
         "rotaproxy_clients_waiting", "Clients waiting for a server connection (or for resume)", POOL_LABELS
     ).add_metric(labels, pool.waiting)

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
+from proxy.core.limits import ClientLimits
 from proxy.pool.pool import Pool
 
 
@@ -26,6 +27,11 @@ class ListenerView(Protocol):
 
     @property
     def rejected_total(self) -> Mapping[str, int]: ...
+
+    @property
+    def closed_total(self) -> Mapping[str, int]:
+        """Clients closed by a timeout before they chose a pool, by limit."""
+        ...
 
     def label(self) -> str:
         """The listener's address as metrics name it."""
@@ -44,3 +50,8 @@ class ProxyView(Protocol):
 
     @property
     def registry(self) -> CollectorRegistry: ...
+
+    @property
+    def client_limits(self) -> ClientLimits:
+        """Every listener's client connections against max_client_connections and the open files limit."""
+        ...

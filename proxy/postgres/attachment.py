@@ -55,7 +55,14 @@ class ServerAttachment(TransactionClient[PgServerConnection, PooledClient, Trans
         meter: ClientMeter,
         parameters: dict[str, str],
     ) -> None:
-        super().__init__(session, PooledClient(parameters, pool.name), client, pool, meter, None)
+        super().__init__(
+            session,
+            PooledClient(parameters, pool.name, pool.config.max_client_message_size),
+            client,
+            pool,
+            meter,
+            None,
+        )
 
     def _take(self, server: ServerConnection) -> None:
         """A connection borrowed for us: attach it now if it has our settings, else bring

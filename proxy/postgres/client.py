@@ -23,7 +23,7 @@ import logging
 import secrets
 
 from protocols.endings import EndReason
-from protocols.errors import ProtocolViolation
+from protocols.errors import MessageTooLarge, ProtocolViolation
 from protocols.postgres.framing import StartupReader
 from protocols.postgres.messages import (
     AUTH_OK_MESSAGE,
@@ -49,6 +49,7 @@ from protocols.postgres.messages import (
     StartupMessage,
 )
 from protocols.postgres.tracker import BackendTracker, FrontendTracker, at_safe_point
+from proxy.core import limits
 from proxy.core.counters import REJECTED_CLIENT, REJECTED_UNKNOWN_DATABASE, ClientMeter
 from proxy.core.endpoint import ConnectionClosed, Endpoint
 from proxy.core.errors import BorrowTimeout, PoolError
@@ -56,6 +57,7 @@ from proxy.core.relay import await_next_request
 from proxy.engine import SessionHost
 from proxy.pool.known_logins import KnownLogins
 from proxy.pool.pool import Pool
+from proxy.postgres.limits import limit_error, sqlstate
 from proxy.postgres.server import PgServerConnection
 from proxy.postgres.settings import ClientError, session_settings, set_config_query
 from proxy.postgres.transaction import TransactionRelay
@@ -121,6 +123,21 @@ class PgClientSession:
             elif self._session_relay is not None:
                 self._session_relay.close_gracefully()
         # PHASE_LOGIN: looked at once the client's settings are on the connection.
+
+    # --- client limits (proxy/client_watch.py) -----------------------------------------------
+    def waiting_on_client(self) -> int:
+        if self._phase == PHASE_STARTUP:
+            return limits.LOGGING_IN
+        relay = self._transaction_relay or self._session_relay
+        if self._phase == PHASE_RELAY and relay is not None:
+            return relay.waiting_on_client()
+        return limits.BUSY
+
+    def end_for_limit(self, limit: str, message: str) -> None:
+        self.endpoint.write(limit_error(limit, message))
+        self.endpoint.close()  # a relay sees the client gone and gives its connection back
+        if self._phase in (PHASE_STARTUP, PHASE_BORROWING) and self._task is not None:
+            self._task.cancel()
 
     def moved_to(self, pool: Pool) -> None:
         """Transaction mode: a reload replaced the client's pool and the client moved on to
@@ -188,6 +205,9 @@ class PgClientSession:
         if pool is None:
             self.listener.reject(REJECTED_UNKNOWN_DATABASE)
             raise ClientError(SQLSTATE_INVALID_CATALOG_NAME, f'database "{database}" does not exist')
+        refusal = self.listener.admit(pool, self.endpoint)  # [pool.clients], the pool's client limit
+        if refusal is not None:
+            raise ClientError(sqlstate(refusal[0]), refusal[1])
         self.pool = pool
         with pool.metrics.client() as self.meter:
             await self._serve_on(pool, parameters, user)
@@ -325,7 +345,7 @@ class PgSessionRelay(SessionRelay[PgServerConnection]):
     ) -> None:
         super().__init__(client, pool, server, meter, peer)
         self.upstream = server.endpoint
-        self.frontend = FrontendTracker()
+        self.frontend = FrontendTracker(pool.config.max_client_message_size)
         self.backend = BackendTracker(server.parameters)
 
     def from_client(self, data: bytes) -> EndReason | None:
@@ -347,6 +367,16 @@ class PgSessionRelay(SessionRelay[PgServerConnection]):
     def at_idle_point(self) -> bool:
         backend = self.backend
         return backend.transaction_status == STATUS_IDLE and at_safe_point(self.frontend, backend)
+
+    def incomplete(self) -> bool:
+        return self.frontend.mid_message
+
+    def too_large(self, exc: MessageTooLarge) -> bytes:
+        return limit_error(limits.MESSAGE_TOO_LARGE, f"invalid message length: {exc}")
+
+    def violation_error(self, exc: ProtocolViolation) -> bytes:
+        message = f"invalid message from client: {exc}"
+        return ErrorResponse.build("FATAL", SQLSTATE_PROTOCOL_VIOLATION, message).encode()
 
     async def reusable_after(self, reason: EndReason) -> bool:
         server, frontend, backend = self.server, self.frontend, self.backend

@@ -3,6 +3,7 @@
 from protocols.postgres.framing import StartupReader
 from proxy.engine import Engine
 from proxy.postgres.client import PgClientSession
+from proxy.postgres.limits import limit_error
 from proxy.postgres.server import PgConnector
 
 POSTGRES = Engine(
@@ -10,4 +11,5 @@ POSTGRES = Engine(
     connector=PgConnector,
     client_reader=StartupReader,
     client_session=PgClientSession,
+    limit_error=limit_error,
 )

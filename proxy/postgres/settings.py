@@ -23,9 +23,16 @@ class ClientError(Exception):
 
 
 def parse_options(options: str) -> dict[str, str]:
-    """The ``options`` startup parameter: ``-c name=value`` / ``--name=value``, backslash escapes."""
+    """The ``options`` startup parameter: ``-c name=value`` / ``--name=value``, backslash escapes.
+
+    PostgreSQL splits it at white space, a backslash escaping the next character, and takes
+    quotes literally. A quote that does not close within its word was almost surely meant
+    as quoting (``-c search_path='a b'``), which would set something other than meant: it is
+    refused, as are a ``-c`` with nothing after it and a trailing lone backslash.
+    """
     words: list[str] = []
     current: list[str] = []
+    quotes: list[str] = []  # unescaped quote characters in the current word
     escaped = False
     for char in options:
         if escaped:
@@ -35,17 +42,27 @@ def parse_options(options: str) -> dict[str, str]:
             escaped = True
         elif char.isspace():
             if current:
+                _check_quotes(quotes, "".join(current))
                 words.append("".join(current))
-                current = []
+                current, quotes = [], []
         else:
+            if char in "'\"":
+                quotes.append(char)
             current.append(char)
+    if escaped:
+        raise ClientError(SQLSTATE_PROTOCOL_VIOLATION, "invalid startup options: a lone backslash at the end")
     if current:
+        _check_quotes(quotes, "".join(current))
         words.append("".join(current))
     settings: dict[str, str] = {}
     index = 0
     while index < len(words):
         word = words[index]
-        if word == "-c" and index + 1 < len(words):
+        if word == "-c":
+            if index + 1 == len(words):
+                raise ClientError(
+                    SQLSTATE_PROTOCOL_VIOLATION, "invalid startup options: -c without name=value"
+                )
             setting = words[index + 1]
             index += 2
         elif (word.startswith("-c") and len(word) > 2) or (word.startswith("--") and "=" in word):
@@ -60,6 +77,15 @@ def parse_options(options: str) -> dict[str, str]:
             raise ClientError(SQLSTATE_PROTOCOL_VIOLATION, f"invalid startup option {setting!r}")
         settings[name.replace("-", "_")] = value
     return settings
+
+
+def _check_quotes(quotes: list[str], word: str) -> None:
+    if quotes.count("'") % 2 or quotes.count('"') % 2:
+        raise ClientError(
+            SQLSTATE_PROTOCOL_VIOLATION,
+            f"invalid startup options: unbalanced quote in {word!r} (options take no quoting: "
+            "escape a space or a quote with a backslash)",
+        )
 
 
 def session_settings(parameters: Mapping[str, str]) -> dict[str, str]:

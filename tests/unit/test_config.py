@@ -780,3 +780,135 @@ def test_check_config_prints_the_shutdown_timeout(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert "  shutdown_timeout 45s (SIGTERM lets open transactions finish)" in result.stdout.splitlines()
+
+
+# --- who may connect, and for how long (issue 17) ---------------------------------------------
+
+
+def unix_pool(pool_lines: str = "", path: str = "/run/rotaproxy/.s.PGSQL.6432") -> str:
+    return one_pool(pool_lines).replace('"127.0.0.1:6432"', f'"unix:{path}"')
+
+
+def test_client_limits_have_their_defaults(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            one_pool() + '[[pool]]\nname = "my"\nengine = "mysql"\n[pool.credentials]\nsecret_id = "x"\n',
+        )
+    )
+    assert config.limits.max_client_connections == 10_000
+    assert config.limits.client_login_timeout == 60.0
+    assert config.limits.client_stall_timeout == 60.0
+    postgres, mysql = config.pools
+    assert postgres.max_client_connections == 0 and postgres.client_idle_timeout == 0.0
+    assert postgres.max_client_message_size == (1 << 30) - 1
+    assert mysql.max_client_message_size == 64 << 20
+    assert not postgres.clients.restricted and postgres.socket_mode == 0o660
+
+
+def test_client_limits_are_read(tmp_path: Path) -> None:
+    head = 'max_client_connections = 500\nclient_login_timeout = "2s"\nclient_stall_timeout = "250ms"\n'
+    pool_lines = (
+        'max_client_connections = 50\nclient_idle_timeout = "10m"\nmax_client_message_size = "16MiB"\n'
+        'socket_mode = "0600"\nsocket_group = 0\n[pool.clients]\nallow_uids = [0, "root"]\n'
+        'allow_gids = ["root", 1234]'
+    )
+    config = load_config(write(tmp_path, head + unix_pool(pool_lines)))
+    assert (config.limits.max_client_connections, config.limits.client_login_timeout) == (500, 2.0)
+    assert config.limits.client_stall_timeout == 0.25
+    pool = config.pools[0]
+    assert str(pool.listen) == "unix:/run/rotaproxy/.s.PGSQL.6432" and pool.listen.is_unix
+    assert (pool.max_client_connections, pool.client_idle_timeout) == (50, 600.0)
+    assert pool.max_client_message_size == 16 << 20
+    assert (pool.socket_mode, pool.socket_group) == (0o600, 0)
+    assert pool.clients.allow_uids == frozenset({0}) and pool.clients.allow_gids == frozenset({0, 1234})
+
+
+@pytest.mark.parametrize(
+    ("head", "key", "why"),
+    [
+        ("max_client_connections = 0\n", "max_client_connections", "at least 1"),
+        ('max_client_connections = "many"\n', "max_client_connections", "expected int"),
+        ('client_login_timeout = "soon"\n', "client_login_timeout", "expected a duration"),
+        ('client_stall_timeout = "-1s"\n', "client_stall_timeout", "expected a duration"),
+        ('query_wait_timeout = "5s"\n', "query_wait_timeout", "rotaproxy calls this borrow_timeout"),
+    ],
+)
+def test_top_level_client_limit_errors_name_file_key_and_why(
+    tmp_path: Path, head: str, key: str, why: str
+) -> None:
+    error = config_error(write(tmp_path, head + one_pool()))
+    assert error.key == key and why in error.why
+
+
+@pytest.mark.parametrize(
+    ("pool_lines", "key", "why"),
+    [
+        ("max_client_connections = -1", "max_client_connections", "0 (no limit for the pool) or more"),
+        ('client_idle_timeout = "idle"', "client_idle_timeout", "expected a duration"),
+        ('max_client_message_size = "big"', "max_client_message_size", "expected a size like '16MiB'"),
+        ('max_client_message_size = "2GiB"', "max_client_message_size", "between 1024 bytes and 1GiB"),
+        ("max_client_message_size = 100", "max_client_message_size", "between 1024 bytes and 1GiB"),
+        ('query_wait_timeout = "5s"', "query_wait_timeout", "rotaproxy calls this borrow_timeout"),
+        ('socket_mode = "0660"', "socket_mode", "only for a Unix socket"),
+        ('socket_group = "root"', "socket_group", "only for a Unix socket"),
+        ("[pool.clients]\nallow_uids = [0]", "clients.allow_uids", "known only on a Unix socket"),
+        ("[pool.clients]\nallow_gids = [0]", "clients.allow_gids", "known only on a Unix socket"),
+    ],
+)
+def test_pool_client_limit_errors_name_file_key_and_why(
+    tmp_path: Path, pool_lines: str, key: str, why: str
+) -> None:
+    error = config_error(write(tmp_path, one_pool(pool_lines)))
+    assert error.key == f"pool[0].{key}" and why in error.why
+
+
+@pytest.mark.parametrize(
+    ("pool_lines", "key", "why"),
+    [
+        ('socket_mode = "rw-rw----"', "socket_mode", 'octal like "0660"'),
+        ('socket_mode = "0999"', "socket_mode", 'octal like "0660"'),
+        ("socket_mode = 4096", "socket_mode", 'octal like "0660"'),
+        ('socket_group = "no-such-group-here"', "socket_group", "no group named 'no-such-group-here'"),
+        ("[pool.clients]\nallow_uids = 0", "clients.allow_uids", "expected a list"),
+        ('[pool.clients]\nallow_uids = ["no-such-user-here"]', "clients.allow_uids", "no user named"),
+        ("[pool.clients]\nallow_uids = [-1]", "clients.allow_uids", "not a valid user id"),
+        ("[pool.clients]\nallow_gids = [true]", "clients.allow_gids", "expected a group name or number"),
+        ("[pool.clients]\nallow = [0]", "clients.allow", "unknown key"),
+    ],
+)
+def test_unix_socket_and_caller_errors_name_file_key_and_why(
+    tmp_path: Path, pool_lines: str, key: str, why: str
+) -> None:
+    error = config_error(write(tmp_path, unix_pool(pool_lines)))
+    assert error.key == f"pool[0].{key}" and why in error.why
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("run/x.sock", "must be absolute"),
+        ("/run/" + "x" * 120, "at most 107 bytes"),
+        ("/run/rotaproxy/", "not a socket file name"),
+    ],
+)
+def test_a_bad_unix_socket_path_is_refused(tmp_path: Path, path: str, why: str) -> None:
+    error = config_error(write(tmp_path, unix_pool(path=path)))
+    assert error.key == "pool[0].listen" and why in error.why
+
+
+def test_pools_sharing_a_socket_must_agree_on_its_mode(tmp_path: Path) -> None:
+    second = unix_pool('socket_mode = "0600"').replace('"appdb"', '"other"')
+    error = config_error(write(tmp_path, unix_pool() + second))
+    assert error.key == "pool[1].socket_mode" and "must agree" in error.why
+
+
+def test_the_admin_api_does_not_listen_on_a_unix_socket(tmp_path: Path) -> None:
+    error = config_error(write(tmp_path, '[admin]\nlisten = "unix:/run/a.sock"\n' + one_pool()))
+    assert error.key == "admin.listen"
+
+
+def test_a_non_loopback_tcp_listen_is_still_refused_next_to_a_unix_socket(tmp_path: Path) -> None:
+    tcp = one_pool().replace('"127.0.0.1:6432"', '"0.0.0.0:6432"').replace('"appdb"', '"other"')
+    error = config_error(write(tmp_path, unix_pool() + tcp))
+    assert error.key == "pool[1].listen" and "is not a loopback address" in error.why

@@ -1211,7 +1211,9 @@ def test_a_broken_client_message_ends_the_client() -> None:
         ],
     )
     (ended,) = core.receive_client(broken)
-    assert isinstance(ended, Ended) and ended.reason is EndReason.CLIENT_VIOLATION and "NUL" in ended.detail
+    assert isinstance(ended, CloseWithError) and ended.reason is EndReason.CLIENT_VIOLATION
+    assert "NUL" in ended.detail
+    assert b"C08P01\x00" in ended.error  # the client is told, as PostgreSQL tells it
 
 
 def test_a_lost_connection_is_reported_unless_mid_message() -> None:
