@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Collection, Hashable
 from typing import Any
 
+from proxy.clients.access import TRUST, ClientAccess
 from proxy.config import Address
 from proxy.core.endpoint import Endpoint, Reader
 from proxy.engine import ClientSession, SessionHost
@@ -43,8 +44,10 @@ class Listener:
         pools: list[Pool],
         reader_factory: Callable[[], Reader],
         session_factory: Callable[[Endpoint, SessionHost], ClientSession],
+        access: ClientAccess = TRUST,
     ) -> None:
         self.address = address
+        self.access = access  # who may connect (replaced by a reload that changes it)
         self.engine = engine
         self.pools: list[Pool] = []
         self._by_database: dict[str, Pool] = {}

@@ -130,6 +130,34 @@ _AWS_PROBLEMS = {
 }
 
 
+async def call_secrets_manager(
+    clients: SecretsManagerClients, secret_id: str, description: str, operation: str, **kwargs: Any
+) -> dict[str, Any]:
+    """One Secrets Manager call; every failure becomes a CredentialsError naming the secret."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+    try:
+        client = await clients.client()
+        response: dict[str, Any] = await getattr(client, operation)(SecretId=secret_id, **kwargs)
+        return response
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "")
+        # AWS error messages describe the request (e.g. "marked for deletion"), never the
+        # secret's value, so they are safe to pass on when we have no better words.
+        aws_words = " ".join(str(error.get("Message", "")).split())
+        problem = _AWS_PROBLEMS.get(code) or f"Secrets Manager error {code or 'unknown'}: {aws_words}"
+        raise CredentialsError(description, problem) from None
+    except NoCredentialsError:
+        raise CredentialsError(
+            description, "no AWS credentials found (instance role, environment, or profile)"
+        ) from None
+    except NoRegionError:
+        raise CredentialsError(description, "no AWS region configured ([aws] region)") from None
+    except (TimeoutError, BotoCoreError, OSError) as exc:
+        raise CredentialsError(description, f"Secrets Manager unreachable ({type(exc).__name__})") from None
+
+
 class SecretsManagerSource(CredentialSource):
     """A secret in AWS Secrets Manager: AWSCURRENT cached, polled for new versions.
 
@@ -155,32 +183,9 @@ class SecretsManagerSource(CredentialSource):
         self.last_poll_at: float | None = None
 
     async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        """One Secrets Manager call; every failure becomes a CredentialsError naming the secret."""
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
-
-        try:
-            client = await self._clients.client()
-            response: dict[str, Any] = await getattr(client, operation)(SecretId=self.secret_id, **kwargs)
-            return response
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = error.get("Code", "")
-            # AWS error messages describe the request (e.g. "marked for deletion"), never the
-            # secret's value, so they are safe to pass on when we have no better words.
-            aws_words = " ".join(str(error.get("Message", "")).split())
-            problem = _AWS_PROBLEMS.get(code) or f"Secrets Manager error {code or 'unknown'}: {aws_words}"
-            raise CredentialsError(self.description, problem) from None
-        except NoCredentialsError:
-            raise CredentialsError(
-                self.description,
-                "no AWS credentials found (instance role, environment, or profile)",
-            ) from None
-        except NoRegionError:
-            raise CredentialsError(self.description, "no AWS region configured ([aws] region)") from None
-        except (TimeoutError, BotoCoreError, OSError) as exc:
-            raise CredentialsError(
-                self.description, f"Secrets Manager unreachable ({type(exc).__name__})"
-            ) from None
+        return await call_secrets_manager(
+            self._clients, self.secret_id, self.description, operation, **kwargs
+        )
 
     async def _get(self, stage: str, **selector: str) -> Credentials:
         # Always name the stage or the version: moto can answer an unstaged get with an old one.
