@@ -50,7 +50,7 @@ def test_client_secret_values_are_masked_in_logs_and_absent_from_reprs(
     ("text", "problem"),
     [
         (None, "the secret has no SecretString (binary secrets are not supported)"),
-        ("user=alice password=pw-abcdefgh", "not valid JSON"),
+        ("user=alice password=pw-abcdefgh", "SecretString is not valid JSON"),
         ("[]", "SecretString must be a JSON object mapping user names to passwords"),
         ('{"alice": 42}', "user 'alice': the value must be a non-empty string"),
         ('{"alice": "SCRAM-SHA-256$4096:pw-abcdefgh"}', "user 'alice': malformed SCRAM-SHA-256 verifier"),
