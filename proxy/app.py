@@ -16,6 +16,8 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Literal
 
+from proxy.clients.access import ClientAccess
+from proxy.clients.policies import ClientPolicies, ClientPolicyError
 from proxy.config import (
     Address,
     Config,
@@ -76,6 +78,7 @@ class Proxy:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.aws_clients = AwsClients(config.aws)
+        self.client_policies = ClientPolicies(self.aws_clients)  # who may connect, per listener
         self.sources: dict[CredentialsConfig, CredentialSource] = {}
         self.pools: dict[str, Pool] = {}  # the pools clients can choose now
         self.listeners: list[Listener] = []  # the listeners accepting now
@@ -116,8 +119,10 @@ class Proxy:
                 await self.admin.start()
             for address, pool_configs in self.config.listeners().items():
                 listener = self._new_listener(address, [self.pools[p.name] for p in pool_configs])
+                listener.access = self._client_access(self.config, pool_configs[0], ConfigError)
                 await listener.start()
                 self.listeners.append(listener)
+            self.client_policies.start()
         except BaseException:
             await self.close()
             raise
@@ -145,6 +150,17 @@ class Proxy:
         listener.on_session_change = self._sessions_changed.set
         return listener
 
+    def _client_access(self, config: Config, pool: PoolConfig, error: type[Exception]) -> ClientAccess:
+        """The client policy of ``pool``'s listener; ``error`` (ConfigError at start,
+        ReloadRejected on reload) when its TLS files do not load."""
+        try:
+            return self.client_policies.access(pool.clients, pool.engine)
+        except ClientPolicyError as exc:
+            key = f"{self._pool_key(config, pool)}.clients.tls_cert_file"
+            if error is ConfigError:
+                raise ConfigError(config.source, key, str(exc)) from None
+            raise error(f"{config.source}: {key}: {exc}") from None
+
     def _update_polling(self) -> None:
         """Each secret is polled at the shortest poll_interval of the pools that use it."""
         for key, source in self.sources.items():
@@ -165,6 +181,7 @@ class Proxy:
         for source in self.sources.values():
             if isinstance(source, PolledCredentialSource):
                 source.poll_soon()
+        self.client_policies.refresh()  # client secrets, and client certificates from their files
 
     # --- run ---------------------------------------------------------------------------------
     async def serve(self, commands: asyncio.Queue[Command], config_path: Path | None = None) -> None:
@@ -255,6 +272,7 @@ class Proxy:
             await pool.close()
         for source in self.sources.values():
             await source.close()
+        await self.client_policies.close()
         await self.aws_clients.close()
         if self.admin is not None:
             await self.admin.close()  # last: /healthz and /readyz answer until the end
@@ -301,6 +319,11 @@ class Proxy:
         unchanged = [p.name for p in new.pools if p.name in self.pools and self.pools[p.name].config == p]
 
         # Build what is new, and bind its listeners, before anything changes.
+        # The client policies first: TLS files that do not load reject the reload.
+        accesses = {
+            address: self._client_access(new, pool_configs[0], ReloadRejected)
+            for address, pool_configs in new_listeners.items()
+        }
         new_sources: dict[CredentialsConfig, CredentialSource] = {}
         pools: dict[str, Pool] = {}
         for pool_config in new.pools:
@@ -318,6 +341,7 @@ class Proxy:
                 if address in listeners_by_address:
                     continue
                 listener = self._new_listener(address, [pools[p.name] for p in pool_configs])
+                listener.access = accesses[address]
                 try:
                     await listener.start(serve=False)
                 except OSError as exc:
@@ -356,10 +380,13 @@ class Proxy:
                 retired_listeners.append(listener)
             else:
                 listener.set_pools([pools[p.name] for p in now_on])
+                listener.access = accesses[listener.address]  # (new clients; sessions in keep theirs)
                 kept.append(listener)
         self._retired_listeners.extend(retired_listeners)
         self.listeners = kept + bound
         self._update_polling()
+        await self.client_policies.retain(accesses.values())
+        self.client_policies.start()
         for listener in bound:
             await listener.serve()
         for listener in retired_listeners:

@@ -402,6 +402,9 @@ async def _run(config: Config, config_path: Path | None = None) -> int:
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    except ConfigError as exc:  # (a file the config names that does not load: a TLS key, say)
+        log.error("cannot start: %s", exc)
+        return 2
     return 0
 
 

@@ -23,6 +23,8 @@ TlsMode = Literal["disable", "require", "verify-ca", "verify-full"]
 CredentialSourceKind = Literal["secretsmanager", "static", "rds-iam", "parameterstore"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+ClientAuth = Literal["trust", "password", "cert"]
+ClientTlsMode = Literal["disable", "allow", "require"]
 
 DEFAULT_PORTS: dict[str, int] = {"postgres": 6432, "mysql": 6033}
 UNIX_PREFIX = "unix:"
@@ -123,15 +125,47 @@ class CredentialsConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClientsConfig:
-    """``[pool.clients]``: who may use the pool. On a Unix socket the caller's uid and groups
-    are read with SO_PEERCRED; with either list set, a caller must be in one of them."""
+    """``[pool.clients]``: who may use the pool, and how they prove it.
+
+    On a Unix socket the caller's uid and groups are read with SO_PEERCRED; with either
+    allow list set, a caller must be in one of them. TLS and the login method are settled
+    before the pool is chosen, so pools that share a listener have equal ``access`` (checked
+    in ``_check_listeners``); the allow lists are each pool's own.
+    """
 
     allow_uids: frozenset[int] | None = None  # None: any uid
     allow_gids: frozenset[int] | None = None  # None: any group
+    auth: ClientAuth = "trust"  # trust | password (secret_id's users) | cert (tls_ca_file's clients)
+    secret_id: str | None = None  # password: a JSON map of user to password or SCRAM verifier
+    poll_interval: float = 30.0
+    tls: ClientTlsMode = "disable"  # default "require" once tls_cert_file is set
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None  # cert: the CA client certificates must chain to
+    mysql_auth_plugin: str = "caching_sha2_password"  # what a MySQL greeting asks for first
 
     @property
     def restricted(self) -> bool:
         return self.allow_uids is not None or self.allow_gids is not None
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether clients prove who they are (what a non-loopback listener requires)."""
+        return self.auth != "trust"
+
+    @property
+    def access(self) -> tuple[object, ...]:
+        """What a listener settles for every pool on it: TLS and the login method."""
+        return (
+            self.auth,
+            self.secret_id,
+            self.poll_interval,
+            self.tls,
+            self.tls_cert_file,
+            self.tls_key_file,
+            self.tls_ca_file,
+            self.mysql_auth_plugin,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,12 +464,8 @@ def _parse_pool(table: _Table) -> PoolConfig:
     if engine not in SUPPORTED_ENGINES:
         raise table.error("engine", f"engine {engine!r} is not supported by this version yet")
     listen = table.address("listen", None, unix=True) or Address("127.0.0.1", DEFAULT_PORTS[engine])
-    if not listen.is_loopback and not listen.is_unix:
-        raise table.error(
-            "listen",
-            f"{listen} is not a loopback address: clients authenticate without a password, "
-            'so rotaproxy only listens on 127.0.0.1, ::1, localhost or a Unix socket ("unix:/path")',
-        )
+    clients = _parse_clients(table.table("clients"), listen)
+    _check_exposure(table, listen, clients)
     mode = table.choice("mode", get_args(PoolMode), "session")
     if mode not in SUPPORTED_MODES[engine]:
         raise table.error("mode", f"mode {mode!r} is not supported for {engine} by this version yet")
@@ -470,8 +500,8 @@ def _parse_pool(table: _Table) -> PoolConfig:
         ),
         socket_mode=_socket_mode(table, listen),
         socket_group=_socket_group(table, listen),
-        clients=_parse_clients(table.table("clients"), listen),
         credentials=_parse_credentials(table.table("credentials")),
+        clients=clients,
     )
     _check_renamed(table)
     table.check_unknown()
@@ -530,11 +560,69 @@ def _socket_group(table: _Table, listen: Address) -> int | None:
     return table.id_of("socket_group", table.data["socket_group"], "group")
 
 
+MYSQL_CLIENT_AUTH_PLUGINS = ("caching_sha2_password", "mysql_native_password")
+
+
+def _file(table: _Table, name: str) -> Path | None:
+    """A path key: relative to the config file's folder; it must exist."""
+    text = table.string(name)
+    if not text:
+        return None
+    path = Path(text)
+    if not path.is_absolute() and table.base_dir is not None:
+        path = table.base_dir / path
+    if not path.is_file():
+        raise table.error(name, f"{path} does not exist or is not a file")
+    return path
+
+
 def _parse_clients(table: _Table, listen: Address) -> ClientsConfig:
+    """``[pool.clients]``: the callers a Unix socket lets in, client authentication and
+    client-side TLS."""
+    auth = table.choice("auth", get_args(ClientAuth), "trust")
+    cert_file, key_file = _file(table, "tls_cert_file"), _file(table, "tls_key_file")
+    if (cert_file is None) != (key_file is None):
+        raise table.error(
+            "tls_key_file" if key_file is None else "tls_cert_file",
+            "tls_cert_file and tls_key_file go together",
+        )
+    tls = table.choice("tls", get_args(ClientTlsMode), "require" if cert_file else "disable")
     clients = ClientsConfig(
-        allow_uids=table.ids("allow_uids", "user"), allow_gids=table.ids("allow_gids", "group")
+        allow_uids=table.ids("allow_uids", "user"),
+        allow_gids=table.ids("allow_gids", "group"),
+        auth=cast(ClientAuth, auth),
+        secret_id=table.string("secret_id"),
+        poll_interval=table.duration("poll_interval", 30.0),
+        tls=cast(ClientTlsMode, tls),
+        tls_cert_file=cert_file,
+        tls_key_file=key_file,
+        tls_ca_file=_file(table, "tls_ca_file"),
+        mysql_auth_plugin=table.choice(
+            "mysql_auth_plugin", MYSQL_CLIENT_AUTH_PLUGINS, "caching_sha2_password"
+        ),
     )
     table.check_unknown()
+    if clients.tls != "disable" and cert_file is None:
+        raise table.error(
+            "tls", f'tls = "{clients.tls}" needs tls_cert_file and tls_key_file (the certificate clients see)'
+        )
+    if clients.auth == "password" and not clients.secret_id:
+        raise table.error(
+            "secret_id", 'required when auth = "password": the secret holding the clients\' passwords'
+        )
+    if clients.auth != "password" and clients.secret_id:
+        raise table.error("secret_id", 'only used when auth = "password"')
+    if clients.auth == "cert":
+        if clients.tls != "require":
+            raise table.error(
+                "auth", 'auth = "cert" needs TLS: set tls_cert_file and tls_key_file (tls = "require")'
+            )
+        if clients.tls_ca_file is None:
+            raise table.error(
+                "tls_ca_file", 'required when auth = "cert": the CA client certificates must chain to'
+            )
+    if clients.poll_interval <= 0:
+        raise table.error("poll_interval", "must be greater than zero")
     if clients.restricted and not listen.is_unix:
         name = "allow_uids" if clients.allow_uids is not None else "allow_gids"
         raise table.error(
@@ -543,6 +631,19 @@ def _parse_clients(table: _Table, listen: Address) -> ClientsConfig:
             'set listen = "unix:/path"',
         )
     return clients
+
+
+def _check_exposure(table: _Table, listen: Address, clients: ClientsConfig) -> None:
+    """Beyond loopback, anyone who reaches the address gets a database session unless clients
+    authenticate, and their passwords or certificates travel the network: both are required."""
+    if listen.is_loopback or listen.is_unix or (clients.authenticates and clients.tls == "require"):
+        return
+    raise table.error(
+        "listen",
+        f"{listen} is not a loopback address or a Unix socket: a pool reachable over the network "
+        'needs client authentication and TLS: set [pool.clients] auth = "password" (with secret_id) '
+        'or "cert" (with tls_ca_file), and tls_cert_file and tls_key_file (tls = "require")',
+    )
 
 
 def _check_rds_iam(table: _Table, pool: PoolConfig) -> None:
@@ -582,6 +683,15 @@ def _check_listeners(config: Config) -> None:
                     f"pool[{index}].{key}",
                     f"pools sharing {address} must agree on {key}: it is one socket file",
                 )
+        if len({pool.clients.access for pool in pools}) > 1:
+            # TLS and (for MySQL, whose user name may pick the pool) authentication come before
+            # the pool is known: one listener, one client policy (the allow lists are each pool's).
+            raise ConfigError(
+                config.source,
+                "pool.clients",
+                f"pools on {address} differ in [pool.clients] auth or TLS; pools sharing a listener share "
+                "one client policy",
+            )
 
 
 def parse_config(data: Mapping[str, Any], source: str, base_dir: Path | None = None) -> Config:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from proxy.clients.access import ClientAccess
 from proxy.config import PoolConfig
 from proxy.core.endpoint import Endpoint, Reader
 from proxy.core.server import Connector
@@ -20,6 +21,9 @@ from proxy.pool.pool import Pool
 
 class SessionHost(Protocol):
     """What a client session may ask of the listener that accepted it."""
+
+    # Who may connect: TLS offered or required, and how clients prove who they are.
+    access: ClientAccess
 
     @property
     def pools(self) -> Sequence[Pool]:

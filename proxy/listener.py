@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Hashable
 from typing import Any
 
 from proxy.client_watch import ClientWatch, Refusal, admission
+from proxy.clients.access import TRUST, ClientAccess
 from proxy.config import Address, ClientLimitsConfig
 from proxy.core.endpoint import Endpoint, Reader
 from proxy.core.limits import ClientLimits
@@ -52,8 +53,10 @@ class Listener:
         session_factory: Callable[[Endpoint, SessionHost], ClientSession],
         limit_error: Callable[[str, str], bytes] | None = None,
         limits: ClientLimits | None = None,
+        access: ClientAccess = TRUST,
     ) -> None:
         self.address = address
+        self.access = access  # who may connect (replaced by a reload that changes it)
         self.engine = engine
         self.pools: list[Pool] = []
         self._by_database: dict[str, Pool] = {}

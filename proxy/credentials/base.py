@@ -180,6 +180,19 @@ class CredentialSource:
         """Release what the source holds (clients, sessions, the poller)."""
 
 
+async def wait_to_poll(soon: asyncio.Event, interval: float, failures: int) -> None:
+    """Until the next poll: ``interval`` jittered, backing off exponentially (capped) after
+    ``failures`` failed polls in a row, or until ``soon`` is set (then cleared)."""
+    if failures:
+        delay = min(interval * 2**failures, max(interval, MAX_POLL_BACKOFF))
+    else:
+        delay = interval * random.uniform(1 - POLL_JITTER, 1 + POLL_JITTER)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay):
+            await soon.wait()
+    soon.clear()
+
+
 class PolledCredentialSource(CredentialSource):
     """A source whose value has versions: the newest cached, polled for a new one.
 
@@ -255,16 +268,7 @@ class PolledCredentialSource(CredentialSource):
 
     async def _poll_loop(self) -> None:
         while True:
-            if self.poll_failures:
-                delay = min(
-                    self.poll_interval * 2**self.poll_failures, max(self.poll_interval, MAX_POLL_BACKOFF)
-                )
-            else:
-                delay = self.poll_interval * random.uniform(1 - POLL_JITTER, 1 + POLL_JITTER)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._poll_now.wait()
-            self._poll_now.clear()
+            await wait_to_poll(self._poll_now, self.poll_interval, self.poll_failures)
             try:
                 await self.poll()
             except CredentialsError as exc:

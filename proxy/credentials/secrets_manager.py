@@ -36,6 +36,19 @@ _AWS_PROBLEMS = {
 }
 
 
+async def call_secrets_manager(
+    clients: SecretsManagerClients, secret_id: str, description: str, operation: str, **kwargs: Any
+) -> dict[str, Any]:
+    """One Secrets Manager call; every failure becomes a CredentialsError naming the secret."""
+
+    async def call() -> dict[str, Any]:
+        client = await clients.client("secretsmanager")
+        response: dict[str, Any] = await getattr(client, operation)(SecretId=secret_id, **kwargs)
+        return response
+
+    return await aws_call(description, "Secrets Manager", call, _AWS_PROBLEMS)
+
+
 class SecretsManagerSource(PolledCredentialSource):
     """A secret in AWS Secrets Manager: AWSCURRENT cached, polled for new versions.
 
@@ -54,14 +67,9 @@ class SecretsManagerSource(PolledCredentialSource):
         self._clients = clients
 
     async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        """One Secrets Manager call; every failure becomes a CredentialsError naming the secret."""
-
-        async def call() -> dict[str, Any]:
-            client = await self._clients.client("secretsmanager")
-            response: dict[str, Any] = await getattr(client, operation)(SecretId=self.secret_id, **kwargs)
-            return response
-
-        return await aws_call(self.description, self.service, call, _AWS_PROBLEMS)
+        return await call_secrets_manager(
+            self._clients, self.secret_id, self.description, operation, **kwargs
+        )
 
     async def _get(self, stage: str, **selector: str) -> Credentials:
         # Always name the stage or the version: moto can answer an unstaged get with an old one.

@@ -32,7 +32,7 @@ from typing import Any
 from protocols.endings import EndReason
 from protocols.errors import MessageTooLarge, ProtocolViolation
 from protocols.mysql import constants as c
-from protocols.mysql.messages import ErrPacket, HandshakeResponse41, HandshakeV10, OkPacket, is_ssl_request
+from protocols.mysql.messages import ErrPacket, HandshakeResponse41, HandshakeV10, OkPacket
 from protocols.mysql.packets import Packet, PacketReader, frame
 from protocols.mysql.tracker import ResponseTracker
 from proxy.core import limits
@@ -41,6 +41,7 @@ from proxy.core.endpoint import ConnectionClosed, Endpoint
 from proxy.core.errors import BorrowTimeout, PoolError
 from proxy.core.relay import await_next_request
 from proxy.engine import SessionHost
+from proxy.mysql.client_auth import LoginError, MySqlClientSecurity
 from proxy.mysql.limits import limit_error, limit_packet
 from proxy.mysql.server import (
     MAX_PACKET_SIZE,
@@ -109,6 +110,7 @@ class MySqlClientSession:
         peer = endpoint.transport.get_extra_info("peername") if endpoint.transport else None
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
         self.closing: str | None = None  # why, once asked to end at the next idle point
+        self.security = MySqlClientSecurity(endpoint, self.reader, listener.access, self.peer)  # TLS, login
         self._phase = PHASE_GREETING
         self._task: asyncio.Task[None] | None = None
         self._relay: MySqlSessionRelay | None = None  # once logged in
@@ -270,14 +272,16 @@ class MySqlClientSession:
 
     async def _handshake(self, greeting: Greeting, connection_id: int) -> HandshakeResponse41:
         """Our greeting, then the client's handshake response (refused if it asks for TLS)."""
+        security = self.security
+        nonce = native_nonce()
         hello = HandshakeV10(
             server_version=greeting.server_version,
             connection_id=connection_id & 0xFFFFFFFF,
-            auth_plugin_data=native_nonce(),
-            capabilities=OFFERED_CAPABILITIES & greeting.capabilities,
+            auth_plugin_data=nonce,
+            capabilities=security.greeting_capabilities(OFFERED_CAPABILITIES & greeting.capabilities),
             character_set=greeting.character_set,
             status_flags=greeting.status_flags,
-            auth_plugin_name="mysql_native_password",
+            auth_plugin_name=security.plugin,
         )
         self._sequence = 0
         self._send(hello.encode())
@@ -285,18 +289,24 @@ class MySqlClientSession:
         # A handshake response is a few hundred bytes; do not buffer more for a stranger.
         self.reader.max_payload_size = HANDSHAKE_LIMIT
         packet = await self.endpoint.receive(self.reader.next_event)
-        self.reader.max_payload_size = MAX_PACKET_SIZE
         self._sequence = (packet.last_sequence_id + 1) % 256
         if packet.sequence_id != 1:
             raise ClientError(c.ER_NET_PACKETS_OUT_OF_ORDER, "Got packets out of order", "08S01")
-        if is_ssl_request(packet.payload):
-            raise ClientError(
-                c.ER_HANDSHAKE_ERROR,
-                "rotaproxy does not offer TLS to clients (it listens on loopback only): "
-                "connect with ssl-mode=DISABLED",
-                "08S01",
-            )
-        return HandshakeResponse41.decode(packet.payload)
+        try:
+            packet = await security.handshake_response(packet)  # (TLS first, after an SSLRequest)
+            self._sequence = (packet.last_sequence_id + 1) % 256
+            response = HandshakeResponse41.decode(packet.payload)
+            await security.authenticate(response, nonce, self._send, self._receive_login)
+        except LoginError as exc:
+            raise ClientError(exc.packet.code, exc.packet.message, exc.packet.sql_state) from None
+        self.reader.max_payload_size = MAX_PACKET_SIZE
+        return response
+
+    async def _receive_login(self) -> bytes:
+        """The client's next packet during authentication (its answer to our last one)."""
+        packet = await self.endpoint.receive(self.reader.next_event)
+        self._sequence = (packet.last_sequence_id + 1) % 256
+        return packet.payload
 
     async def _serve_on(
         self, pool: Pool, response: HandshakeResponse41, server: MySqlServerConnection

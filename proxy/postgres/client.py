@@ -45,7 +45,6 @@ from protocols.postgres.messages import (
     ParameterStatus,
     ReadyForQuery,
     SSLRequest,
-    StartupEvent,
     StartupMessage,
 )
 from protocols.postgres.tracker import BackendTracker, FrontendTracker, at_safe_point
@@ -57,6 +56,7 @@ from proxy.core.relay import await_next_request
 from proxy.engine import SessionHost
 from proxy.pool.known_logins import KnownLogins
 from proxy.pool.pool import Pool
+from proxy.postgres.client_auth import DIRECT_TLS, PgClientSecurity
 from proxy.postgres.limits import limit_error, sqlstate
 from proxy.postgres.server import PgServerConnection
 from proxy.postgres.settings import ClientError, session_settings, set_config_query
@@ -86,6 +86,7 @@ class PgClientSession:
         peer = endpoint.transport.get_extra_info("peername") if endpoint.transport else None
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
         self.closing: str | None = None  # why, once asked to end at the next idle point
+        self.security = PgClientSecurity(endpoint, self.reader, listener.access, self.peer)  # TLS, login
         self._phase = PHASE_STARTUP
         self._task: asyncio.Task[None] | None = None
         # Once logged in, one of the two serves the client.
@@ -167,16 +168,22 @@ class PgClientSession:
 
     async def _read_startup(self) -> StartupMessage | None:
         while True:
-            event: StartupEvent = await self.endpoint.receive(self.reader.next_event)
+            event = await self.endpoint.receive(self.security.next_event)
             if isinstance(event, SSLRequest | GSSENCRequest):
-                # Client TLS is not offered: the listener is local only.
                 if len(self.reader):
                     raise ProtocolViolation("data sent after an encryption request before the answer")
-                self.endpoint.write(SSL_REFUSED)
+                if isinstance(event, SSLRequest):
+                    await self.security.ssl_request()  # S and TLS where offered, else N
+                else:
+                    self.endpoint.write(SSL_REFUSED)
+            elif event is DIRECT_TLS:
+                await self.security.direct_tls()
             elif isinstance(event, CancelRequest):
                 await self._forward_cancel(event)
                 return None
             else:
+                assert isinstance(event, StartupMessage)
+                self.security.startup()
                 return event
 
     async def _serve(self, startup: StartupMessage) -> None:
@@ -200,6 +207,7 @@ class PgClientSession:
                 SQLSTATE_INVALID_AUTHORIZATION,
                 "no PostgreSQL user name specified in startup packet",
             )
+        await self.security.authenticate(user)  # (trust, a password, a certificate)
         database = parameters.get("database") or user
         pool = self.listener.pool_for(database)
         if pool is None:

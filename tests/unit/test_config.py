@@ -433,7 +433,7 @@ def test_a_non_loopback_listener_is_refused(tmp_path: Path, listen: str) -> None
 
     assert error.key == "pool[0].listen"
     assert "is not a loopback address" in error.why
-    assert "without a password" in error.why
+    assert 'auth = "password"' in error.why and "tls_cert_file" in error.why
 
 
 def test_a_listener_without_port_is_refused(tmp_path: Path) -> None:

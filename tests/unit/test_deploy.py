@@ -50,7 +50,7 @@ def parse_deploy_config(text: str, source: str, tmp_path: Path) -> Config:
     """rotaproxy's own parser; a tls_ca_file that exists only on the target host is stood in for."""
     stand_in = tmp_path / "rds-global-bundle.pem"
     stand_in.write_text("stand-in for the RDS CA bundle\n")
-    text = re.sub(r'(?m)^(tls_ca_file\s*=\s*)"[^"]*"', rf'\1"{stand_in}"', text)
+    text = re.sub(r'(?m)^(tls_(?:ca|cert|key)_file\s*=\s*)"[^"]*"', rf'\1"{stand_in}"', text)
     return parse_config(tomllib.loads(text), source)
 
 
@@ -640,23 +640,42 @@ def test_the_shared_deployment_drains_in_step_and_states_its_connection_budget(t
     rotaproxy_stops_at = prestop_sleep(containers["rotaproxy"]) + shutdown_timeout(config)
 
     assert prestop_sleep(containers["rotaproxy"]) >= 5  # the endpoint leaves the Service first
-    assert prestop_sleep(containers["forward"]) >= rotaproxy_stops_at  # drained clients keep their path
-    assert spec["terminationGracePeriodSeconds"] > max(
-        rotaproxy_stops_at, prestop_sleep(containers["forward"])
-    )
-    # The forwarder's target is rotaproxy's loopback listener; the Service reaches the forwarder.
-    (listener,) = {pool.listen for pool in config.pools}
-    assert f"TCP:{listener}" in containers["forward"]["args"]
+    assert spec["terminationGracePeriodSeconds"] > rotaproxy_stops_at
     # The budget the comment states is the one the manifests make.
     (deployment,) = [d for d in documents(path) if d["kind"] == "Deployment"]
     replicas = deployment["spec"]["replicas"] + deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
     (pool,) = config.pools
     assert f"= {pool.max_server_connections * replicas}." in path.read_text()
-    # Only labelled client Pods get in: the NetworkPolicy is the gate (see the manifest's header).
+
+
+def test_the_shared_deployment_listens_on_the_pod_ip_with_client_auth_and_tls(tmp_path: Path) -> None:
+    path = DEPLOY / "kubernetes" / "shared.yaml"
+    spec = pod_spec(path)
+    config = manifest_config(path, tmp_path)  # (rotaproxy's own parser: beyond loopback only like this)
+    container = rotaproxy_container(spec)
+    (pool,) = config.pools
+
+    # rotaproxy itself serves the Pod IP: no forwarder in front of a loopback listener.
+    assert [c["name"] for c in spec["containers"]] == ["rotaproxy"]
+    assert not pool.listen.is_loopback
+    assert pool.clients.auth in ("password", "cert") and pool.clients.tls == "require"
+    assert pool.clients.auth != "password" or pool.clients.secret_id
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["postgres"] == pool.listen.port
+    (service,) = [d for d in documents(path) if d["kind"] == "Service"]
+    assert service["spec"]["ports"][0]["targetPort"] == "postgres"
+    # The certificate and key come from a Kubernetes TLS Secret mounted where the config reads them.
+    text = path.read_text()
+    cert_dir = re.search(r'tls_cert_file = "(/[^"]+)/tls\.crt"', text)
+    assert cert_dir is not None and f'tls_key_file = "{cert_dir.group(1)}/tls.key"' in text
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    (tls_volume,) = [name for name, mount in mounts.items() if mount == cert_dir.group(1)]
+    assert "secretName" in volumes[tls_volume]["secret"]
+    assert spec["securityContext"]["fsGroup"] == container["securityContext"]["runAsGroup"]
+    # The NetworkPolicy still narrows who may try (defence in depth).
     (policy,) = [d for d in documents(path) if d["kind"] == "NetworkPolicy"]
-    assert policy["spec"]["ingress"][0]["from"] == [
-        {"podSelector": {"matchLabels": {"rotaproxy-client": "true"}}}
-    ]
+    assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": pool.listen.port}]
 
 
 # --- ECS ----------------------------------------------------------------------------------------------
