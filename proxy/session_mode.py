@@ -151,9 +151,9 @@ class SessionRelay(ABC, Generic[S]):
         self.metrics.bytes_in += len(data)
         try:
             reason = self.from_client(data)
-        except MessageTooLarge as exc:
-            log.info("client %s: %s", self.peer, exc)
-            self.client.write(self.too_large(exc))
+        except MessageTooLarge as too_large:  # (a name of its own: mypyc types one per name)
+            log.info("client %s: %s", self.peer, too_large)
+            self.client.write(self.too_large(too_large))
             self.metrics.close(limits.MESSAGE_TOO_LARGE)
             self._end(EndReason.MESSAGE_TOO_LARGE)
             return

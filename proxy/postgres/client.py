@@ -153,8 +153,8 @@ class PgClientSession:
             startup = await self._read_startup()
             if startup is not None:
                 await self._serve(startup)
-        except ClientError as exc:
-            self._fatal(exc.code, str(exc))
+        except ClientError as refused:  # (a name per type: mypyc types one name once)
+            self._fatal(refused.code, str(refused))
         except ProtocolViolation as exc:
             log.info("client %s broke the protocol: %s", self.peer, exc)
             self._fatal(SQLSTATE_PROTOCOL_VIOLATION, f"invalid message from client: {exc}")
