@@ -79,9 +79,8 @@ async def _mysql_session(upstream: Upstream, worker: int, seqs: list[int], tally
     import aiomysql
 
     dsn = upstream.proxy_dsn()
-    connection = await aiomysql.connect(
-        host=dsn["host"], port=dsn["port"], user=dsn["user"], db=dsn["database"]
-    )
+    database = dsn.pop("database")
+    connection = await aiomysql.connect(db=database, **dsn)
     try:
         for _ in range(TRANSACTIONS_PER_SESSION):
             seqs[worker] += 1
@@ -184,13 +183,15 @@ async def run_demo(
     import aioboto3
 
     console = Console(force_terminal=live or None)
-    async with local_stack(max_server_connections=MAX_SERVER_CONNECTIONS, poll_interval="1s") as stack:
+    async with local_stack(
+        max_server_connections=MAX_SERVER_CONNECTIONS, poll_interval="1s", sockets=True
+    ) as stack:
         prepare_tables(stack)
         print(f"Secrets Manager (local) at {stack.sm.endpoint_url}")
         for upstream in stack.upstreams:
             print(
                 f"  {upstream.engine}: database on 127.0.0.1:{upstream.port} (TLS, random password), "
-                f"secret {upstream.secret_id!r}; rotaproxy on 127.0.0.1:{upstream.proxy_port}"
+                f"secret {upstream.secret_id!r}; rotaproxy on {upstream.proxy_listen} (this user only)"
             )
         if stack.mysql is None:
             print("  (MariaDB is not installed here: PostgreSQL only)")
@@ -306,11 +307,10 @@ class DemoView:
             table.add_column(
                 column, justify="right" if column in ("tx/s", "p50 ms", "p99 ms", "errors") else "left"
             )
-        engines = {upstream.proxy_port: upstream.engine for upstream in self.stack.upstreams}
+        engines = {upstream.proxy_listen: upstream.engine for upstream in self.stack.upstreams}
         for name, pool in sorted(self.pools.items()):
             engine = pool.get("engine", "")
-            port = int(str(pool.get("listen", ":0")).rsplit(":", 1)[1])
-            loaded = engines.get(port) == engine  # the pools the clients use; the others idle
+            loaded = engines.get(str(pool.get("listen"))) == engine  # the clients' pools; the others idle
             recent = self.timeline.recent(engine) if loaded else None
             generations = pool.get("server_connections", {}).get("by_generation", {})
             version = (pool.get("credentials") or {}).get("version_id") or "-"

@@ -11,6 +11,11 @@ from proxy.clients.directory import ClientDirectory, ClientSecretSource
 from proxy.clients.tls import ClientTls
 from proxy.config import ClientsConfig
 
+# Why a login was refused, as the listener counts it (rotaproxy_listener_connections_rejected_total).
+TLS_REQUIRED = "tls_required"
+CLIENT_AUTH_FAILED = "client_auth_failed"  # a wrong password, an unknown user, no or the wrong certificate
+CLIENT_AUTH_UNAVAILABLE = "client_auth_unavailable"  # the client secret could not be read
+
 
 class ClientAccess:
     def __init__(

@@ -48,6 +48,17 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
+def socket_open(path: Path, timeout: float = 0.2) -> bool:
+    """True if something accepts connections on the Unix socket at ``path``."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            return True
+    except OSError:
+        return False
+
+
 class Service(ABC):
     """Something local that is started and stopped; ``with`` stops it however the block ends."""
 

@@ -7,14 +7,16 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
-from proxy.local.process import Service, ThrowawayError, port_open
+from proxy.local.process import Service, ThrowawayError, port_open, socket_open
 
 
 class ProxyProcess(Service):
-    """``python -m proxy run -c CONFIG`` with its log in a file; ready once every port accepts."""
+    """``python -m proxy run -c CONFIG`` with its log in a file; ready once every port (and
+    Unix socket) accepts."""
 
     def __init__(
         self,
@@ -23,6 +25,7 @@ class ProxyProcess(Service):
         port: int,
         *,
         extra_ports: Sequence[int] = (),
+        sockets: Sequence[Path] = (),
         env: Mapping[str, str] | None = None,
         log_level: str = "debug",
     ) -> None:
@@ -30,6 +33,7 @@ class ProxyProcess(Service):
         self.log_path = log_path
         self.port = port
         self.ports = (port, *extra_ports)
+        self.sockets = tuple(sockets)
         self.env = {**os.environ, **(env or {})}
         self.log_level = log_level
         self.process: subprocess.Popen[bytes] | None = None
@@ -57,13 +61,17 @@ class ProxyProcess(Service):
     def wait_listening(self, timeout: float = 20.0) -> None:
         assert self.process is not None
         deadline = time.monotonic() + timeout
-        for port in self.ports:
-            while not port_open("127.0.0.1", port):
+        waits: list[tuple[str, Callable[[], bool]]] = [
+            (str(port), partial(port_open, "127.0.0.1", port)) for port in self.ports
+        ]
+        waits += [(str(path), partial(socket_open, path)) for path in self.sockets]
+        for where, accepts in waits:
+            while not accepts():
                 if self.process.poll() is not None:
                     raise ThrowawayError(f"rotaproxy exited with {self.process.returncode}:\n{self.logs()}")
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise ThrowawayError(f"rotaproxy did not listen on {port}:\n{self.logs()}")
+                    raise ThrowawayError(f"rotaproxy did not listen on {where}:\n{self.logs()}")
                 time.sleep(0.05)
 
     def logs(self) -> str:

@@ -39,6 +39,8 @@ class Upstream:
     secret_id: str
     secret_version: str
     admin_password: str
+    # Where the session pool listens when it is a Unix socket (the demo's), else None.
+    proxy_socket: Path | None = None
 
     def direct_dsn(self) -> dict[str, Any]:
         """How an application would connect without rotaproxy: with the password."""
@@ -51,8 +53,19 @@ class Upstream:
         }
 
     def proxy_dsn(self) -> dict[str, Any]:
-        """Through rotaproxy: no password at all."""
+        """Through rotaproxy: no password at all (over the Unix socket where there is one: for
+        PostgreSQL drivers its folder and port name the file, .s.PGSQL.<port>)."""
+        if self.proxy_socket is not None and self.engine == "postgres":
+            host = str(self.proxy_socket.parent)
+            return {"host": host, "port": self.proxy_port, "user": USER, "database": DATABASE}
+        if self.proxy_socket is not None:
+            return {"unix_socket": str(self.proxy_socket), "user": USER, "database": DATABASE}
         return {"host": "127.0.0.1", "port": self.proxy_port, "user": USER, "database": DATABASE}
+
+    @property
+    def proxy_listen(self) -> str:
+        """The session pool's listen, as the config has it."""
+        return f"unix:{self.proxy_socket}" if self.proxy_socket else f"127.0.0.1:{self.proxy_port}"
 
 
 @dataclass
@@ -85,11 +98,14 @@ def _pool_toml(
     port: int | None = None,
     mode: str = "session",
 ) -> str:
+    listen = f"127.0.0.1:{port}" if port else upstream.proxy_listen
+    # On a Unix socket, only this user's processes may connect (SO_PEERCRED).
+    clients = f"\n[pool.clients]\nallow_uids = [{os.getuid()}]\n" if listen.startswith("unix:") else ""
     return f"""
 [[pool]]
 name = "{name}"
 engine = "{upstream.engine}"
-listen = "127.0.0.1:{port or upstream.proxy_port}"
+listen = "{listen}"
 database = "{DATABASE}"
 mode = "{mode}"
 max_server_connections = {max_server_connections}
@@ -101,7 +117,7 @@ tls_ca_file = "{tls.ca_file}"
 source = "secretsmanager"
 secret_id = "{upstream.secret_id}"
 poll_interval = "{poll_interval}"
-"""
+{clients}"""
 
 
 def mariadb_available() -> bool:
@@ -150,10 +166,13 @@ async def local_stack(
     max_server_connections: int = 10,
     min_server_connections: int = 1,
     poll_interval: str = "2s",
+    sockets: bool = False,
 ) -> AsyncIterator[LocalStack]:
     """Start everything (rotaproxy as its own process), yield it, stop everything.
 
-    MariaDB joins when ``mysql`` is asked for and its binaries are installed.
+    MariaDB joins when ``mysql`` is asked for and its binaries are installed. With
+    ``sockets``, the session pools listen on Unix sockets in the work folder, open to this
+    user alone (the recommended listener); otherwise on loopback TCP.
     """
     import aioboto3
 
@@ -171,6 +190,10 @@ async def local_stack(
             upstream_mysql = None
             if mariadb is not None:
                 upstream_mysql = await _seed(client, "mysql", mariadb, MYSQL_SECRET_ID, free_port())
+        if sockets:
+            postgres.proxy_socket = work / f".s.PGSQL.{postgres.proxy_port}"  # (libpq's name)
+            if upstream_mysql is not None:
+                upstream_mysql.proxy_socket = work / "mysql.sock"
         stack = LocalStack(
             sm, tls, work / "rotaproxy.log", pg, postgres, free_port(), mariadb, upstream_mysql
         )
@@ -207,14 +230,18 @@ async def local_stack(
         config_path = work / "rotaproxy.toml"
         config_path.write_text(config)
         # A separate process, as in production: it gets its own core and its own loop.
-        extra: tuple[int, ...] = (stack.txn_proxy_port,)
+        ports = [stack.txn_proxy_port]
         if upstream_mysql is not None and stack.mysql_txn_proxy_port is not None:
-            extra += (upstream_mysql.proxy_port, stack.mysql_txn_proxy_port)
+            ports.append(stack.mysql_txn_proxy_port)
+        for upstream in stack.upstreams:
+            if upstream.proxy_socket is None:
+                ports.append(upstream.proxy_port)
         with ProxyProcess(
             config_path,
             stack.log_path,
-            postgres.proxy_port,
-            extra_ports=extra,
+            ports[0],
+            extra_ports=ports[1:],
+            sockets=[u.proxy_socket for u in stack.upstreams if u.proxy_socket is not None],
             env=sm.environ(),
             log_level="info",
         ) as proxy:

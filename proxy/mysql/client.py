@@ -110,7 +110,9 @@ class MySqlClientSession:
         peer = endpoint.transport.get_extra_info("peername") if endpoint.transport else None
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
         self.closing: str | None = None  # why, once asked to end at the next idle point
-        self.security = MySqlClientSecurity(endpoint, self.reader, listener.access, self.peer)  # TLS, login
+        self.security = MySqlClientSecurity(
+            endpoint, self.reader, listener.access, self.peer, listener.reject
+        )  # TLS, login
         self._phase = PHASE_GREETING
         self._task: asyncio.Task[None] | None = None
         self._relay: MySqlSessionRelay | None = None  # once logged in

@@ -19,7 +19,7 @@ from protocols.mysql.client_tls import MySqlTlsNegotiation
 from protocols.mysql.messages import ErrPacket, HandshakeResponse41
 from protocols.mysql.packets import Packet, PacketReader
 from protocols.mysql.server_auth import LoginRefused, MySqlLogin, access_denied
-from proxy.clients.access import ClientAccess
+from proxy.clients.access import CLIENT_AUTH_FAILED, CLIENT_AUTH_UNAVAILABLE, TLS_REQUIRED, ClientAccess
 from proxy.clients.tls import accept_tls, certificate_names
 from proxy.core.endpoint import Endpoint
 from proxy.credentials.base import CredentialsError
@@ -36,8 +36,16 @@ class LoginError(Exception):
 
 
 class MySqlClientSecurity:
-    def __init__(self, endpoint: Endpoint, reader: PacketReader, access: ClientAccess, peer: str) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        reader: PacketReader,
+        access: ClientAccess,
+        peer: str,
+        refused: Callable[[str], None],
+    ) -> None:
         self.endpoint = endpoint
+        self.refused = refused  # counts a refusal by reason (the listener's metrics)
         self.reader = reader
         self.access = access
         self.peer = peer
@@ -63,6 +71,7 @@ class MySqlClientSecurity:
         try:
             wants_tls = self.negotiation.first_packet(first.payload)
         except LoginRefused as exc:
+            self.refused(TLS_REQUIRED)
             raise LoginError(exc.error) from None
         if wants_tls:
             # The ClientHello may already have arrived behind the SSLRequest.
@@ -76,6 +85,7 @@ class MySqlClientSecurity:
         try:
             self.negotiation.login()
         except LoginRefused as exc:
+            self.refused(TLS_REQUIRED)
             log.info("client %s refused: TLS is required", self.peer)
             raise LoginError(exc.error) from None
         return first
@@ -101,6 +111,7 @@ class MySqlClientSecurity:
         names = certificate_names(self.endpoint)
         if user not in names:
             why = f"certificate names {list(names)}" if names else "no client certificate"
+            self.refused(CLIENT_AUTH_FAILED)
             log.info("client %s refused: %s, not user %r", self.peer, why, user)
             raise LoginError(access_denied(user, self.host, using_password=False).error)
         log.debug("client %s authenticated as %r by certificate", self.peer, user)
@@ -117,6 +128,7 @@ class MySqlClientSecurity:
             directory = await self.access.directory()
         except CredentialsError as exc:
             log.warning("client %s refused: %s", self.peer, exc)
+            self.refused(CLIENT_AUTH_UNAVAILABLE)
             raise LoginError(ErrPacket(c.ER_UNKNOWN_ERROR, f"cannot check passwords now: {exc}")) from None
         entry = directory.get(user)
         login = MySqlLogin(
@@ -137,6 +149,7 @@ class MySqlClientSecurity:
                     break
                 answer = login.receive(await receive())
         except LoginRefused as exc:
+            self.refused(CLIENT_AUTH_FAILED)
             known = "" if entry is not None else " (no such user in the client secret)"
             log.info("client %s: %s login failed for user %r%s", self.peer, login.plugin, user, known)
             raise LoginError(exc.error) from None

@@ -86,7 +86,9 @@ class PgClientSession:
         peer = endpoint.transport.get_extra_info("peername") if endpoint.transport else None
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "local"
         self.closing: str | None = None  # why, once asked to end at the next idle point
-        self.security = PgClientSecurity(endpoint, self.reader, listener.access, self.peer)  # TLS, login
+        self.security = PgClientSecurity(
+            endpoint, self.reader, listener.access, self.peer, listener.reject
+        )  # TLS, login
         self._phase = PHASE_STARTUP
         self._task: asyncio.Task[None] | None = None
         # Once logged in, one of the two serves the client.

@@ -12,6 +12,7 @@ pool is chosen (as PostgreSQL authenticates before it looks at the database).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from protocols.events import NeedData
 from protocols.postgres.client_tls import TlsNegotiation, is_direct_tls
@@ -23,7 +24,7 @@ from protocols.postgres.messages import (
     StartupEvent,
 )
 from protocols.postgres.server_auth import LoginRefused, ScramLogin
-from proxy.clients.access import ClientAccess
+from proxy.clients.access import CLIENT_AUTH_FAILED, CLIENT_AUTH_UNAVAILABLE, TLS_REQUIRED, ClientAccess
 from proxy.clients.tls import accept_tls, certificate_names, selected_alpn
 from proxy.core.endpoint import Endpoint
 from proxy.credentials.base import CredentialsError
@@ -43,8 +44,16 @@ DIRECT_TLS = DirectTls()
 
 
 class PgClientSecurity:
-    def __init__(self, endpoint: Endpoint, reader: StartupReader, access: ClientAccess, peer: str) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        reader: StartupReader,
+        access: ClientAccess,
+        peer: str,
+        refused: Callable[[str], None],
+    ) -> None:
         self.endpoint = endpoint
+        self.refused = refused  # counts a refusal by reason (the listener's metrics)
         self.reader = reader
         self.access = access
         self.peer = peer
@@ -79,6 +88,7 @@ class PgClientSecurity:
         try:
             self.negotiation.startup()
         except LoginRefused as exc:
+            self.refused(TLS_REQUIRED)
             raise ClientError(exc.code, str(exc)) from None
 
     async def authenticate(self, user: str) -> None:
@@ -92,11 +102,13 @@ class PgClientSecurity:
     def _check_certificate(self, user: str) -> None:
         names = certificate_names(self.endpoint)
         if not names:
+            self.refused(CLIENT_AUTH_FAILED)
             log.info("client %s refused: no client certificate (user %r)", self.peer, user)
             raise ClientError(
                 SQLSTATE_INVALID_AUTHORIZATION, "connection requires a valid client certificate"
             )
         if user not in names:
+            self.refused(CLIENT_AUTH_FAILED)
             log.info("client %s refused: certificate names %s, not user %r", self.peer, list(names), user)
             raise ClientError(
                 SQLSTATE_INVALID_AUTHORIZATION, f'certificate authentication failed for user "{user}"'
@@ -107,6 +119,7 @@ class PgClientSecurity:
         try:
             directory = await self.access.directory()
         except CredentialsError as exc:
+            self.refused(CLIENT_AUTH_UNAVAILABLE)
             log.warning("client %s refused: %s", self.peer, exc)
             raise ClientError(SQLSTATE_CANNOT_CONNECT, f"cannot check passwords now: {exc}") from None
         entry = directory.get(user)
@@ -121,6 +134,7 @@ class PgClientSecurity:
                 message = await endpoint.receive(reader.next_event)
                 endpoint.write(login.receive(message))
         except LoginRefused as exc:
+            self.refused(CLIENT_AUTH_FAILED)
             known = "" if entry is not None else " (no such user in the client secret)"
             log.info("client %s: password authentication failed for user %r%s", self.peer, user, known)
             raise ClientError(exc.code, str(exc)) from None

@@ -41,6 +41,7 @@ from tests.conftest import (
     new_secret,
     rds_mysql_secret,
     rds_secret,
+    scrape,
     wait_for,
 )
 
@@ -55,8 +56,8 @@ def host_address() -> str:
             address: str = probe.getsockname()[0]
     except OSError:
         address = socket.gethostbyname(socket.gethostname())
-    if address.startswith("127."):
-        pytest.skip("this machine has no non-loopback IPv4 address")
+    # (a test of listening beyond loopback needs such an address: fail, never skip, without one)
+    assert not address.startswith("127."), "this machine has no non-loopback IPv4 address"
     return address
 
 
@@ -123,10 +124,12 @@ def pool_block(name: str, engine: str, listen: str, upstream: str, secret_id: st
     )
 
 
-def start_on(launcher: ProxyLauncher, config: str, host: str, ports: list[int]) -> ProxyProcess:
+def start_on(
+    launcher: ProxyLauncher, config: str, host: str, ports: list[int], admin_port: int | None = None
+) -> ProxyProcess:
     """Start rotaproxy and wait until ``host`` accepts on every port (the launcher looks at
     127.0.0.1 only)."""
-    running = launcher.start(config, port=ports[0], wait=False)
+    running = launcher.start(config, port=ports[0], wait=False, admin_port=admin_port)
     deadline = time.monotonic() + 20
     for port in ports:
         while not port_open(host, port):
@@ -158,6 +161,7 @@ class PgAuthProxy:
     cert_port: int  # certificate auth
     client_secret: str
     passwords: Passwords
+    admin_port: int
 
     def conninfo(self, user: str, port: int | None = None, **extra: str) -> str:
         options = {
@@ -215,8 +219,9 @@ async def pg_auth(
             ),
         ]
     )
-    running = start_on(launcher, config, host, [port, cert_port])
-    return PgAuthProxy(running, host, port, cert_port, client_secret, passwords)
+    admin_port = free_port()
+    running = start_on(launcher, config, host, [port, cert_port], admin_port)
+    return PgAuthProxy(running, host, port, cert_port, client_secret, passwords, admin_port)
 
 
 def psql(
@@ -253,6 +258,19 @@ def test_a_wrong_password_is_refused_with_28p01_naming_the_user(pg_auth: PgAuthP
     # An unknown user is told exactly the same.
     result = psql(pg_auth.conninfo("mallory", sslmode="require"), wrong)
     assert 'password authentication failed for user "mallory"' in result.stderr
+    # Both counted where an operator looks (psql tries without TLS too when not required to
+    # use it, and is refused there as well: at least the two).
+    assert refusals(pg_auth.admin_port, "client_auth_failed") >= 2
+
+
+def refusals(admin_port: int, reason: str) -> float:
+    """rotaproxy_listener_connections_rejected_total for ``reason``, over every listener."""
+    _, samples = scrape(admin_port)
+    return sum(
+        value
+        for (name, labels), value in samples.items()
+        if name == "rotaproxy_listener_connections_rejected_total" and ("reason", reason) in labels
+    )
 
 
 async def test_asyncpg_sees_28p01_and_a_user_known_by_verifier_logs_in(
@@ -286,15 +304,17 @@ async def test_asyncpg_sees_28p01_and_a_user_known_by_verifier_logs_in(
 
 
 def test_plaintext_is_refused_where_tls_is_required(pg_auth: PgAuthProxy) -> None:
+    before = refusals(pg_auth.admin_port, "tls_required")
     result = psql(pg_auth.conninfo("alice", sslmode="disable"), pg_auth.passwords.values["alice"])
 
     assert result.returncode != 0
     assert "requires TLS" in result.stderr
+    assert refusals(pg_auth.admin_port, "tls_required") == before + 1
 
 
 def test_direct_tls_with_alpn_postgresql(pg_auth: PgAuthProxy, pki: Pki) -> None:
-    if psycopg.pq.version() < 170000:
-        pytest.skip("libpq older than 17 has no sslnegotiation=direct")
+    # psycopg[binary] brings its own libpq; sslnegotiation=direct needs 17 or later.
+    assert psycopg.pq.version() >= 170000, f"libpq {psycopg.pq.version()} has no sslnegotiation=direct"
     info = pg_auth.conninfo(
         "alice", sslmode="verify-full", sslrootcert=str(pki.ca_file), sslnegotiation="direct"
     )
@@ -375,6 +395,7 @@ class MyAuthProxy:
     native_port: int  # mysql_native_password greeting, TLS required
     client_secret: str
     passwords: Passwords
+    admin_port: int
 
 
 @pytest.fixture(scope="module")
@@ -416,8 +437,9 @@ async def my_auth(
             ),
         ]
     )
-    running = start_on(launcher, config, host, [port, native_port])
-    return MyAuthProxy(running, host, port, native_port, client_secret, passwords)
+    admin_port = free_port()
+    running = start_on(launcher, config, host, [port, native_port], admin_port)
+    return MyAuthProxy(running, host, port, native_port, client_secret, passwords, admin_port)
 
 
 def mariadb_cli(
@@ -496,10 +518,12 @@ def test_pymysql_logs_in_and_a_wrong_password_gets_1045(
         assert current_user(conn) == "app@%"
     finally:
         conn.close()
+    before = refusals(my_auth.admin_port, "client_auth_failed")
     with pytest.raises(pymysql.err.OperationalError) as refused:
         pymysql_connect(my_auth, pki, "alice", "wrong-password", port)
     assert refused.value.args[0] == 1045
     assert "Access denied for user 'alice'" in refused.value.args[1]
+    assert refusals(my_auth.admin_port, "client_auth_failed") == before + 1
 
 
 @pytest.mark.parametrize("greeting", ["caching_sha2_password", "mysql_native_password"])
@@ -525,6 +549,7 @@ def test_plaintext_mysql_login_is_refused_where_tls_is_required(my_auth: MyAuthP
             ssl_disabled=True,  # (PyMySQL prefers TLS where offered)
         )
     assert refused.value.args[0] == 3159
+    assert refusals(my_auth.admin_port, "tls_required") >= 1
 
 
 async def test_mysql_client_secret_rotates_for_new_logins_only(

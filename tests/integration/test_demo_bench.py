@@ -41,6 +41,9 @@ def test_demo_rotates_under_load_without_client_errors(tmp_path: Path) -> None:
     out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stdout)  # the live view's escape codes
     # The live view showed every pool with its connections by generation and secret version.
     assert "rotaproxy demo:" in out and "server connections by generation" in out, out
+    # The clients came through the recommended listener: a Unix socket only this user may use.
+    assert re.search(r"postgres: .*rotaproxy on unix:\S+/\.s\.PGSQL\.\d+ \(this user only\)", out), out
+    assert re.search(r"mysql: .*rotaproxy on unix:\S+/mysql\.sock \(this user only\)", out), out
     for pool in ("orders", "orders-mysql", "orders-txn"):
         assert re.search(rf"│ {pool} +│ .*│ gen \d+: \d+", out), out
     # A real PNG chart was written.

@@ -619,10 +619,22 @@ def test_the_sidecar_starts_first_stops_last_and_has_time_to_drain(tmp_path: Pat
     # A native sidecar: started before the application containers, stopped after them.
     assert container in spec["initContainers"] and container["restartPolicy"] == "Always"
     assert "startupProbe" in container
-    (listener,) = {pool.listen for pool in config.pools}
-    assert f"('{listener.host}', {listener.port})" in container["startupProbe"]["exec"]["command"][2]
-    app_env = {item["name"]: item["value"] for item in spec["containers"][0]["env"]}
-    assert f"@{listener}/" in app_env["DATABASE_URL"]
+    # The application reaches it over a Unix socket in a volume of the two containers alone,
+    # and only the application's uid is let in.
+    (pool,) = config.pools
+    listener, app = pool.listen, spec["containers"][0]
+    assert listener.is_unix and listener.path is not None
+    folder, name = listener.path.rsplit("/", 1)
+    assert f"s.connect('{listener.path}')" in container["startupProbe"]["exec"]["command"][2]
+    app_env = {item["name"]: item["value"] for item in app["env"]}
+    port = name.removeprefix(".s.PGSQL.")
+    assert app_env["DATABASE_URL"].endswith(f"?host={folder}&port={port}")  # (libpq's socket name)
+    assert pool.clients.allow_uids == frozenset({app["securityContext"]["runAsUser"]})
+    for each in (container, app):
+        mounts = {mount["name"]: mount["mountPath"] for mount in each["volumeMounts"]}
+        assert "emptyDir" in next(v for v in spec["volumes"] if v["name"] == "rotaproxy-socket")
+        assert mounts["rotaproxy-socket"] == folder
+    assert pool.socket_group == spec["securityContext"]["fsGroup"] and pool.socket_mode == 0o660
     # The application's own drain (its default 30s), then rotaproxy's shutdown_timeout.
     assert spec["terminationGracePeriodSeconds"] > 30 + shutdown_timeout(config)
     service_account = next(d for d in documents(path) if d["kind"] == "ServiceAccount")
