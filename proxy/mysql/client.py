@@ -207,7 +207,16 @@ class MySqlClientSession:
 
     async def _serve(self) -> None:
         pools = self.listener.pools
-        if len(pools) == 1 and pools[0].config.mode == "session" and not pools[0].config.clients.restricted:
+        clients = pools[0].config.clients
+        # The greeting carries the server's own thread id where the session's connection is
+        # borrowed first: not for a client that has still to prove who it is (logins that
+        # never finish hold no server connection), nor for callers a pool may refuse.
+        if (
+            len(pools) == 1
+            and pools[0].config.mode == "session"
+            and not clients.restricted
+            and not clients.authenticates
+        ):
             self._admit(pools[0])  # over the pool's client limit: ERR 1040 instead of the greeting
             # An idle connection of the kind most clients choose, at once (no wait on a guess).
             server = pools[0].borrow_now(pools[0].connector.default_variant)
@@ -217,7 +226,11 @@ class MySqlClientSession:
                 with pool.metrics.client() as self.meter:
                     await self._serve_greeted_on(pool, server)
                 return
-        greeting = await self._upstream_greeting(pools[0])
+        await self._greet_then_serve(pools[0])
+
+    async def _greet_then_serve(self, first_pool: Pool) -> None:
+        """Greet with the proxy's id, log the client in, then serve it on the pool it picks."""
+        greeting = await self._upstream_greeting(first_pool)
         response = await self._handshake(greeting, self.connection_id)
         pool = self._choose_pool(response)
         self._admit(pool)

@@ -38,6 +38,7 @@ from tests.conftest import (
     ProxyLauncher,
     Secrets,
     Users,
+    get_json,
     new_secret,
     rds_mysql_secret,
     rds_secret,
@@ -490,6 +491,31 @@ def current_user(conn: Any) -> str:
     with conn.cursor() as cursor:
         cursor.execute("SELECT CURRENT_USER()")
         return str(cursor.fetchone()[0])
+
+
+def test_a_mysql_login_that_never_finishes_holds_no_server_connection(my_auth: MyAuthProxy, pki: Pki) -> None:
+    # A session pool greets a trusted client with the thread id of an idle server connection
+    # it borrows at once; a client that has still to prove who it is must not get one.
+    conn = pymysql_connect(my_auth, pki, "alice", my_auth.passwords.values["alice"])
+    conn.close()  # (its connection goes back idle)
+    wait_for(lambda: server_states(my_auth).get("idle", 0) >= 1, 10, "an idle server connection")
+    stalled = [socket.create_connection((my_auth.host, my_auth.port), timeout=10) for _ in range(3)]
+    try:
+        for sock in stalled:
+            assert sock.recv(4)  # the greeting came; the login never does
+        states = server_states(my_auth)
+        assert states.get("busy", 0) == 0 and states.get("idle", 0) >= 1, states
+        conn = pymysql_connect(my_auth, pki, "alice", my_auth.passwords.values["alice"])
+        assert current_user(conn) == "app@%"
+        conn.close()
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def server_states(proxy: MyAuthProxy) -> dict[str, int]:
+    states: dict[str, int] = get_json(proxy.admin_port, "/pools")["appdb"]["server_connections"]["by_state"]
+    return states
 
 
 @pytest.mark.parametrize("greeting", ["caching_sha2_password", "mysql_native_password"])
