@@ -397,6 +397,7 @@ class MyAuthProxy:
     client_secret: str
     passwords: Passwords
     admin_port: int
+    cert_port: int  # certificate auth
 
 
 @pytest.fixture(scope="module")
@@ -416,7 +417,7 @@ async def my_auth(
         sm_client, {"alice": passwords.values["alice"], "bob": verifier}, prefix="clients"
     )
     upstream_secret = await new_secret(sm_client, rds_mysql_secret(mariadb, "app", mysql_users.app))
-    port, native_port = free_port(), free_port()
+    port, native_port, cert_port = free_port(), free_port(), free_port()
     upstream = f"127.0.0.1:{mariadb.port}"
     config = "\n".join(
         [
@@ -436,11 +437,14 @@ async def my_auth(
                 upstream_secret,
                 clients_toml(pki, "password", client_secret, mysql_auth_plugin="mysql_native_password"),
             ),
+            pool_block(
+                "certs", "mysql", f"{host}:{cert_port}", upstream, upstream_secret, clients_toml(pki, "cert")
+            ),
         ]
     )
     admin_port = free_port()
-    running = start_on(launcher, config, host, [port, native_port], admin_port)
-    return MyAuthProxy(running, host, port, native_port, client_secret, passwords, admin_port)
+    running = start_on(launcher, config, host, [port, native_port, cert_port], admin_port)
+    return MyAuthProxy(running, host, port, native_port, client_secret, passwords, admin_port, cert_port)
 
 
 def mariadb_cli(
@@ -667,3 +671,34 @@ async def test_a_reload_to_a_non_loopback_listener_without_client_authentication
     )
     running.process.send_signal(signal.SIGHUP)
     wait_for(lambda: port_open(host, int(exposed.rsplit(":", 1)[1])), 10, "listening beyond loopback")
+
+
+def test_mysql_a_client_certificate_of_the_ca_logs_in_and_no_other_does(
+    my_auth: MyAuthProxy, pki: Pki
+) -> None:
+    def login(user: str, cert: Path | None, key: Path | None) -> Any:
+        ssl_options: dict[str, Any] = {"ca": str(pki.ca_file), "check_hostname": True}
+        if cert is not None and key is not None:
+            ssl_options.update(cert=str(cert), key=str(key))
+        return pymysql.connect(
+            host=my_auth.host,
+            port=my_auth.cert_port,
+            user=user,
+            database="appdb",
+            ssl=ssl_options,
+            connect_timeout=10,
+        )
+
+    conn = login("alice", pki.alice_cert, pki.alice_key)
+    try:
+        assert current_user(conn) == "app@%"  # (upstream as the pool's account)
+    finally:
+        conn.close()
+    for user, cert, key in (("alice", None, None), ("bob", pki.alice_cert, pki.alice_key)):
+        with pytest.raises(pymysql.err.OperationalError) as refused:
+            login(user, cert, key)
+        assert refused.value.args[0] == 1045 and f"Access denied for user '{user}'" in refused.value.args[1]
+    # Another CA's certificate: the TLS handshake itself fails, and the proxy says why.
+    with pytest.raises(pymysql.err.OperationalError):
+        login("alice", pki.stranger_cert, pki.stranger_key)
+    wait_for(lambda: "certificate verify failed" in my_auth.running.logs(), 5, "the handshake failure logged")
