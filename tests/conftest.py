@@ -256,12 +256,14 @@ class ProxyLauncher:
         wait: bool = True,
         admin_port: int | None = None,
         head: str = "",
+        prefix: tuple[str, ...] = (),
     ) -> ProxyProcess:
         port = port or free_port()
         index = len(self.started)
         config_path = self.workdir / f"proxy-{index}.toml"
         config_path.write_text(self.render(pools_toml, port=port, admin_port=admin_port, head=head))
-        running = ProxyProcess(config_path, self.workdir / f"proxy-{index}.log", port, env=self.sm.environ())
+        log_path = self.workdir / f"proxy-{index}.log"
+        running = ProxyProcess(config_path, log_path, port, env=self.sm.environ(), prefix=prefix)
         self.started.append(running)
         running.start(wait=wait)
         return running

@@ -26,6 +26,7 @@ class ProxyProcess(Service):
         *,
         extra_ports: Sequence[int] = (),
         sockets: Sequence[Path] = (),
+        prefix: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         log_level: str = "debug",
     ) -> None:
@@ -34,6 +35,7 @@ class ProxyProcess(Service):
         self.port = port
         self.ports = (port, *extra_ports)
         self.sockets = tuple(sockets)
+        self.prefix = tuple(prefix)  # a command the proxy runs under (e.g. prlimit)
         self.env = {**os.environ, **(env or {})}
         self.log_level = log_level
         self.process: subprocess.Popen[bytes] | None = None
@@ -42,6 +44,7 @@ class ProxyProcess(Service):
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
                 [
+                    *self.prefix,
                     sys.executable,
                     "-m",
                     "proxy",

@@ -20,6 +20,7 @@ import pytest
 
 from protocols.mysql import constants as c
 from protocols.postgres.messages import StartupMessage
+from proxy.core.limits import RESERVED_FILES
 from proxy.local.mariadb import ThrowawayMariaDB
 from proxy.local.postgres import ThrowawayPostgres
 from proxy.local.process import free_port, port_open
@@ -336,3 +337,61 @@ def _logs_in(address: tuple[str, int]) -> bool:
         return True
     except AssertionError:
         return False
+
+
+OPEN_FILES_LIMIT = 200  # the proxy's RLIMIT_NOFILE, soft and hard, in the next test
+
+
+async def test_near_the_open_files_limit_new_clients_are_refused_and_the_admin_api_answers(
+    launcher: ProxyLauncher, pg: ThrowawayPostgres, users: Users, sm_client: Any, more_open_files: None
+) -> None:
+    app = await new_secret(sm_client, rds_secret(pg, "app", users.app))
+    admin_port = free_port()
+    config = (
+        f'[[pool]]\nname = "appdb"\nengine = "postgres"\nlisten = "127.0.0.1:{{port}}"\n'
+        'mode = "transaction"\n'
+        f'upstream = "127.0.0.1:{pg.port}"\ndatabase = "appdb"\ntls = "disable"\nmax_server_connections = 2\n'
+        f'[pool.credentials]\nsecret_id = "{app}"\n'
+    )
+    running = launcher.start(
+        config, admin_port=admin_port, prefix=("prlimit", f"--nofile={OPEN_FILES_LIMIT}:{OPEN_FILES_LIMIT}")
+    )
+    # What the limit leaves for clients: the reserve for the process and 2 per server connection.
+    room = OPEN_FILES_LIMIT - RESERVED_FILES - 2 * 2
+    assert f"open files limit {OPEN_FILES_LIMIT}: up to {room} client connections" in running.logs()
+    address = ("127.0.0.1", running.port)
+    held = [pg_connect(address) for _ in range(room)]  # (logins not finished: each holds a descriptor)
+    try:
+        wait_for(
+            lambda: metric(scrape(admin_port)[1], "rotaproxy_process_client_connections") == room,
+            10,
+            "all held",
+        )
+        with pg_connect(address) as refused:
+            fields = pg_error(read_to_end(refused))
+        assert (
+            fields["C"] == "53300" and f"open files limit ({OPEN_FILES_LIMIT}, RLIMIT_NOFILE)" in fields["M"]
+        )
+        # The admin API still answers, and says why.
+        _, samples = scrape(admin_port)
+        assert metric(samples, "rotaproxy_process_open_files_limit") == OPEN_FILES_LIMIT
+        assert (
+            sum(
+                value
+                for (name, labels), value in samples.items()
+                if name == "rotaproxy_listener_connections_rejected_total"
+                and ("reason", "open_files") in labels
+            )
+            >= 1
+        )
+    finally:
+        for sock in held:
+            sock.close()
+    # Room again: a client logs in and runs a query, and the proxy never crashed.
+    dsn = f"host=127.0.0.1 port={running.port} dbname=appdb user=u connect_timeout=10"
+    wait_for(
+        lambda: metric(scrape(admin_port)[1], "rotaproxy_process_client_connections") == 0, 10, "all closed"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert running.process is not None and running.process.poll() is None
