@@ -891,7 +891,9 @@ RESET = (
 )
 EXAMPLES = settings.default.max_examples if settings.get_current_profile_name() == "long" else 30
 STATE = SETTINGS + ", @@autocommit, @@in_transaction, @x"
-STATEMENTS = [
+# Statements that use no table and leave no conditions: MariaDB keeps showing the previous
+# statement's warnings after them.
+TABLE_FREE_STATEMENTS = [
     "SELECT 1",
     STATE,
     "SET time_zone = '+05:00'",
@@ -910,6 +912,14 @@ STATEMENTS = [
     "BEGIN",
     "COMMIT",
     "ROLLBACK",
+    "SELECT LAST_INSERT_ID()",
+    "SELECT ROW_COUNT()",
+    "SELECT 1; SELECT 2",
+]
+DIAGNOSTIC_READ_STATEMENTS = ["SHOW WARNINGS", "SELECT @@warning_count", "SHOW COUNT(*) WARNINGS"]
+STATEMENTS = [
+    *TABLE_FREE_STATEMENTS,
+    *DIAGNOSTIC_READ_STATEMENTS,
     f"INSERT INTO {SCRATCH} (note) VALUES ('new')",
     f"INSERT INTO {SCRATCH} (note) VALUES ('x'), ('y')",  # info: Records: 2  Duplicates: 0 ...
     f"INSERT INTO {SCRATCH} (id, note) VALUES (1, 'dup')",  # 1062
@@ -920,14 +930,8 @@ STATEMENTS = [
     f"SELECT id, note FROM {SCRATCH} ORDER BY id",
     f"SELECT id FROM {SCRATCH} ORDER BY id FOR UPDATE",
     f'SELECT "note" FROM {SCRATCH} ORDER BY id',  # a string, or the column under ANSI_QUOTES
-    "SELECT LAST_INSERT_ID()",
-    "SELECT ROW_COUNT()",
     "SELECT CAST('abc' AS INTEGER)",  # warning 1292
     "SELECT 1 / 0",  # warning 1365 (ERROR_FOR_DIVISION_BY_ZERO is in the default sql_mode)
-    "SHOW WARNINGS",
-    "SELECT @@warning_count",
-    "SHOW COUNT(*) WARNINGS",
-    "SELECT 1; SELECT 2",
     f"SELECT COUNT(*) FROM {SCRATCH}; SELEC 2",  # an error in the second result
     "SELEC 1",
     "SELECT * FROM no_such_table",
@@ -935,34 +939,8 @@ STATEMENTS = [
     "SELECT COUNT(*) FROM diff_temp",
 ]
 SCRIPT_TIMEOUT = 10.0
-DIAGNOSTIC_READS = frozenset({"SHOW WARNINGS", "SELECT @@warning_count", "SHOW COUNT(*) WARNINGS"})
-# Statements that use no table and leave no conditions: MariaDB keeps showing the previous
-# statement's warnings after them.
-TABLE_FREE = frozenset(
-    {
-        "SELECT 1",
-        STATE,
-        "SET time_zone = '+05:00'",
-        "SET SESSION sql_mode = 'ANSI_QUOTES'",
-        "SET sql_mode = ''",
-        "SET sql_mode = DEFAULT",
-        "SET NAMES latin1",
-        "SET NAMES utf8mb4",
-        "SET autocommit = 0",
-        "SET autocommit = 1",
-        "SET @x = 5",
-        "SELECT @x",
-        f"USE {OTHER_SCHEMA}",
-        "USE appdb",
-        "SELECT DATABASE()",
-        "BEGIN",
-        "COMMIT",
-        "ROLLBACK",
-        "SELECT LAST_INSERT_ID()",
-        "SELECT ROW_COUNT()",
-        "SELECT 1; SELECT 2",
-    }
-)
+DIAGNOSTIC_READS = frozenset(DIAGNOSTIC_READ_STATEMENTS)
+TABLE_FREE = frozenset(TABLE_FREE_STATEMENTS)
 
 
 def within_known_limits(statements: tuple[str, ...]) -> bool:
