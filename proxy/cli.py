@@ -48,7 +48,11 @@ def run_async(main: Coroutine[Any, Any, int]) -> int:
 
 
 def _interruptible(main: Coroutine[Any, Any, int]) -> int:
-    """Run the demo or the bench; Ctrl-C stops them after everything they started is stopped."""
+    """Run the demo or the bench; Ctrl-C (or SIGTERM, from a timeout or a supervisor) stops
+    them after everything they started is stopped."""
+    # SIGTERM goes the way of Ctrl-C: the runner cancels the task and every context on the
+    # way out stops what it started (by default SIGTERM would leave the servers running).
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
         return run_async(main)
     except KeyboardInterrupt:

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 
 def test_demo_rotates_under_load_without_client_errors(tmp_path: Path) -> None:
     chart = tmp_path / "demo.png"
@@ -156,7 +158,8 @@ def test_bench_quick_runs_every_scenario_with_numbers_json_and_plots(tmp_path: P
         assert (plots / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
-def test_demo_interrupted_stops_everything_it_started(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_demo_interrupted_stops_everything_it_started(tmp_path: Path, how: signal.Signals) -> None:
     demo = subprocess.Popen(
         [
             *(sys.executable, "-m", "proxy", "--log-level", "info", "demo", "--clients", "2"),
@@ -173,7 +176,7 @@ def test_demo_interrupted_stops_everything_it_started(tmp_path: Path) -> None:
         if "clients per database" in line:  # the load is starting
             break
     time.sleep(2)
-    demo.send_signal(signal.SIGINT)  # Ctrl-C
+    demo.send_signal(how)  # Ctrl-C, or a timeout's SIGTERM
     rest = demo.stdout.read()
     assert demo.wait(timeout=60) == 130, "".join(seen) + rest
     assert "interrupted: the throwaway servers and the proxy were stopped" in rest
