@@ -10,7 +10,6 @@ answers framed from 1, OK packets encoded with the upstream connection's capabil
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 import pytest
 
@@ -64,6 +63,7 @@ from protocols.pooling import (
     SendToClient,
     SendToServer,
 )
+from tests.unit.playbook import Attached, Detached, FromClient, FromServer, feed_common, play
 
 # What a transaction-mode upstream connection negotiates (proxy.mysql.server: its base
 # capabilities, the default variant, CLIENT_SESSION_TRACK).
@@ -231,43 +231,8 @@ def unknown_statement(statement_id: int) -> bytes:
 # --- the playbook -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FromClient:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class FromServer:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Attached:
-    connection: MySqlServerState
-
-
-@dataclass(frozen=True)
-class Detached:
-    pass
-
-
 Event = FromClient | FromServer | Attached | Detached
-
-
-def feed(core: PooledMySqlClient, event: Event) -> list[Command]:
-    if isinstance(event, FromClient):
-        return core.receive_client(event.data)
-    if isinstance(event, FromServer):
-        return core.receive_server(event.data)
-    if isinstance(event, Attached):
-        return core.attached(event.connection)
-    core.detached()
-    return []
-
-
-def play(core: PooledMySqlClient, script: list[tuple[Event, list[Command]]]) -> None:
-    for step, (event, expected) in enumerate(script):
-        assert feed(core, event) == expected, f"step {step}: {event}"
+feed = feed_common
 
 
 def client(

@@ -66,6 +66,8 @@ from protocols.postgres.messages import (
 from protocols.postgres.pins import INSPECT_LIMIT, PIN_TOO_LARGE
 from protocols.postgres.pooling import BringSettings, Command, PooledClient
 from protocols.postgres.server_state import PREPARED_PER_CONNECTION, ServerState
+from tests.unit import playbook
+from tests.unit.playbook import Attached, Detached, FromClient, FromServer, feed_common
 
 # --- messages ----------------------------------------------------------------------------------
 
@@ -147,28 +149,8 @@ def missing(statement: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class FromClient:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class FromServer:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Attached:
-    connection: ServerState
-
-
-@dataclass(frozen=True)
 class SettingsBrought:
     connection: ServerState
-
-
-@dataclass(frozen=True)
-class Detached:
-    pass
 
 
 @dataclass(frozen=True)
@@ -185,25 +167,17 @@ Event = FromClient | FromServer | Attached | SettingsBrought | Detached | Lost |
 
 
 def feed(core: PooledClient, event: Event) -> list[Command]:
-    if isinstance(event, FromClient):
-        return core.receive_client(event.data)
-    if isinstance(event, FromServer):
-        return core.receive_server(event.data)
-    if isinstance(event, Attached):
-        return core.attached(event.connection)
     if isinstance(event, SettingsBrought):
         return core.settings_brought(event.connection)
-    if isinstance(event, Detached):
-        core.detached()
-        return []
     if isinstance(event, Lost):
         return [core.connection_lost()]
-    return [core.idle_timer_fired(event.timeout)]
+    if isinstance(event, TimerFired):
+        return [core.idle_timer_fired(event.timeout)]
+    return feed_common(core, event)
 
 
 def play(core: PooledClient, script: list[tuple[Event, list[Command]]]) -> None:
-    for step, (event, expected) in enumerate(script):
-        assert feed(core, event) == expected, f"step {step}: {event}"
+    playbook.play(core, script, feed)
 
 
 def client(parameters: dict[str, str] | None = None) -> PooledClient:
