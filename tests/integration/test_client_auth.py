@@ -702,3 +702,47 @@ def test_mysql_a_client_certificate_of_the_ca_logs_in_and_no_other_does(
     with pytest.raises(pymysql.err.OperationalError):
         login("alice", pki.stranger_cert, pki.stranger_key)
     wait_for(lambda: "certificate verify failed" in my_auth.running.logs(), 5, "the handshake failure logged")
+
+
+async def test_the_client_certificate_reloads_on_sighup_and_open_sessions_keep_theirs(
+    launcher: ProxyLauncher, pg: ThrowawayPostgres, users: Users, sm_client: Any, workdir: Path
+) -> None:
+    folder = workdir / "client-tls-reload"
+    folder.mkdir(exist_ok=True)
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    cert_file, key_file = folder / "proxy.crt", folder / "proxy.key"
+    old_ca_file, new_ca_file = folder / "old-ca.pem", folder / "new-ca.pem"
+    old_ca.cert_pem.write_to_path(str(old_ca_file))
+    new_ca.cert_pem.write_to_path(str(new_ca_file))
+
+    def install(ca: trustme.CA) -> None:
+        issued = ca.issue_cert("127.0.0.1")
+        _write(cert_file, b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+        _write(key_file, issued.private_key_pem.bytes())
+
+    install(old_ca)
+    secret_id = await new_secret(sm_client, rds_secret(pg, "app", users.app))
+    clients = f'[pool.clients]\ntls_cert_file = "{cert_file}"\ntls_key_file = "{key_file}"\n'  # tls: require
+    running = launcher.start(
+        pool_block("tlsreload", "postgres", "127.0.0.1:{port}", f"127.0.0.1:{pg.port}", secret_id, clients)
+    )
+    assert running.process is not None
+
+    def dsn(ca_file: Path) -> str:
+        return (
+            f"host=127.0.0.1 port={running.port} dbname=appdb user=x connect_timeout=10 "
+            f"sslmode=verify-full sslrootcert={ca_file}"
+        )
+
+    with psycopg.connect(dsn(old_ca_file), autocommit=True) as open_session:
+        assert open_session.execute("SELECT 1").fetchone() == (1,)
+        install(new_ca)
+        running.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "client TLS certificate reloaded" in running.logs(), 10, "the certificate reloaded")
+        # New handshakes get the new certificate: verified by the new CA, refused by the old one.
+        with psycopg.connect(dsn(new_ca_file), autocommit=True) as fresh:
+            assert fresh.execute("SELECT 1").fetchone() == (1,)
+        with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+            psycopg.connect(dsn(old_ca_file))
+        # The session opened before keeps its connection and its TLS.
+        assert open_session.execute("SELECT 2").fetchone() == (2,)
