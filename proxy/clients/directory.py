@@ -10,7 +10,6 @@ verifier is registered for log masking. Errors name the secret and the user, nev
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -19,7 +18,7 @@ from typing import Any
 
 from protocols.mysql.server_auth import MySqlVerifier
 from protocols.postgres.server_auth import VERIFIER_PREFIX, ScramVerifier
-from proxy.credentials.base import CredentialsError, wait_to_poll
+from proxy.credentials.base import CredentialsError, PollingLoop
 from proxy.credentials.secrets_manager import AWSCURRENT, SecretsManagerClients, call_secrets_manager
 from proxy.redaction import register_secret
 
@@ -74,22 +73,22 @@ def parse_directory(secret_id: str, text: str | None, version_id: str | None) ->
     return ClientDirectory(version_id, entries)
 
 
-class ClientSecretSource:
+class ClientSecretSource(PollingLoop):
     """A client secret in Secrets Manager: AWSCURRENT loaded, polled (DescribeSecret) for a
     new version, which is fetched by id. While Secrets Manager fails, the loaded version
     keeps serving."""
 
+    service = "Secrets Manager"
+    serving_meanwhile = "the loaded version keeps serving"
+    poll_at_start = True
+
     def __init__(self, secret_id: str, poll_interval: float, clients: SecretsManagerClients) -> None:
         self.secret_id = secret_id
         self.description = f"client secret {secret_id!r}"
-        self.poll_interval = poll_interval
+        self._init_polling(poll_interval)
         self._clients = clients
         self._directory: ClientDirectory | None = None
         self._lock = asyncio.Lock()
-        self._poller: asyncio.Task[None] | None = None
-        self._poll_now = asyncio.Event()
-        self.poll_failures = 0
-        self.last_error: str | None = None
         self.versions_loaded = 0
 
     def __repr__(self) -> str:
@@ -137,37 +136,8 @@ class ClientSecretSource:
             self._clients, self.secret_id, self.description, operation, **kwargs
         )
 
-    def start_polling(self) -> None:
-        if self._poller is None:
-            self._poller = asyncio.create_task(self._poll_loop(), name=f"poll {self.description}")
-
-    def poll_soon(self) -> None:
-        self._poll_now.set()
-
-    async def _poll_loop(self) -> None:
-        first = True
-        while True:
-            if not first:
-                await wait_to_poll(self._poll_now, self.poll_interval, self.poll_failures)
-            first = False
-            try:
-                await self.poll()
-            except CredentialsError as exc:
-                self.poll_failures += 1
-                self.last_error = str(exc)
-                log.warning(
-                    "%s (poll %d failed in a row; the loaded version keeps serving)", exc, self.poll_failures
-                )
-            else:
-                self.poll_failures = 0
-                self.last_error = None
-
     async def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
+        await self.stop_polling()
 
     def state(self) -> dict[str, object]:
         """For /pools: which version serves (never a value)."""
@@ -176,5 +146,5 @@ class ClientSecretSource:
             "version_id": self.version_id,
             "versions_loaded": self.versions_loaded,
             "poll_failures": self.poll_failures,
-            "last_error": self.last_error,
+            "last_error": self.last_poll_error,
         }

@@ -180,20 +180,89 @@ class CredentialSource:
         """Release what the source holds (clients, sessions, the poller)."""
 
 
-async def wait_to_poll(soon: asyncio.Event, interval: float, failures: int) -> None:
-    """Until the next poll: ``interval`` jittered, backing off exponentially (capped) after
-    ``failures`` failed polls in a row, or until ``soon`` is set (then cleared)."""
-    if failures:
-        delay = min(interval * 2**failures, max(interval, MAX_POLL_BACKOFF))
-    else:
-        delay = interval * random.uniform(1 - POLL_JITTER, 1 + POLL_JITTER)
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(delay):
-            await soon.wait()
-    soon.clear()
+class PollingLoop:
+    """Polling a versioned value: ``poll`` every ``poll_interval`` (jittered), sooner on
+    ``poll_soon``, backing off exponentially (capped) while it fails; what was loaded keeps
+    serving meanwhile (stale-while-revalidate). For the credential sources and the client
+    secret alike; a class using it calls ``_init_polling`` and ``stop_polling``."""
+
+    description: str
+    service = "AWS"  # in log lines: "<service> answers again"
+    serving_meanwhile = "cached credentials keep serving"  # in the warning of a failed poll
+    poll_at_start = False  # the first poll at once, rather than after an interval
+
+    def _init_polling(self, poll_interval: float) -> None:
+        self.poll_interval = poll_interval
+        self._poller: asyncio.Task[None] | None = None
+        self._poll_now = asyncio.Event()
+        self.poll_failures = 0
+        self.last_poll_error: str | None = None
+        self.last_poll_at: float | None = None
+
+    async def poll(self) -> bool:
+        """Load the newest version if it changed; True when it did."""
+        raise NotImplementedError
+
+    def _poll_failed(self) -> None:
+        """A poll failed (after it is counted in ``poll_failures``)."""
+
+    def start_polling(self) -> None:
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll_loop(), name=f"poll {self.description}")
+
+    def poll_soon(self) -> None:
+        """Poll now rather than at the next interval (SIGHUP, admin API)."""
+        self._poll_now.set()
+
+    async def stop_polling(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+
+    async def _poll_loop(self) -> None:
+        wait = not self.poll_at_start
+        while True:
+            if wait:
+                await self._wait_to_poll()
+            wait = True
+            try:
+                await self.poll()
+            except CredentialsError as exc:
+                self.poll_failures += 1
+                self.last_poll_error = str(exc)
+                self._poll_failed()
+                log.warning(
+                    "%s (poll %d failed in a row; %s)", exc, self.poll_failures, self.serving_meanwhile
+                )
+            else:
+                if self.poll_failures:
+                    log.info(
+                        "%s: %s answers again after %d failed polls",
+                        self.description,
+                        self.service,
+                        self.poll_failures,
+                    )
+                self.poll_failures = 0
+                self.last_poll_error = None
+                self.last_poll_at = time.time()
+
+    async def _wait_to_poll(self) -> None:
+        """Until the next poll: the interval jittered, or longer after failed polls, or until
+        ``poll_soon``."""
+        interval, failures = self.poll_interval, self.poll_failures
+        if failures:
+            delay = min(interval * 2**failures, max(interval, MAX_POLL_BACKOFF))
+        else:
+            delay = interval * random.uniform(1 - POLL_JITTER, 1 + POLL_JITTER)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._poll_now.wait()
+        self._poll_now.clear()
 
 
-class PolledCredentialSource(CredentialSource):
+class PolledCredentialSource(CredentialSource, PollingLoop):
     """A source whose value has versions: the newest cached, polled for a new one.
 
     A subclass only knows how to fetch and version (``_fetch``, ``_fetch_if_changed``, and
@@ -203,20 +272,14 @@ class PolledCredentialSource(CredentialSource):
     re-reads at once, shared and rate-limited.
     """
 
-    service = "AWS"  # in log lines: "<service> answers again"
     newest_label = "the newest version"  # in log lines: "<label> moved from version A to B"
 
     def __init__(self, poll_interval: float) -> None:
         super().__init__()
-        self.poll_interval = poll_interval
-        self._poller: asyncio.Task[None] | None = None
-        self._poll_now = asyncio.Event()
+        self._init_polling(poll_interval)
         self._auth_refresh: asyncio.Task[Credentials | None] | None = None
         self._auth_refresh_at = -AUTH_REFRESH_INTERVAL
         self._auth_refresh_result: Credentials | None = None
-        self.poll_failures = 0
-        self.last_poll_error: str | None = None
-        self.last_poll_at: float | None = None
 
     async def _fetch_if_changed(self, known_version: str | None) -> Credentials | None:
         """The newest credentials if their version is not ``known_version``, else None."""
@@ -248,10 +311,6 @@ class PolledCredentialSource(CredentialSource):
         )
         return True
 
-    def start_polling(self) -> None:
-        if self._poller is None:
-            self._poller = asyncio.create_task(self._poll_loop(), name=f"poll {self.description}")
-
     async def check_now(self) -> bool:
         """Ask now (admin API), as a poll would; True when a new version turned up."""
         if self._cached is None:
@@ -262,34 +321,8 @@ class PolledCredentialSource(CredentialSource):
             self.errors += 1
             raise
 
-    def poll_soon(self) -> None:
-        """Poll now rather than at the next interval (SIGHUP, admin API)."""
-        self._poll_now.set()
-
-    async def _poll_loop(self) -> None:
-        while True:
-            await wait_to_poll(self._poll_now, self.poll_interval, self.poll_failures)
-            try:
-                await self.poll()
-            except CredentialsError as exc:
-                self.poll_failures += 1
-                self.errors += 1
-                self.last_poll_error = str(exc)
-                # Stale-while-revalidate: the cached credentials keep serving meanwhile.
-                log.warning(
-                    "%s (poll %d failed in a row; cached credentials keep serving)", exc, self.poll_failures
-                )
-            else:
-                if self.poll_failures:
-                    log.info(
-                        "%s: %s answers again after %d failed polls",
-                        self.description,
-                        self.service,
-                        self.poll_failures,
-                    )
-                self.poll_failures = 0
-                self.last_poll_error = None
-                self.last_poll_at = time.time()
+    def _poll_failed(self) -> None:
+        self.errors += 1
 
     # --- the upstream refused our credentials ------------------------------------------------
     async def after_auth_failure(self, failed: Credentials) -> Credentials | None:
@@ -330,11 +363,7 @@ class PolledCredentialSource(CredentialSource):
         return result
 
     async def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
+        await self.stop_polling()
         if self._auth_refresh is not None:
             self._auth_refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
