@@ -32,15 +32,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from protocols.errors import LocalProtocolError, ProtocolViolation
 from proxy.config import AwsConfig
-from proxy.core.errors import PoolError
 from proxy.credentials.aws import client_location
 from proxy.credentials.parameter_store import PATH, SECURE_STRING, StoredParameter, read_parameter
 from proxy.credentials.secrets_manager import AWSCURRENT
-from proxy.redaction import redact, register_secret
+from proxy.redaction import register_secret
 from proxy.rotation.alternating import database_for, set_as_master, test_login
-from proxy.rotation.errors import RotationError
+from proxy.rotation.errors import RotationError, step_failure
 from proxy.rotation.secret import SecretValue, alternate_username, generate_password
 from proxy.rotation.settings import RotationSettings
 
@@ -97,8 +95,6 @@ class ParameterStoreRotator:
         on_step: Callable[[str], None] | None = None,
     ) -> str:
         """The three steps; returns the parameter's new version."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
         pauses = dict(pause_after or {})
         unknown = sorted(set(pauses) - set(PARAMETER_STEPS))
         if unknown:
@@ -120,20 +116,11 @@ class ParameterStoreRotator:
             version = await self._put(name, current, pending)
             await self._done(step, name, on_step, pauses)
             return version
-        except RotationError as exc:
-            raise RotationError(redact(exc.problem), step=step, secret_id=name) from None
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            words = " ".join(str(error.get("Message", "")).split())  # AWS describes the request
-            problem = f"AWS error {error.get('Code', 'unknown')}: {words}"
-            raise RotationError(redact(problem), step=step, secret_id=name) from None
-        except LocalProtocolError as exc:
-            problem = f"cannot quote a value of the parameter for SQL: {exc}"
-            raise RotationError(redact(problem), step=step, secret_id=name) from None
-        except (PoolError, ProtocolViolation) as exc:
-            raise RotationError(redact(str(exc)), step=step, secret_id=name) from None
-        except (BotoCoreError, OSError) as exc:
-            raise RotationError(redact(f"{type(exc).__name__}: {exc}"), step=step, secret_id=name) from None
+        except Exception as exc:
+            failure = step_failure(exc, step=step, secret_id=name, service="AWS", holder="parameter")
+            if failure is None:
+                raise
+            raise failure from None
 
     async def _done(
         self, step: str, name: str, on_step: Callable[[str], None] | None, pauses: dict[str, float]

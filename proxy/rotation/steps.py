@@ -38,15 +38,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from protocols.errors import LocalProtocolError, ProtocolViolation
 from proxy.config import AwsConfig
-from proxy.core.errors import PoolError, UpstreamLoginError
+from proxy.core.errors import UpstreamLoginError
 from proxy.credentials.aws import client_location
 from proxy.credentials.secrets_manager import AWSCURRENT, AWSPENDING, AWSPREVIOUS
-from proxy.redaction import redact, register_secret
+from proxy.redaction import register_secret
 from proxy.rotation.alternating import database_for, set_as_master, test_login
 from proxy.rotation.database import Database
-from proxy.rotation.errors import RotationError
+from proxy.rotation.errors import RotationError, step_failure
 from proxy.rotation.secret import SecretValue, alternate_username, generate_password
 from proxy.rotation.settings import RotationSettings
 
@@ -110,8 +109,6 @@ class Rotator:
     # --- the frame every step shares ---------------------------------------------------------
 
     async def _run_step(self, secret_id: str, token: str, step: str, *, may_create: bool) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             if step not in STEPS:
                 raise RotationError(f"unknown step; expected one of {', '.join(STEPS)}")
@@ -133,25 +130,13 @@ class Rotator:
                 FINISH_SECRET: self._finish_secret,
             }
             await steps[step](secret_id, token, versions)
-        except RotationError as exc:
-            raise RotationError(redact(exc.problem), step=step, secret_id=secret_id) from None
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            # AWS messages describe the request, never a secret's value.
-            words = " ".join(str(error.get("Message", "")).split())
-            problem = f"Secrets Manager error {error.get('Code', 'unknown')}: {words}"
-            raise RotationError(redact(problem), step=step, secret_id=secret_id) from None
-        except LocalProtocolError as exc:
-            # A value of the secret that SQL cannot carry (a NUL, an empty name).
-            problem = f"cannot quote a value of the secret for SQL: {exc}"
-            raise RotationError(redact(problem), step=step, secret_id=secret_id) from None
-        except (PoolError, ProtocolViolation) as exc:
-            # An upstream error may echo the statement it refused: mask what could be a secret.
-            raise RotationError(redact(str(exc)), step=step, secret_id=secret_id) from None
-        except (BotoCoreError, OSError) as exc:
-            # e.g. "Could not connect to the endpoint URL", "No such file or directory: 'ca.pem'"
-            problem = f"{type(exc).__name__}: {exc}"
-            raise RotationError(redact(problem), step=step, secret_id=secret_id) from None
+        except Exception as exc:
+            failure = step_failure(
+                exc, step=step, secret_id=secret_id, service="Secrets Manager", holder="secret"
+            )
+            if failure is None:
+                raise
+            raise failure from None
         log.info("%s: done for %s (version %s)", step, secret_id, token)
 
     async def _version_stages(self, secret_id: str) -> dict[str, list[str]]:
