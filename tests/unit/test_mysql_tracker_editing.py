@@ -16,18 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.mysql.constants import (
-    CLIENT_CONNECT_ATTRS,
-    CLIENT_CONNECT_WITH_DB,
-    CLIENT_LONG_FLAG,
-    CLIENT_LONG_PASSWORD,
-    CLIENT_MULTI_RESULTS,
-    CLIENT_PLUGIN_AUTH,
-    CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA,
-    CLIENT_PROTOCOL_41,
-    CLIENT_PS_MULTI_RESULTS,
-    CLIENT_SECURE_CONNECTION,
-    CLIENT_SESSION_TRACK,
-    CLIENT_TRANSACTIONS,
     MAX_PACKET_PAYLOAD,
     SERVER_MORE_RESULTS_EXISTS,
     SERVER_SESSION_STATE_CHANGED,
@@ -53,25 +41,7 @@ from protocols.mysql.tracker import (
     VISIBLE,
     ResponseTracker,
 )
-
-# What a transaction-mode upstream connection negotiates (proxy.mysql.server: its base
-# capabilities, the default variant, CLIENT_SESSION_TRACK).
-UPSTREAM = (
-    CLIENT_LONG_PASSWORD
-    | CLIENT_LONG_FLAG
-    | CLIENT_CONNECT_WITH_DB
-    | CLIENT_PROTOCOL_41
-    | CLIENT_TRANSACTIONS
-    | CLIENT_SECURE_CONNECTION
-    | CLIENT_PLUGIN_AUTH
-    | CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
-    | CLIENT_CONNECT_ATTRS
-    | CLIENT_MULTI_RESULTS
-    | CLIENT_PS_MULTI_RESULTS
-    | CLIENT_SESSION_TRACK
-)
-# What the client negotiated with the proxy: never CLIENT_SESSION_TRACK.
-CLIENT_SIDE = UPSTREAM & ~CLIENT_SESSION_TRACK
+from tests.unit.test_mysql_pooling import CLIENT_SIDE, UPSTREAM
 
 AUTOCOMMIT = SERVER_STATUS_AUTOCOMMIT
 IN_TRANS = SERVER_STATUS_AUTOCOMMIT | SERVER_STATUS_IN_TRANS
